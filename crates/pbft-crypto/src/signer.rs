@@ -1,0 +1,79 @@
+use ed25519_dalek::{Signer as _, SigningKey};
+use pbft_types::{Body, Principal, PublicKeyBytes, Signed};
+
+use crate::verified::Verified;
+
+/// An ed25519 key pair.
+#[derive(Clone)]
+pub struct KeyPair(SigningKey);
+
+impl KeyPair {
+    /// A fresh key from the operating system's random source.
+    pub fn generate() -> Result<KeyPair, getrandom::Error> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed)?;
+        Ok(KeyPair::from_seed(seed))
+    }
+
+    /// The key derived from a 32-byte secret seed. The simulator derives its keys from its run seed this way.
+    pub fn from_seed(seed: [u8; 32]) -> KeyPair {
+        KeyPair(SigningKey::from_bytes(&seed))
+    }
+
+    pub fn seed(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    pub fn public_key(&self) -> PublicKeyBytes {
+        self.0.verifying_key().to_bytes()
+    }
+
+    /// Signs the encoded body of `value`. The result is a `Signed<T>`, not a `Verified<T>`: nothing checks that
+    /// this key belongs to the body's signer. Adversaries in the simulator use it to forge.
+    pub fn sign<T: Body>(&self, value: T) -> Signed<T> {
+        let body = value.encode_body();
+        let signature = self.0.sign(&body).to_bytes();
+        Signed::from_parts(body, signature, value)
+    }
+}
+
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyPair({})", hex::encode(self.public_key()))
+    }
+}
+
+/// A principal and its own key: what a replica or client signs its messages with. What it signs is authentic by
+/// construction, so it comes back as a `Verified<T>`.
+#[derive(Clone, Debug)]
+pub struct Signer {
+    principal: Principal,
+    key: KeyPair,
+}
+
+impl Signer {
+    pub fn new(principal: Principal, key: KeyPair) -> Signer {
+        Signer { principal, key }
+    }
+
+    pub fn principal(&self) -> Principal {
+        self.principal
+    }
+
+    pub fn key(&self) -> &KeyPair {
+        &self.key
+    }
+
+    /// Signs a message of this principal's own.
+    ///
+    /// # Panics
+    /// If `value` names another signer: that is a bug in the caller, never a consequence of input.
+    pub fn sign<T: Body>(&self, value: T) -> Verified<T> {
+        assert_eq!(
+            value.signer(),
+            self.principal,
+            "a signer signs only its own messages"
+        );
+        Verified::new(self.key.sign(value))
+    }
+}

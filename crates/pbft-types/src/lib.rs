@@ -1,0 +1,20 @@
+//! Ids, configuration and typed messages of the PBFT replication system.
+//!
+//! Everything here is plain data. Signatures are checked by `pbft-crypto`, which alone can produce a
+//! `Verified<T>`; the protocol lives in `pbft-core`.
+
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod message;
+pub mod replica_msg;
+pub mod signed;
+#[allow(clippy::all)]
+pub mod wire;
+
+pub use config::{ClientInfo, ClusterConfig, ConfigError, Params, PublicKeyBytes};
+pub use error::DecodeError;
+pub use ids::{ClientId, Digest, Principal, ReplicaId, SeqNo, Timestamp, View};
+pub use message::{Body, Checkpoint, Commit, PrePrepare, Prepare, Reply, Request, Status};
+pub use replica_msg::{DecodeLimits, ReplicaMsg};
+pub use signed::{SignatureBytes, Signed};
