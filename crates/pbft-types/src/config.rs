@@ -240,7 +240,7 @@ mod tests {
             let c = config(n);
             assert_eq!((c.n(), c.f(), c.quorum()), (n, f, q), "n = {n}");
             // Two quorums always share a correct replica.
-            assert!(2 * c.quorum() >= c.n() + c.f() + 1);
+            assert!(2 * c.quorum() > c.n() + c.f());
         }
     }
 
