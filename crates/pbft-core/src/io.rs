@@ -1,0 +1,67 @@
+//! What the replica takes in and what it asks its driver to do. The driver (the simulator or the node) owns all
+//! IO: it feeds `Input`s to `Replica::step` and carries out the `Output`s in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pbft_crypto::{Verified, VerifiedMsg};
+use pbft_types::{Commit, Digest, ReplicaId, ReplicaMsg, Reply, Request, SeqNo, View};
+
+/// The requests of one batch, in the order they execute. Shared, because the same batch sits in the log, goes
+/// out in PRE-PREPAREs and is handed to the driver when it commits.
+pub type Batch = Arc<[Verified<Request>]>;
+
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// An authenticated message from replica `from` (the transport authenticated the connection, the keyring the
+    /// signatures).
+    Message { from: ReplicaId, msg: VerifiedMsg },
+    /// An authenticated request straight from its client.
+    Request(Verified<Request>),
+    /// A timer the replica set has expired.
+    TimerFired(Timer),
+}
+
+/// The replica's timers. Each is either set or not; setting one that is set restarts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Timer {
+    /// The primary proposes a partial batch when this fires.
+    Batch,
+    /// A replica with unfinished work tells its peers what it has when this fires.
+    Status,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// Every replica but the sender.
+    AllReplicas,
+    Replica(ReplicaId),
+}
+
+/// A batch that committed and executed, with the proof that it committed: q COMMITs from distinct replicas for
+/// (view, seq, digest). Drivers record it; checkers verify it; the ledger turns it into a block's certificate.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    pub seq: SeqNo,
+    pub view: View,
+    pub digest: Digest,
+    pub batch: Batch,
+    /// One entry per request of the batch, in order: its result, or `None` when it was not executed because its
+    /// client had already had a request with that timestamp or a later one executed.
+    pub results: Vec<Option<Bytes>>,
+    pub certificate: Vec<Verified<Commit>>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Send a message. It is signed already; the driver encodes and transmits it.
+    Send { to: Dest, msg: ReplicaMsg },
+    /// Send this reply to its client; the driver authenticates it (it is not part of any certificate).
+    Reply(Reply),
+    /// Start (or restart) a timer.
+    SetTimer { timer: Timer, after: Duration },
+    CancelTimer(Timer),
+    /// Batch `seq` committed and executed.
+    Committed(Committed),
+}

@@ -1,0 +1,14 @@
+//! The PBFT protocol (Castro and Liskov, OSDI 1999) as a pure, deterministic state machine.
+//!
+//! `Replica::step` takes one `Input` (an authenticated message, a client request, a timer that fired) and returns
+//! the `Output`s it causes (messages to send, replies, timers, committed batches). It performs no IO, reads no
+//! clock, starts no thread and draws no random number, so the simulator can run it under any schedule and replay
+//! any run from its seed, and the node can drive the very same code over the network.
+
+pub mod app;
+pub mod io;
+mod replica;
+
+pub use app::{ExecContext, RestoreError, StateMachine};
+pub use io::{Batch, Committed, Dest, Input, Output, Timer};
+pub use replica::{Replica, ReplicaStatus};
