@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pbft_crypto::{Verified, VerifiedMsg};
-use pbft_types::{Commit, Digest, ReplicaId, ReplicaMsg, Reply, Request, SeqNo, View};
+use pbft_types::{Commit, Digest, Principal, ReplicaId, ReplicaMsg, Reply, Request, SeqNo, View};
 
 /// The requests of one batch, in the order they execute. Shared, because the same batch sits in the log, goes
 /// out in PRE-PREPAREs and is handed to the driver when it commits.
@@ -64,4 +64,45 @@ pub enum Output {
     CancelTimer(Timer),
     /// Batch `seq` committed and executed.
     Committed(Committed),
+    /// An input was refused; nothing changed.
+    Rejected(Rejection),
+}
+
+/// Why the replica refused an input. Reported as an output so that drivers can count rejections by reason and
+/// tests can assert them; the replica's state is unchanged by a rejected input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub from: Principal,
+    pub kind: &'static str,
+    pub reason: RejectReason,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The message is for another view than the replica's.
+    WrongView { got: View, current: View },
+    /// A PRE-PREPARE from a replica that is not the primary of its view.
+    NotFromPrimary { primary: ReplicaId },
+    /// A PREPARE from the primary, which sends none (its PRE-PREPARE stands for its vote).
+    PrepareFromPrimary,
+    /// The sequence number lies outside the watermarks (h, H].
+    OutsideWatermarks { seq: SeqNo, low: SeqNo, high: SeqNo },
+    /// A PRE-PREPARE for a (view, sequence) that already has one with a different digest.
+    ConflictingDigest { accepted: Digest, got: Digest },
+    /// The PRE-PREPARE's digest is not the digest of its batch.
+    BatchDigestMismatch,
+    BatchTooLarge { size: usize, limit: usize },
+    RequestTooLarge { size: usize, limit: usize },
+    /// The same message from the same sender again.
+    Duplicate,
+    /// A second vote from one replica for the same slot, with another digest.
+    ConflictingVote,
+    /// A CHECKPOINT at a sequence number that is not a multiple of the checkpoint interval.
+    NotACheckpoint,
+    /// A request older than the last one its client had executed.
+    StaleRequest,
+    /// A forwarded request reached a replica that is not the primary.
+    NotPrimary,
+    /// The sender id is not a replica of the cluster, or is this replica itself.
+    UnknownSender,
 }

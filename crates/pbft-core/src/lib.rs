@@ -6,9 +6,15 @@
 //! any run from its seed, and the node can drive the very same code over the network.
 
 pub mod app;
+mod checkpoint;
+mod client_table;
 pub mod io;
+mod log;
+mod pending;
+mod quorum;
 mod replica;
 
 pub use app::{ExecContext, RestoreError, StateMachine};
-pub use io::{Batch, Committed, Dest, Input, Output, Timer};
+pub use io::{Batch, Committed, Dest, Input, Output, RejectReason, Rejection, Timer};
+pub use checkpoint::Stable as StableCheckpoint;
 pub use replica::{Replica, ReplicaStatus};
