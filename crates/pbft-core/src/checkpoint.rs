@@ -36,7 +36,11 @@ impl Checkpoints {
     /// Starts from the initial state, which every replica shares: sequence 0 is stable by definition.
     pub fn new(initial: Digest) -> Checkpoints {
         Checkpoints {
-            stable: Stable { seq: SeqNo(0), digest: initial, proof: Vec::new() },
+            stable: Stable {
+                seq: SeqNo(0),
+                digest: initial,
+                proof: Vec::new(),
+            },
             taken: BTreeMap::new(),
             votes: BTreeMap::new(),
         }
@@ -63,15 +67,25 @@ impl Checkpoints {
         self.taken
             .range(self.stable.seq.next()..)
             .rev()
-            .find(|(seq, t)| self.votes.get(seq).is_some_and(|v| v.count(&t.digest) >= quorum))
+            .find(|(seq, t)| {
+                self.votes
+                    .get(seq)
+                    .is_some_and(|v| v.count(&t.digest) >= quorum)
+            })
             .map(|(seq, _)| *seq)
     }
 
     /// Makes the taken checkpoint at `seq` stable and forgets everything older.
     pub fn make_stable(&mut self, seq: SeqNo) {
-        let Some(taken) = self.taken.get(&seq) else { return };
+        let Some(taken) = self.taken.get(&seq) else {
+            return;
+        };
         let digest = taken.digest;
-        let proof = self.votes.get(&seq).map(|v| v.matching(&digest).cloned().collect()).unwrap_or_default();
+        let proof = self
+            .votes
+            .get(&seq)
+            .map(|v| v.matching(&digest).cloned().collect())
+            .unwrap_or_default();
         self.stable = Stable { seq, digest, proof };
         self.taken = self.taken.split_off(&seq);
         self.votes = self.votes.split_off(&seq.next());

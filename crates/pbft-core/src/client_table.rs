@@ -67,7 +67,9 @@ mod tests {
         assert_eq!(t.freshness(ClientId(1), Timestamp(5)), Freshness::Fresh);
         t.record(ClientId(1), Timestamp(5), Bytes::from_static(b"r5"));
         assert_eq!(t.freshness(ClientId(1), Timestamp(6)), Freshness::Fresh);
-        assert!(matches!(t.freshness(ClientId(1), Timestamp(5)), Freshness::LastExecuted(l) if l.result == "r5"));
+        assert!(
+            matches!(t.freshness(ClientId(1), Timestamp(5)), Freshness::LastExecuted(l) if l.result == "r5")
+        );
         assert_eq!(t.freshness(ClientId(1), Timestamp(4)), Freshness::Stale);
         assert_eq!(t.freshness(ClientId(2), Timestamp(1)), Freshness::Fresh);
     }

@@ -56,11 +56,17 @@ pub struct Committed {
 #[derive(Clone, Debug)]
 pub enum Output {
     /// Send a message. It is signed already; the driver encodes and transmits it.
-    Send { to: Dest, msg: ReplicaMsg },
+    Send {
+        to: Dest,
+        msg: ReplicaMsg,
+    },
     /// Send this reply to its client; the driver authenticates it (it is not part of any certificate).
     Reply(Reply),
     /// Start (or restart) a timer.
-    SetTimer { timer: Timer, after: Duration },
+    SetTimer {
+        timer: Timer,
+        after: Duration,
+    },
     CancelTimer(Timer),
     /// Batch `seq` committed and executed.
     Committed(Committed),
@@ -80,19 +86,42 @@ pub struct Rejection {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RejectReason {
     /// The message is for another view than the replica's.
-    WrongView { got: View, current: View },
+    WrongView {
+        got: View,
+        current: View,
+    },
     /// A PRE-PREPARE from a replica that is not the primary of its view.
-    NotFromPrimary { primary: ReplicaId },
+    NotFromPrimary {
+        primary: ReplicaId,
+    },
     /// A PREPARE from the primary, which sends none (its PRE-PREPARE stands for its vote).
     PrepareFromPrimary,
-    /// The sequence number lies outside the watermarks (h, H].
-    OutsideWatermarks { seq: SeqNo, low: SeqNo, high: SeqNo },
+    /// The sequence number is at or below the last stable checkpoint: a late message, harmless.
+    Obsolete {
+        seq: SeqNo,
+        low: SeqNo,
+    },
+    /// The sequence number lies above the high watermark H.
+    OutsideWatermarks {
+        seq: SeqNo,
+        low: SeqNo,
+        high: SeqNo,
+    },
     /// A PRE-PREPARE for a (view, sequence) that already has one with a different digest.
-    ConflictingDigest { accepted: Digest, got: Digest },
+    ConflictingDigest {
+        accepted: Digest,
+        got: Digest,
+    },
     /// The PRE-PREPARE's digest is not the digest of its batch.
     BatchDigestMismatch,
-    BatchTooLarge { size: usize, limit: usize },
-    RequestTooLarge { size: usize, limit: usize },
+    BatchTooLarge {
+        size: usize,
+        limit: usize,
+    },
+    RequestTooLarge {
+        size: usize,
+        limit: usize,
+    },
     /// The same message from the same sender again.
     Duplicate,
     /// A second vote from one replica for the same slot, with another digest.

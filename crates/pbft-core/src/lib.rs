@@ -15,6 +15,6 @@ mod quorum;
 mod replica;
 
 pub use app::{ExecContext, RestoreError, StateMachine};
-pub use io::{Batch, Committed, Dest, Input, Output, RejectReason, Rejection, Timer};
 pub use checkpoint::Stable as StableCheckpoint;
+pub use io::{Batch, Committed, Dest, Input, Output, RejectReason, Rejection, Timer};
 pub use replica::{Replica, ReplicaStatus};

@@ -38,7 +38,11 @@ pub struct Log {
 
 impl Log {
     pub fn new(window: u64) -> Log {
-        Log { low: SeqNo(0), window, slots: BTreeMap::new() }
+        Log {
+            low: SeqNo(0),
+            window,
+            slots: BTreeMap::new(),
+        }
     }
 
     /// h, the low watermark.

@@ -34,7 +34,9 @@ impl Pending {
     pub fn take(&mut self, max: usize) -> Vec<Verified<Request>> {
         let mut batch = Vec::with_capacity(max.min(self.order.len()));
         while batch.len() < max {
-            let Some(client) = self.order.pop_front() else { break };
+            let Some(client) = self.order.pop_front() else {
+                break;
+            };
             if let Some(r) = self.requests.remove(&client) {
                 batch.push(r);
             }

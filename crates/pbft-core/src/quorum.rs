@@ -56,7 +56,9 @@ pub struct VoteSet<T> {
 
 impl<T> Default for VoteSet<T> {
     fn default() -> Self {
-        VoteSet { votes: BTreeMap::new() }
+        VoteSet {
+            votes: BTreeMap::new(),
+        }
     }
 }
 
@@ -77,7 +79,10 @@ impl<T: Vote> VoteSet<T> {
         self.matching(digest).count()
     }
 
-    pub fn matching<'a>(&'a self, digest: &'a Digest) -> impl Iterator<Item = &'a Verified<T>> + 'a {
+    pub fn matching<'a>(
+        &'a self,
+        digest: &'a Digest,
+    ) -> impl Iterator<Item = &'a Verified<T>> + 'a {
         self.votes.values().filter(move |v| v.digest() == *digest)
     }
 
@@ -93,8 +98,16 @@ mod tests {
     use pbft_types::{Principal, SeqNo, View};
 
     fn prepare(replica: u64, digest: u8) -> Verified<Prepare> {
-        let signer = Signer::new(Principal::Replica(ReplicaId(replica)), KeyPair::from_seed([replica as u8; 32]));
-        signer.sign(Prepare { view: View(0), seq: SeqNo(1), digest: Digest([digest; 32]), replica: ReplicaId(replica) })
+        let signer = Signer::new(
+            Principal::Replica(ReplicaId(replica)),
+            KeyPair::from_seed([replica as u8; 32]),
+        );
+        signer.sign(Prepare {
+            view: View(0),
+            seq: SeqNo(1),
+            digest: Digest([digest; 32]),
+            replica: ReplicaId(replica),
+        })
     }
 
     #[test]

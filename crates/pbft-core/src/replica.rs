@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use pbft_crypto::{Signer, Verified, VerifiedMsg, batch_digest};
 use pbft_types::{
-    Checkpoint, ClientId, ClusterConfig, Commit, ConfigError, PrePrepare, Prepare, Principal, ReplicaId,
-    ReplicaMsg, Reply, Request, SeqNo, Status, Timestamp, View,
+    Checkpoint, ClientId, ClusterConfig, Commit, ConfigError, PrePrepare, Prepare, Principal,
+    ReplicaId, ReplicaMsg, Reply, Request, SeqNo, Status, Timestamp, View,
 };
 
 use crate::app::{ExecContext, StateMachine};
@@ -140,7 +140,8 @@ impl Replica {
     }
 
     fn reject(&mut self, from: Principal, kind: &'static str, reason: RejectReason) {
-        self.out.push(Output::Rejected(Rejection { from, kind, reason }));
+        self.out
+            .push(Output::Rejected(Rejection { from, kind, reason }));
     }
 
     fn on_message(&mut self, from: ReplicaId, msg: VerifiedMsg) {
@@ -171,7 +172,10 @@ impl Replica {
         let from = forwarded_by.map_or(Principal::Client(request.client), Principal::Replica);
         let limit = self.config.params.max_request_size;
         if request.operation.len() > limit {
-            let reason = RejectReason::RequestTooLarge { size: request.operation.len(), limit };
+            let reason = RejectReason::RequestTooLarge {
+                size: request.operation.len(),
+                limit,
+            };
             return self.reject(from, "REQUEST", reason);
         }
         match self.clients.freshness(request.client, request.timestamp) {
@@ -197,7 +201,10 @@ impl Replica {
             let to = Dest::Replica(self.primary());
             return self.send(to, ReplicaMsg::Request(request.into_signed()));
         }
-        let proposed = self.in_flight.get(&request.client).is_some_and(|t| *t >= request.timestamp);
+        let proposed = self
+            .in_flight
+            .get(&request.client)
+            .is_some_and(|t| *t >= request.timestamp);
         if proposed || !self.pending.add(request) {
             return self.reject(from, "REQUEST", RejectReason::Duplicate);
         }
@@ -226,7 +233,10 @@ impl Replica {
         if waiting && !self.batch_timer_set {
             self.batch_timer_set = true;
             let after = self.config.params.batch_delay;
-            self.out.push(Output::SetTimer { timer: Timer::Batch, after });
+            self.out.push(Output::SetTimer {
+                timer: Timer::Batch,
+                after,
+            });
         } else if !waiting && self.batch_timer_set {
             self.batch_timer_set = false;
             self.out.push(Output::CancelTimer(Timer::Batch));
@@ -241,7 +251,12 @@ impl Replica {
         }
         let batch: Batch = requests.into();
         let digest = batch_digest(batch.iter().map(Verified::signed));
-        let header = self.signer.sign(PrePrepare { view: self.view, seq, digest, replica: self.id });
+        let header = self.signer.sign(PrePrepare {
+            view: self.view,
+            seq,
+            digest,
+            replica: self.id,
+        });
         let msg = ReplicaMsg::PrePrepare {
             header: header.signed().clone(),
             batch: batch.iter().map(|r| r.signed().clone()).collect(),
@@ -254,15 +269,25 @@ impl Replica {
     }
 
     /// Normal case 1 and 2: a backup checks a PRE-PREPARE and, if it accepts it, logs it and sends PREPARE.
-    fn on_pre_prepare(&mut self, from: ReplicaId, header: Verified<PrePrepare>, batch: Vec<Verified<Request>>) {
+    fn on_pre_prepare(
+        &mut self,
+        from: ReplicaId,
+        header: Verified<PrePrepare>,
+        batch: Vec<Verified<Request>>,
+    ) {
         let from = Principal::Replica(from);
         let (view, seq, digest) = (header.view, header.seq, header.digest);
         if view != self.view {
-            let reason = RejectReason::WrongView { got: view, current: self.view };
+            let reason = RejectReason::WrongView {
+                got: view,
+                current: self.view,
+            };
             return self.reject(from, "PRE-PREPARE", reason);
         }
         if header.replica != self.primary() {
-            let reason = RejectReason::NotFromPrimary { primary: self.primary() };
+            let reason = RejectReason::NotFromPrimary {
+                primary: self.primary(),
+            };
             return self.reject(from, "PRE-PREPARE", reason);
         }
         if !self.log.in_window(seq) {
@@ -270,36 +295,61 @@ impl Replica {
         }
         let params = &self.config.params;
         if batch.len() > params.max_batch_size {
-            let reason = RejectReason::BatchTooLarge { size: batch.len(), limit: params.max_batch_size };
+            let reason = RejectReason::BatchTooLarge {
+                size: batch.len(),
+                limit: params.max_batch_size,
+            };
             return self.reject(from, "PRE-PREPARE", reason);
         }
-        if let Some(r) = batch.iter().find(|r| r.operation.len() > params.max_request_size) {
-            let reason = RejectReason::RequestTooLarge { size: r.operation.len(), limit: params.max_request_size };
+        if let Some(r) = batch
+            .iter()
+            .find(|r| r.operation.len() > params.max_request_size)
+        {
+            let reason = RejectReason::RequestTooLarge {
+                size: r.operation.len(),
+                limit: params.max_request_size,
+            };
             return self.reject(from, "PRE-PREPARE", reason);
         }
         if let Some(accepted) = self.log.get(seq).and_then(|s| s.digest()) {
             let reason = if accepted == digest {
                 RejectReason::Duplicate
             } else {
-                RejectReason::ConflictingDigest { accepted, got: digest }
+                RejectReason::ConflictingDigest {
+                    accepted,
+                    got: digest,
+                }
             };
             return self.reject(from, "PRE-PREPARE", reason);
         }
         if batch_digest(batch.iter().map(Verified::signed)) != digest {
             return self.reject(from, "PRE-PREPARE", RejectReason::BatchDigestMismatch);
         }
-        let prepare = self.signer.sign(Prepare { view, seq, digest, replica: self.id });
-        let Some(slot) = self.log.slot_mut(seq) else { return };
+        let prepare = self.signer.sign(Prepare {
+            view,
+            seq,
+            digest,
+            replica: self.id,
+        });
+        let Some(slot) = self.log.slot_mut(seq) else {
+            return;
+        };
         slot.pre_prepare = Some((header, batch.into()));
         slot.prepares.insert(prepare.clone());
-        self.send(Dest::AllReplicas, ReplicaMsg::Prepare(prepare.into_signed()));
+        self.send(
+            Dest::AllReplicas,
+            ReplicaMsg::Prepare(prepare.into_signed()),
+        );
         self.advance(seq);
     }
 
     fn on_prepare(&mut self, from: ReplicaId, prepare: Verified<Prepare>) {
         let from = Principal::Replica(from);
         if prepare.view != self.view {
-            let reason = RejectReason::WrongView { got: prepare.view, current: self.view };
+            let reason = RejectReason::WrongView {
+                got: prepare.view,
+                current: self.view,
+            };
             return self.reject(from, "PREPARE", reason);
         }
         if prepare.replica == self.primary() {
@@ -319,7 +369,10 @@ impl Replica {
     fn on_commit(&mut self, from: ReplicaId, commit: Verified<Commit>) {
         let from = Principal::Replica(from);
         if commit.view != self.view {
-            let reason = RejectReason::WrongView { got: commit.view, current: self.view };
+            let reason = RejectReason::WrongView {
+                got: commit.view,
+                current: self.view,
+            };
             return self.reject(from, "COMMIT", reason);
         }
         let seq = commit.seq;
@@ -334,7 +387,12 @@ impl Replica {
     }
 
     fn outside(&self, seq: SeqNo) -> RejectReason {
-        RejectReason::OutsideWatermarks { seq, low: self.log.low(), high: self.log.high() }
+        let (low, high) = (self.log.low(), self.log.high());
+        if seq <= low {
+            RejectReason::Obsolete { seq, low }
+        } else {
+            RejectReason::OutsideWatermarks { seq, low, high }
+        }
     }
 
     /// Normal case 3 and 4: moves slot `seq` to prepared (and sends COMMIT), then to committed (and executes).
@@ -342,13 +400,23 @@ impl Replica {
     fn advance(&mut self, seq: SeqNo) {
         let quorum = self.quorum();
         let (view, id) = (self.view, self.id);
-        let Some(slot) = self.log.slot_mut(seq) else { return };
+        let Some(slot) = self.log.slot_mut(seq) else {
+            return;
+        };
         let Some(digest) = slot.digest() else { return };
         if !slot.prepared && slot.prepares.count(&digest) >= quorum - 1 {
             slot.prepared = true;
-            let commit = self.signer.sign(Commit { view, seq, digest, replica: id });
+            let commit = self.signer.sign(Commit {
+                view,
+                seq,
+                digest,
+                replica: id,
+            });
             slot.commits.insert(commit.clone());
-            self.out.push(Output::Send { to: Dest::AllReplicas, msg: ReplicaMsg::Commit(commit.into_signed()) });
+            self.out.push(Output::Send {
+                to: Dest::AllReplicas,
+                msg: ReplicaMsg::Commit(commit.into_signed()),
+            });
         }
         if slot.prepared && !slot.committed && slot.commits.count(&digest) >= quorum {
             slot.committed = true;
@@ -360,13 +428,24 @@ impl Replica {
     fn execute_committed(&mut self) {
         loop {
             let seq = self.last_executed.next();
-            let Some(slot) = self.log.get(seq).filter(|s| s.committed) else { break };
-            let Some((header, batch)) = slot.pre_prepare.as_ref() else { break };
+            let Some(slot) = self.log.get(seq).filter(|s| s.committed) else {
+                break;
+            };
+            let Some((header, batch)) = slot.pre_prepare.as_ref() else {
+                break;
+            };
             let (view, digest, batch) = (header.view, header.digest, batch.clone());
             let certificate = slot.commits.matching(&digest).cloned().collect();
             let results = batch.iter().map(|r| self.execute_request(seq, r)).collect();
             self.last_executed = seq;
-            self.out.push(Output::Committed(Committed { seq, view, digest, batch, results, certificate }));
+            self.out.push(Output::Committed(Committed {
+                seq,
+                view,
+                digest,
+                batch,
+                results,
+                certificate,
+            }));
             if seq.0 % self.config.params.checkpoint_interval == 0 {
                 self.take_checkpoint(seq);
             }
@@ -382,9 +461,22 @@ impl Replica {
         if self.clients.freshness(client, timestamp) != Freshness::Fresh {
             return None;
         }
-        let result = self.app.execute(ExecContext { seq, client, timestamp }, &request.operation);
+        let result = self.app.execute(
+            ExecContext {
+                seq,
+                client,
+                timestamp,
+            },
+            &request.operation,
+        );
         self.clients.record(client, timestamp, result.clone());
-        let reply = Reply { view: self.view, timestamp, client, replica: self.id, result: result.clone() };
+        let reply = Reply {
+            view: self.view,
+            timestamp,
+            client,
+            replica: self.id,
+            result: result.clone(),
+        };
         self.out.push(Output::Reply(reply));
         Some(result)
     }
@@ -392,8 +484,15 @@ impl Replica {
     /// Every K sequence numbers: record the state's digest and a snapshot, and tell the others.
     fn take_checkpoint(&mut self, seq: SeqNo) {
         let digest = checkpoint_digest(seq, self.app.digest(), self.clients.digest());
-        let message = self.signer.sign(Checkpoint { seq, digest, replica: self.id });
-        self.send(Dest::AllReplicas, ReplicaMsg::Checkpoint(message.signed().clone()));
+        let message = self.signer.sign(Checkpoint {
+            seq,
+            digest,
+            replica: self.id,
+        });
+        self.send(
+            Dest::AllReplicas,
+            ReplicaMsg::Checkpoint(message.signed().clone()),
+        );
         self.checkpoints.record_own(Taken { digest, message });
         self.try_stabilize();
     }
@@ -435,7 +534,10 @@ impl Replica {
         if !self.status_timer_set && self.has_unfinished_work() {
             self.status_timer_set = true;
             let after = self.config.params.status_interval;
-            self.out.push(Output::SetTimer { timer: Timer::Status, after });
+            self.out.push(Output::SetTimer {
+                timer: Timer::Status,
+                after,
+            });
         }
     }
 
