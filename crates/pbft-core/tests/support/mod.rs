@@ -1,0 +1,417 @@
+//! A test cluster for driving one replica by hand: keys derived from fixed seeds, a keyring, a journal
+//! application, builders for every replica message (signed by any replica's key and authenticated by the keyring,
+//! exactly as the driver would hand them to the core), and a comparable form of the core's outputs so that a
+//! test can `assert_eq!` on everything one input produced.
+
+// Each integration test file compiles this module on its own and may use only part of it.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use pbft_core::{
+    Dest, ExecContext, Input, Output, RejectReason, Rejection, Replica, RestoreError, StateMachine,
+    Timer,
+};
+use pbft_crypto::{KeyPair, Keyring, Signer, Verified, batch_digest};
+use pbft_types::{
+    Checkpoint, ClientId, ClientInfo, ClusterConfig, Commit, Digest, Params, PrePrepare, Prepare,
+    Principal, ReplicaId, ReplicaMsg, Reply, Request, SeqNo, Signed, Status, Timestamp, View,
+};
+
+/// How many clients every test cluster knows (ids 1..=CLIENTS).
+pub const CLIENTS: u64 = 8;
+
+/// Parameters small enough to reach checkpoints and watermarks in a few steps: a checkpoint every 2 sequence
+/// numbers, a window of 4, batches of at most 2 requests of at most 64 bytes.
+pub fn small_params() -> Params {
+    Params {
+        checkpoint_interval: 2,
+        window: 4,
+        max_batch_size: 2,
+        max_request_size: 64,
+        ..Params::default()
+    }
+}
+
+/// Appends every operation it executes to a list shared with the test, so a test can see what ran. The result
+/// of an operation is "<position in the journal>:<operation>".
+struct Journal(Arc<Mutex<Vec<Bytes>>>);
+
+impl StateMachine for Journal {
+    fn execute(&mut self, _ctx: ExecContext, operation: &[u8]) -> Bytes {
+        let mut ops = self.0.lock().expect("journal lock");
+        ops.push(Bytes::copy_from_slice(operation));
+        let mut result = format!("{}:", ops.len()).into_bytes();
+        result.extend_from_slice(operation);
+        Bytes::from(result)
+    }
+
+    fn digest(&self) -> Digest {
+        let ops = self.0.lock().expect("journal lock");
+        // Length-prefixed, so that ["ab"] and ["a", "b"] differ.
+        let mut bytes = Vec::new();
+        for op in ops.iter() {
+            bytes.extend_from_slice(&(op.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(op);
+        }
+        pbft_crypto::digest_of(&bytes)
+    }
+
+    fn snapshot(&self) -> Bytes {
+        Bytes::from(self.0.lock().expect("journal lock").concat())
+    }
+
+    fn restore(&mut self, _snapshot: &[u8]) -> Result<(), RestoreError> {
+        Err(RestoreError("the journal does not restore".into()))
+    }
+}
+
+/// A batch that executed, in a form that compares with `==`: the signed messages rather than their verified
+/// wrappers, so an expected value can be built from the keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Executed {
+    pub seq: SeqNo,
+    pub view: View,
+    pub digest: Digest,
+    pub batch: Vec<Signed<Request>>,
+    pub results: Vec<Option<Bytes>>,
+    pub certificate: Vec<Signed<Commit>>,
+}
+
+/// One `Output`, comparable with `==`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Out {
+    Send(Dest, ReplicaMsg),
+    Reply(Reply),
+    SetTimer(Timer, Duration),
+    CancelTimer(Timer),
+    Committed(Executed),
+    Rejected(Rejection),
+}
+
+impl From<Output> for Out {
+    fn from(output: Output) -> Out {
+        match output {
+            Output::Send { to, msg } => Out::Send(to, msg),
+            Output::Reply(reply) => Out::Reply(reply),
+            Output::SetTimer { timer, after } => Out::SetTimer(timer, after),
+            Output::CancelTimer(timer) => Out::CancelTimer(timer),
+            Output::Committed(c) => Out::Committed(Executed {
+                seq: c.seq,
+                view: c.view,
+                digest: c.digest,
+                batch: c.batch.iter().map(|r| r.signed().clone()).collect(),
+                results: c.results,
+                certificate: c
+                    .certificate
+                    .into_iter()
+                    .map(Verified::into_signed)
+                    .collect(),
+            }),
+            Output::Rejected(r) => Out::Rejected(r),
+        }
+    }
+}
+
+/// `Rejected(Rejection { from: replica, kind, reason })`.
+pub fn rejected_from_replica(from: u64, kind: &'static str, reason: RejectReason) -> Out {
+    Out::Rejected(Rejection {
+        from: Principal::Replica(ReplicaId(from)),
+        kind,
+        reason,
+    })
+}
+
+/// `Rejected(Rejection { from: client, kind: "REQUEST", reason })`.
+pub fn rejected_request(client: u64, reason: RejectReason) -> Out {
+    Out::Rejected(Rejection {
+        from: Principal::Client(ClientId(client)),
+        kind: "REQUEST",
+        reason,
+    })
+}
+
+pub fn to_all(msg: ReplicaMsg) -> Out {
+    Out::Send(Dest::AllReplicas, msg)
+}
+
+pub fn to_replica(id: u64, msg: ReplicaMsg) -> Out {
+    Out::Send(Dest::Replica(ReplicaId(id)), msg)
+}
+
+/// The digest of a batch, as `pbft_crypto::batch_digest` computes it over the signed requests.
+pub fn digest_of(batch: &[Verified<Request>]) -> Digest {
+    batch_digest(batch.iter().map(Verified::signed))
+}
+
+/// One replica under test and the journal of what its application executed.
+pub struct Node {
+    pub id: ReplicaId,
+    pub replica: Replica,
+    journal: Arc<Mutex<Vec<Bytes>>>,
+}
+
+impl Node {
+    /// Feeds one input and returns every output, in order.
+    pub fn step(&mut self, input: Input) -> Vec<Out> {
+        self.replica
+            .step(input)
+            .into_iter()
+            .map(Out::from)
+            .collect()
+    }
+
+    /// The operations the application executed, in order.
+    pub fn executed_ops(&self) -> Vec<Bytes> {
+        self.journal.lock().expect("journal lock").clone()
+    }
+}
+
+/// n replicas' keys, the clients' keys, the configuration and the keyring built from it.
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub keys: Vec<KeyPair>,
+    /// `client_keys[i]` is the key of client i + 1.
+    pub client_keys: Vec<KeyPair>,
+    pub keyring: Keyring,
+}
+
+impl Cluster {
+    pub fn new(n: usize, params: Params) -> Cluster {
+        let keys: Vec<KeyPair> = (0..n)
+            .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
+            .collect();
+        let client_keys: Vec<KeyPair> = (0..CLIENTS)
+            .map(|i| KeyPair::from_seed([i as u8 + 101; 32]))
+            .collect();
+        let config = ClusterConfig {
+            replicas: keys.iter().map(KeyPair::public_key).collect(),
+            clients: client_keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| ClientInfo {
+                    id: ClientId(i as u64 + 1),
+                    public_key: k.public_key(),
+                })
+                .collect(),
+            params,
+        };
+        let keyring = Keyring::new(&config).expect("test keys are valid");
+        Cluster {
+            config,
+            keys,
+            client_keys,
+            keyring,
+        }
+    }
+
+    /// n = 4, f = 1, q = 3, with `small_params`.
+    pub fn four() -> Cluster {
+        Cluster::new(4, small_params())
+    }
+
+    /// n = 7, f = 2, q = 5, with `small_params`.
+    pub fn seven() -> Cluster {
+        Cluster::new(7, small_params())
+    }
+
+    pub fn quorum(&self) -> usize {
+        self.config.quorum()
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.config.params
+    }
+
+    /// The output that arms the status timer.
+    pub fn status_timer(&self) -> Out {
+        Out::SetTimer(Timer::Status, self.config.params.status_interval)
+    }
+
+    /// Replica `id` at its initial state.
+    pub fn node(&self, id: u64) -> Node {
+        let replica_id = ReplicaId(id);
+        let journal = Arc::new(Mutex::new(Vec::new()));
+        let signer = Signer::new(
+            Principal::Replica(replica_id),
+            self.keys[id as usize].clone(),
+        );
+        let replica = Replica::new(
+            self.config.clone(),
+            replica_id,
+            signer,
+            Box::new(Journal(journal.clone())),
+        )
+        .expect("the test configuration is valid");
+        Node {
+            id: replica_id,
+            replica,
+            journal,
+        }
+    }
+
+    /// A request of client `client`, signed with its key and authenticated by the keyring.
+    pub fn request(&self, client: u64, timestamp: u64, operation: &str) -> Verified<Request> {
+        let request = Request {
+            client: ClientId(client),
+            timestamp: Timestamp(timestamp),
+            operation: Bytes::copy_from_slice(operation.as_bytes()),
+        };
+        let signed = self.client_keys[client as usize - 1].sign(request);
+        self.keyring.verify(signed).expect("the client's own key")
+    }
+
+    /// PRE-PREPARE(view, seq, digest of `batch`) with `batch`, signed by replica `signer`.
+    pub fn pre_prepare(
+        &self,
+        signer: u64,
+        view: u64,
+        seq: u64,
+        batch: &[Verified<Request>],
+    ) -> ReplicaMsg {
+        self.pre_prepare_with_digest(signer, view, seq, digest_of(batch), batch)
+    }
+
+    /// A PRE-PREPARE whose header may name another digest than its batch's.
+    pub fn pre_prepare_with_digest(
+        &self,
+        signer: u64,
+        view: u64,
+        seq: u64,
+        digest: Digest,
+        batch: &[Verified<Request>],
+    ) -> ReplicaMsg {
+        let header = self.keys[signer as usize].sign(PrePrepare {
+            view: View(view),
+            seq: SeqNo(seq),
+            digest,
+            replica: ReplicaId(signer),
+        });
+        ReplicaMsg::PrePrepare {
+            header,
+            batch: batch.iter().map(|r| r.signed().clone()).collect(),
+        }
+    }
+
+    pub fn prepare(&self, signer: u64, view: u64, seq: u64, digest: Digest) -> ReplicaMsg {
+        ReplicaMsg::Prepare(self.keys[signer as usize].sign(Prepare {
+            view: View(view),
+            seq: SeqNo(seq),
+            digest,
+            replica: ReplicaId(signer),
+        }))
+    }
+
+    pub fn commit(&self, signer: u64, view: u64, seq: u64, digest: Digest) -> ReplicaMsg {
+        ReplicaMsg::Commit(
+            self.keys[signer as usize].sign(self.commit_body(signer, view, seq, digest)),
+        )
+    }
+
+    /// The signed COMMIT a certificate holds.
+    pub fn signed_commit(
+        &self,
+        signer: u64,
+        view: u64,
+        seq: u64,
+        digest: Digest,
+    ) -> Signed<Commit> {
+        self.keys[signer as usize].sign(self.commit_body(signer, view, seq, digest))
+    }
+
+    fn commit_body(&self, signer: u64, view: u64, seq: u64, digest: Digest) -> Commit {
+        Commit {
+            view: View(view),
+            seq: SeqNo(seq),
+            digest,
+            replica: ReplicaId(signer),
+        }
+    }
+
+    pub fn checkpoint(&self, signer: u64, seq: u64, digest: Digest) -> ReplicaMsg {
+        ReplicaMsg::Checkpoint(self.signed_checkpoint(signer, seq, digest))
+    }
+
+    pub fn signed_checkpoint(&self, signer: u64, seq: u64, digest: Digest) -> Signed<Checkpoint> {
+        self.keys[signer as usize].sign(Checkpoint {
+            seq: SeqNo(seq),
+            digest,
+            replica: ReplicaId(signer),
+        })
+    }
+
+    pub fn status(&self, signer: u64, view: u64, stable: u64, executed: u64) -> ReplicaMsg {
+        ReplicaMsg::Status(self.keys[signer as usize].sign(Status {
+            view: View(view),
+            stable: SeqNo(stable),
+            executed: SeqNo(executed),
+            replica: ReplicaId(signer),
+        }))
+    }
+
+    /// `msg` as it reaches the core after arriving on replica `from`'s connection: authenticated by the keyring,
+    /// which the core's contract requires. Panics if the keyring refuses it (a test that wants a refusal calls
+    /// `keyring.verify_replica_msg` itself).
+    pub fn deliver(&self, from: u64, msg: ReplicaMsg) -> Input {
+        let msg = self
+            .keyring
+            .verify_replica_msg(ReplicaId(from), msg)
+            .expect("a message signed by its sender verifies");
+        Input::Message {
+            from: ReplicaId(from),
+            msg,
+        }
+    }
+
+    /// The primary of view 0.
+    pub fn primary(&self) -> u64 {
+        self.config.primary(View(0)).0
+    }
+
+    /// Commits and executes slot `seq` of view 0 at `node`: the primary's PRE-PREPARE (unless `node` is the
+    /// primary, which must have proposed `batch` already), then just enough PREPAREs and COMMITs from the
+    /// lowest-numbered other replicas to reach the quorum. Returns every output.
+    pub fn run_slot(&self, node: &mut Node, seq: u64, batch: &[Verified<Request>]) -> Vec<Out> {
+        let me = node.id.0;
+        let primary = self.primary();
+        let digest = digest_of(batch);
+        let mut outs = Vec::new();
+        if me != primary {
+            outs.extend(node.step(self.deliver(primary, self.pre_prepare(primary, 0, seq, batch))));
+        }
+        // q - 1 PREPAREs from backups, this replica's own included if it is a backup.
+        let own_prepare = usize::from(me != primary);
+        let backups = (0..self.config.n() as u64).filter(|r| *r != me && *r != primary);
+        for r in backups.take(self.quorum() - 1 - own_prepare) {
+            outs.extend(node.step(self.deliver(r, self.prepare(r, 0, seq, digest))));
+        }
+        // q COMMITs, this replica's own included.
+        let others = (0..self.config.n() as u64).filter(|r| *r != me);
+        for r in others.take(self.quorum() - 1) {
+            outs.extend(node.step(self.deliver(r, self.commit(r, 0, seq, digest))));
+        }
+        outs
+    }
+}
+
+/// The CHECKPOINT digests a replica sent, in order.
+pub fn sent_checkpoints(outs: &[Out]) -> Vec<(SeqNo, Digest)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Out::Send(_, ReplicaMsg::Checkpoint(c)) => Some((c.value().seq, c.value().digest)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The batches that executed, in order.
+pub fn executed(outs: &[Out]) -> Vec<&Executed> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Out::Committed(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
