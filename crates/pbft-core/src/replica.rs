@@ -559,7 +559,11 @@ impl Replica {
     /// what it signed itself (the primary its PRE-PREPAREs), so nothing relayed needs another signature.
     fn on_status(&mut self, from: ReplicaId, status: &Status) {
         if status.view != self.view {
-            return;
+            let reason = RejectReason::WrongView {
+                got: status.view,
+                current: self.view,
+            };
+            return self.reject(Principal::Replica(from), "STATUS", reason);
         }
         let to = Dest::Replica(from);
         let mut resend = Vec::new();
