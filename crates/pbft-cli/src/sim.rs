@@ -1,0 +1,224 @@
+//! `pbft sim`: many seeded simulator runs of one or more cluster sizes, one summary line per size, and for every
+//! failing seed its violation and the command that replays it.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Args;
+use pbft_sim::{SimConfig, SimReport, Simulation, Summary, run_seeds};
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// How many seeds to run. Defaults to 1 with --seed, to 100 without.
+    #[arg(long)]
+    seeds: Option<u64>,
+
+    /// The first seed: alone, runs just this seed (to replay a failure); with --seeds N, runs S..S+N.
+    #[arg(long)]
+    seed: Option<u64>,
+
+    /// Number of replicas, n >= 4 (tolerating f = (n-1)/3 faults). A comma-separated list runs each size.
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    replicas: Vec<usize>,
+
+    /// Number of clients, each with one request outstanding at a time.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+
+    /// Requests each client issues (random puts, gets and deletes over a few keys).
+    #[arg(long, default_value_t = 20)]
+    requests: usize,
+
+    /// Probability that the network loses a message, until the faults heal.
+    #[arg(long, default_value_t = 0.05)]
+    drop: f64,
+
+    /// Probability that the network delivers a message twice, until the faults heal.
+    #[arg(long, default_value_t = 0.05)]
+    duplicate: f64,
+
+    /// Also cut off up to f backups from everyone for a random interval before the faults heal.
+    #[arg(long)]
+    partition: bool,
+
+    /// Threads to run seeds on (each seed's run is deterministic whatever the number).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+
+    /// Print one line per seed, not only the summary and the failures.
+    #[arg(long)]
+    verbose: bool,
+
+    /// Print every event of the run (messages sent, lost, delivered, refused; timers; commits). Needs a single
+    /// seed and a single cluster size: use it on the replay command of a failing seed.
+    #[arg(long)]
+    trace: bool,
+}
+
+impl SimArgs {
+    fn seed_range(&self) -> std::ops::Range<u64> {
+        let start = self.seed.unwrap_or(0);
+        let count = self
+            .seeds
+            .unwrap_or(if self.seed.is_some() { 1 } else { 100 });
+        start..start.saturating_add(count)
+    }
+
+    fn config(&self, replicas: usize) -> SimConfig {
+        SimConfig {
+            clients: self.clients,
+            requests: self.requests,
+            drop: self.drop,
+            duplicate: self.duplicate,
+            partition: self.partition,
+            ..SimConfig::new(self.seed_range().start, replicas)
+        }
+    }
+}
+
+pub fn run(args: &SimArgs) -> ExitCode {
+    if args.trace {
+        return trace(args);
+    }
+    let mut ok = true;
+    for &replicas in &args.replicas {
+        let config = args.config(replicas);
+        let started = Instant::now();
+        let reports = match run_seeds(&config, args.seed_range(), args.threads) {
+            Ok(reports) => reports,
+            Err(e) => {
+                eprintln!("pbft sim: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let wall = started.elapsed();
+        if args.verbose {
+            for r in &reports {
+                println!("{r}");
+            }
+        }
+        println!(
+            "n={replicas} clients={} requests={} drop={} duplicate={}{}: {}, wall {:.1}s",
+            config.clients,
+            config.requests,
+            config.drop,
+            config.duplicate,
+            if config.partition { " partition" } else { "" },
+            Summary::of(&reports),
+            wall.as_secs_f64()
+        );
+        let failures: Vec<&SimReport> = reports.iter().filter(|r| !r.passed()).collect();
+        if !failures.is_empty() {
+            ok = false;
+            if !args.verbose {
+                for r in failures {
+                    println!("{r}");
+                }
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs the one seed of `args` with its trace on standard output.
+fn trace(args: &SimArgs) -> ExitCode {
+    let seeds = args.seed_range();
+    let ([replicas], 1) = (args.replicas.as_slice(), seeds.end - seeds.start) else {
+        eprintln!(
+            "pbft sim: --trace runs one seed of one cluster size (use --seed S and a single --replicas N)"
+        );
+        return ExitCode::from(2);
+    };
+    let mut sim = match Simulation::new(args.config(*replicas)) {
+        Ok(sim) => sim,
+        Err(e) => {
+            eprintln!("pbft sim: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    sim.trace_to(|line| println!("{line}"));
+    let report = sim.run();
+    println!("{report}");
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: SimArgs,
+    }
+
+    fn parse(line: &[&str]) -> SimArgs {
+        Wrapper::try_parse_from(std::iter::once("sim").chain(line.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn seed_alone_replays_one_seed_and_seeds_counts_from_it() {
+        assert_eq!(parse(&["--seed", "17"]).seed_range(), 17..18);
+        assert_eq!(
+            parse(&["--seed", "17", "--seeds", "3"]).seed_range(),
+            17..20
+        );
+        assert_eq!(parse(&["--seeds", "5"]).seed_range(), 0..5);
+        assert_eq!(parse(&[]).seed_range(), 0..100);
+    }
+
+    #[test]
+    fn flags_reach_the_configuration_and_the_replay_command_round_trips() {
+        let args = parse(&[
+            "--seed",
+            "9",
+            "--replicas",
+            "7",
+            "--clients",
+            "3",
+            "--requests",
+            "11",
+            "--drop",
+            "0.1",
+            "--duplicate",
+            "0.2",
+            "--partition",
+        ]);
+        let config = args.config(7);
+        assert_eq!(
+            (
+                config.seed,
+                config.replicas,
+                config.clients,
+                config.requests,
+                config.partition
+            ),
+            (9, 7, 3, 11, true)
+        );
+        assert_eq!((config.drop, config.duplicate), (0.1, 0.2));
+        // The replay command, parsed back, gives the same configuration.
+        let replay = config.replay_command();
+        let words: Vec<&str> = replay
+            .split_whitespace()
+            .skip_while(|w| *w != "sim")
+            .skip(1)
+            .collect();
+        assert_eq!(parse(&words).config(7), config);
+    }
+
+    #[test]
+    fn several_cluster_sizes_in_one_run() {
+        assert_eq!(parse(&["--replicas", "4,7,10"]).replicas, vec![4, 7, 10]);
+    }
+}
