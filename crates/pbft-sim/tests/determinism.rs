@@ -27,12 +27,15 @@ fn the_same_seed_replays_identically() {
 
 #[test]
 fn the_number_of_threads_does_not_change_any_run() {
-    let config = SimConfig::new(0, 4);
-    let one = run_seeds(&config, 10..18, 1).unwrap();
-    let two = run_seeds(&config, 10..18, 2).unwrap();
+    let config = SimConfig {
+        partition: true,
+        ..SimConfig::new(0, 4)
+    };
+    let one = run_seeds(&config, 10..22, 1).unwrap();
+    let two = run_seeds(&config, 10..22, 2).unwrap();
     assert_eq!(one, two);
     assert_eq!(
         one.iter().map(|r| r.seed).collect::<Vec<_>>(),
-        (10..18).collect::<Vec<_>>()
+        (10..22).collect::<Vec<_>>()
     );
 }
