@@ -2,8 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use pbft_crypto::Verified;
-use pbft_types::{Checkpoint, Digest, SeqNo};
+use pbft_types::{Checkpoint, Digest, ReplicaId, SeqNo};
 
 use crate::quorum::{Insert, VoteSet};
 
@@ -11,6 +12,8 @@ use crate::quorum::{Insert, VoteSet};
 #[derive(Clone, Debug)]
 pub struct Taken {
     pub digest: Digest,
+    /// The encoded state snapshot, served to replicas that fetch this checkpoint.
+    pub snapshot: Bytes,
     /// The CHECKPOINT this replica signed for it, kept to resend to peers that missed it.
     pub message: Verified<Checkpoint>,
 }
@@ -28,7 +31,8 @@ pub struct Checkpoints {
     stable: Stable,
     /// Checkpoints taken at or above the stable one (the stable one included, once there is one).
     taken: BTreeMap<SeqNo, Taken>,
-    /// Votes for checkpoints above the stable one and within the window.
+    /// Votes for checkpoints above the stable one: all of those within the window, and a few per replica above
+    /// it (evidence that this replica is behind, bounded so that a faulty replica cannot fill memory).
     votes: BTreeMap<SeqNo, VoteSet<Checkpoint>>,
 }
 
@@ -56,9 +60,44 @@ impl Checkpoints {
         self.votes.entry(message.seq).or_default().insert(message)
     }
 
-    /// Records another replica's vote. The caller has checked that its sequence number lies in the window.
-    pub fn add_vote(&mut self, vote: Verified<Checkpoint>) -> Insert {
-        self.votes.entry(vote.seq).or_default().insert(vote)
+    /// Records another replica's vote for a checkpoint above the stable one. Above the high watermark `high`
+    /// each replica keeps at most `cap` votes, its highest.
+    pub fn add_vote(&mut self, vote: Verified<Checkpoint>, high: SeqNo, cap: usize) -> Insert {
+        let (seq, voter) = (vote.seq, vote.replica);
+        let outcome = self.votes.entry(seq).or_default().insert(vote);
+        if outcome == Insert::New && seq > high {
+            let above: Vec<SeqNo> = self
+                .votes
+                .range(high.next()..)
+                .filter(|(_, v)| v.get(voter).is_some())
+                .map(|(s, _)| *s)
+                .collect();
+            for s in above.iter().take(above.len().saturating_sub(cap)) {
+                if let Some(v) = self.votes.get_mut(s) {
+                    v.remove(voter);
+                    if v.is_empty() {
+                        self.votes.remove(s);
+                    }
+                }
+            }
+        }
+        outcome
+    }
+
+    /// The highest checkpoint above `seq` that `quorum` replicas certify with one digest, and who they are.
+    pub fn certified_above(
+        &self,
+        seq: SeqNo,
+        quorum: usize,
+    ) -> Option<(SeqNo, Digest, Vec<ReplicaId>)> {
+        self.votes.range(seq.next()..).rev().find_map(|(s, votes)| {
+            let digest = votes.agreed(quorum)?;
+            Some((
+                *s,
+                digest,
+                votes.matching(&digest).map(|v| v.replica).collect(),
+            ))
+        })
     }
 
     /// The highest checkpoint above the stable one that this replica took and that `quorum` replicas confirm
@@ -92,6 +131,10 @@ impl Checkpoints {
     }
 
     /// This replica's own CHECKPOINT messages above `seq`, the stable one included.
+    pub fn taken(&self, seq: SeqNo) -> Option<&Taken> {
+        self.taken.get(&seq)
+    }
+
     pub fn own_messages_above(&self, seq: SeqNo) -> impl Iterator<Item = &Verified<Checkpoint>> {
         self.taken.range(seq.next()..).map(|(_, t)| &t.message)
     }

@@ -43,6 +43,16 @@ impl ClientTable {
         self.entries.insert(client, LastReply { timestamp, result });
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = (&ClientId, &LastReply)> {
+        self.entries.iter()
+    }
+
+    pub fn from_entries(entries: impl IntoIterator<Item = (ClientId, LastReply)>) -> ClientTable {
+        ClientTable {
+            entries: entries.into_iter().collect(),
+        }
+    }
+
     /// A digest of every entry in client order; results are length-prefixed so entries cannot run together.
     pub fn digest(&self) -> Digest {
         let mut h = Sha256::new();

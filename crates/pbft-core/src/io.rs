@@ -30,6 +30,8 @@ pub enum Timer {
     Batch,
     /// A replica with unfinished work tells its peers what it has when this fires.
     Status,
+    /// A replica behind a certified checkpoint starts, or retries, fetching its state when this fires.
+    StateTransfer,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +72,12 @@ pub enum Output {
     CancelTimer(Timer),
     /// Batch `seq` committed and executed.
     Committed(Committed),
+    /// The replica installed the certified state of checkpoint `seq` fetched from a peer, skipping the
+    /// execution of every batch up to it.
+    StateInstalled {
+        seq: SeqNo,
+        digest: Digest,
+    },
     /// An input was refused; nothing changed.
     Rejected(Rejection),
 }
@@ -132,6 +140,9 @@ pub enum RejectReason {
     StaleRequest,
     /// A forwarded request reached a replica that is not the primary.
     NotPrimary,
+    /// A STATE-CHUNK that is not the next one expected from the current source, or a FETCH-STATE for a
+    /// checkpoint this replica does not hold.
+    UnexpectedStateTransfer,
     /// The sender id is not a replica of the cluster, or is this replica itself.
     UnknownSender,
 }

@@ -13,6 +13,7 @@ mod log;
 mod pending;
 mod quorum;
 mod replica;
+mod state_transfer;
 
 pub use app::{ExecContext, RestoreError, StateMachine};
 pub use checkpoint::Stable as StableCheckpoint;

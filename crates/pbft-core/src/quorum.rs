@@ -89,6 +89,27 @@ impl<T: Vote> VoteSet<T> {
     pub fn get(&self, voter: ReplicaId) -> Option<&Verified<T>> {
         self.votes.get(&voter)
     }
+
+    pub fn remove(&mut self, voter: ReplicaId) {
+        self.votes.remove(&voter);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.votes.is_empty()
+    }
+
+    /// The digest that at least `threshold` distinct replicas voted for, if any.
+    pub fn agreed(&self, threshold: usize) -> Option<Digest> {
+        let mut tally: BTreeMap<Digest, usize> = BTreeMap::new();
+        for vote in self.votes.values() {
+            let count = tally.entry(vote.digest()).or_default();
+            *count += 1;
+            if *count >= threshold {
+                return Some(vote.digest());
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +139,20 @@ mod tests {
         assert_eq!(votes.count(&Digest([7; 32])), 1);
         assert_eq!(votes.insert(prepare(2, 7)), Insert::New);
         assert_eq!(votes.count(&Digest([7; 32])), 2);
+    }
+
+    #[test]
+    fn agreement_needs_the_threshold_on_one_digest() {
+        let mut votes = VoteSet::default();
+        votes.insert(prepare(0, 1));
+        votes.insert(prepare(1, 2));
+        votes.insert(prepare(2, 1));
+        assert_eq!(votes.agreed(3), None);
+        assert_eq!(votes.agreed(2), Some(Digest([1; 32])));
+        votes.insert(prepare(3, 1));
+        assert_eq!(votes.agreed(3), Some(Digest([1; 32])));
+        votes.remove(ReplicaId(3));
+        assert_eq!(votes.agreed(3), None);
     }
 
     #[test]

@@ -3,10 +3,13 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
+
 use pbft_crypto::{Signer, Verified, VerifiedMsg, batch_digest};
 use pbft_types::{
-    Checkpoint, ClientId, ClusterConfig, Commit, ConfigError, PrePrepare, Prepare, Principal,
-    ReplicaId, ReplicaMsg, Reply, Request, SeqNo, Status, Timestamp, View,
+    Checkpoint, ClientId, ClusterConfig, Commit, ConfigError, Digest, FetchState, PrePrepare,
+    Prepare, Principal, ReplicaId, ReplicaMsg, Reply, Request, SeqNo, StateChunk, Status,
+    Timestamp, View,
 };
 
 use crate::app::{ExecContext, StateMachine};
@@ -16,6 +19,7 @@ use crate::io::{Batch, Committed, Dest, Input, Output, RejectReason, Rejection, 
 use crate::log::Log;
 use crate::pending::Pending;
 use crate::quorum::Insert;
+use crate::state_transfer::{ChunkOutcome, Transfer, decode_snapshot, encode_snapshot};
 
 /// What a replica reports about itself, for status pages, metrics and the simulator's checkers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,8 +56,13 @@ pub struct Replica {
     /// The newest timestamp per client in a batch the primary proposed that has not executed yet, so that a
     /// retransmitted request is not proposed twice.
     in_flight: HashMap<ClientId, Timestamp>,
+    /// Requests a backup passed on to the primary and has not seen execute: its unfinished work.
+    waiting: HashMap<ClientId, Timestamp>,
+    /// The state transfer in progress, if this replica is behind a certified checkpoint.
+    transfer: Option<Transfer>,
     batch_timer_set: bool,
     status_timer_set: bool,
+    transfer_timer_set: bool,
     out: Vec<Output>,
 }
 
@@ -80,8 +89,11 @@ impl Replica {
             last_assigned: SeqNo(0),
             pending: Pending::default(),
             in_flight: HashMap::new(),
+            waiting: HashMap::new(),
+            transfer: None,
             batch_timer_set: false,
             status_timer_set: false,
+            transfer_timer_set: false,
             out: Vec::new(),
             config,
         })
@@ -99,6 +111,10 @@ impl Replica {
             Input::TimerFired(Timer::Status) => {
                 self.status_timer_set = false;
                 self.send_status();
+            }
+            Input::TimerFired(Timer::StateTransfer) => {
+                self.transfer_timer_set = false;
+                self.drive_transfer();
             }
         }
         self.arm_status_timer();
@@ -152,6 +168,8 @@ impl Replica {
                 VerifiedMsg::Commit(_) => "COMMIT",
                 VerifiedMsg::Checkpoint(_) => "CHECKPOINT",
                 VerifiedMsg::Status(_) => "STATUS",
+                VerifiedMsg::FetchState(_) => "FETCH-STATE",
+                VerifiedMsg::StateChunk(_) => "STATE-CHUNK",
                 VerifiedMsg::Request(_) => "REQUEST",
             };
             return self.reject(Principal::Replica(from), kind, RejectReason::UnknownSender);
@@ -162,6 +180,8 @@ impl Replica {
             VerifiedMsg::Commit(commit) => self.on_commit(from, commit),
             VerifiedMsg::Checkpoint(checkpoint) => self.on_checkpoint(from, checkpoint),
             VerifiedMsg::Status(status) => self.on_status(from, &status),
+            VerifiedMsg::FetchState(fetch) => self.on_fetch_state(from, &fetch),
+            VerifiedMsg::StateChunk(chunk) => self.on_state_chunk(from, &chunk),
             VerifiedMsg::Request(request) => self.on_request(request, Some(from)),
         }
     }
@@ -197,7 +217,10 @@ impl Replica {
             if forwarded_by.is_some() {
                 return self.reject(from, "REQUEST", RejectReason::NotPrimary);
             }
-            // A client that retransmits to every replica suspects the primary missed its request: pass it on.
+            // A client that retransmits to every replica suspects the primary missed its request: pass it on,
+            // and keep asking the peers for what they have until it executes.
+            let newest = self.waiting.entry(request.client).or_default();
+            *newest = (*newest).max(request.timestamp);
             let to = Dest::Replica(self.primary());
             return self.send(to, ReplicaMsg::Request(request.into_signed()));
         }
@@ -455,8 +478,10 @@ impl Replica {
 
     fn execute_request(&mut self, seq: SeqNo, request: &Verified<Request>) -> Option<bytes::Bytes> {
         let (client, timestamp) = (request.client, request.timestamp);
-        if self.in_flight.get(&client).is_some_and(|t| *t <= timestamp) {
-            self.in_flight.remove(&client);
+        for table in [&mut self.in_flight, &mut self.waiting] {
+            if table.get(&client).is_some_and(|t| *t <= timestamp) {
+                table.remove(&client);
+            }
         }
         if self.clients.freshness(client, timestamp) != Freshness::Fresh {
             return None;
@@ -484,6 +509,11 @@ impl Replica {
     /// Every K sequence numbers: record the state's digest and a snapshot, and tell the others.
     fn take_checkpoint(&mut self, seq: SeqNo) {
         let digest = checkpoint_digest(seq, self.app.digest(), self.clients.digest());
+        let snapshot = encode_snapshot(self.app.snapshot(), &self.clients);
+        self.record_checkpoint(seq, digest, snapshot);
+    }
+
+    fn record_checkpoint(&mut self, seq: SeqNo, digest: Digest, snapshot: Bytes) {
         let message = self.signer.sign(Checkpoint {
             seq,
             digest,
@@ -493,21 +523,31 @@ impl Replica {
             Dest::AllReplicas,
             ReplicaMsg::Checkpoint(message.signed().clone()),
         );
-        self.checkpoints.record_own(Taken { digest, message });
+        self.checkpoints.record_own(Taken {
+            digest,
+            snapshot,
+            message,
+        });
         self.try_stabilize();
     }
 
     fn on_checkpoint(&mut self, from: ReplicaId, checkpoint: Verified<Checkpoint>) {
         let from = Principal::Replica(from);
         let seq = checkpoint.seq;
-        if !self.log.in_window(seq) {
+        if seq <= self.log.low() {
             return self.reject(from, "CHECKPOINT", self.outside(seq));
         }
-        if seq.0 % self.config.params.checkpoint_interval != 0 {
+        let interval = self.config.params.checkpoint_interval;
+        if seq.0 % interval != 0 {
             return self.reject(from, "CHECKPOINT", RejectReason::NotACheckpoint);
         }
-        match self.checkpoints.add_vote(checkpoint) {
-            Insert::New => self.try_stabilize(),
+        // Votes above the window are how a replica learns it is behind; a few per replica are enough.
+        let cap = (self.config.params.window / interval) as usize + 1;
+        match self.checkpoints.add_vote(checkpoint, self.log.high(), cap) {
+            Insert::New => {
+                self.try_stabilize();
+                self.schedule_transfer();
+            }
             Insert::Duplicate => self.reject(from, "CHECKPOINT", RejectReason::Duplicate),
             Insert::Conflicting => self.reject(from, "CHECKPOINT", RejectReason::ConflictingVote),
         }
@@ -528,6 +568,8 @@ impl Replica {
             || !self.in_flight.is_empty()
             || self.log.above(self.last_executed).next().is_some()
             || self.checkpoints.unstable_pending()
+            || !self.waiting.is_empty()
+            || self.transfer.is_some()
     }
 
     fn arm_status_timer(&mut self) {
@@ -589,5 +631,182 @@ impl Replica {
         for msg in resend {
             self.send(to, msg);
         }
+    }
+
+    /// A replica that sees q replicas certify a checkpoint above what it executed first gives the log a moment
+    /// to catch up by itself (the votes often arrive just before the last COMMITs), then fetches the state.
+    fn schedule_transfer(&mut self) {
+        let behind = self
+            .checkpoints
+            .certified_above(self.last_executed, self.quorum())
+            .is_some();
+        if behind && !self.transfer_timer_set {
+            self.transfer_timer_set = true;
+            let after = self.config.params.status_interval;
+            self.out.push(Output::SetTimer {
+                timer: Timer::StateTransfer,
+                after,
+            });
+        }
+    }
+
+    /// Starts a transfer to the highest certified checkpoint, or retries the current one with the next source
+    /// if no chunk arrived since the last attempt.
+    fn drive_transfer(&mut self) {
+        let certified = self
+            .checkpoints
+            .certified_above(self.last_executed, self.quorum());
+        let Some((seq, digest, voters)) = certified else {
+            self.transfer = None;
+            return;
+        };
+        match &mut self.transfer {
+            Some(t) if t.seq == seq && t.digest == digest => {
+                if !t.progressed {
+                    t.retry();
+                }
+                t.progressed = false;
+            }
+            _ => {
+                let sources: Vec<ReplicaId> =
+                    voters.into_iter().filter(|r| *r != self.id).collect();
+                if sources.is_empty() {
+                    return;
+                }
+                self.transfer = Some(Transfer::new(seq, digest, sources));
+            }
+        }
+        self.request_chunk();
+        self.transfer_timer_set = true;
+        let after = self.config.params.request_timeout;
+        self.out.push(Output::SetTimer {
+            timer: Timer::StateTransfer,
+            after,
+        });
+    }
+
+    fn request_chunk(&mut self) {
+        let Some(t) = &self.transfer else { return };
+        let Some(source) = t.source() else { return };
+        let fetch = FetchState {
+            seq: t.seq,
+            digest: t.digest,
+            offset: t.offset(),
+            replica: self.id,
+        };
+        let fetch = self.signer.sign(fetch);
+        self.send(
+            Dest::Replica(source),
+            ReplicaMsg::FetchState(fetch.into_signed()),
+        );
+    }
+
+    /// Serves a chunk of a checkpoint this replica holds.
+    fn on_fetch_state(&mut self, from: ReplicaId, fetch: &FetchState) {
+        let unexpected = RejectReason::UnexpectedStateTransfer;
+        let held = self
+            .checkpoints
+            .taken(fetch.seq)
+            .filter(|t| t.digest == fetch.digest);
+        let Some(snapshot) = held.map(|t| t.snapshot.clone()) else {
+            return self.reject(Principal::Replica(from), "FETCH-STATE", unexpected);
+        };
+        let total = snapshot.len();
+        let Some(start) = usize::try_from(fetch.offset).ok().filter(|o| *o <= total) else {
+            return self.reject(Principal::Replica(from), "FETCH-STATE", unexpected);
+        };
+        let end = start
+            .saturating_add(self.config.params.state_chunk_size)
+            .min(total);
+        let chunk = StateChunk {
+            seq: fetch.seq,
+            digest: fetch.digest,
+            offset: fetch.offset,
+            total: total as u64,
+            data: snapshot.slice(start..end),
+            replica: self.id,
+        };
+        let chunk = self.signer.sign(chunk);
+        self.send(
+            Dest::Replica(from),
+            ReplicaMsg::StateChunk(chunk.into_signed()),
+        );
+    }
+
+    fn on_state_chunk(&mut self, from: ReplicaId, chunk: &StateChunk) {
+        let max = self.config.params.max_snapshot_size;
+        let outcome = match &mut self.transfer {
+            Some(t) => t.accept(from, chunk, max),
+            None => ChunkOutcome::Ignored,
+        };
+        match outcome {
+            ChunkOutcome::Ignored => {
+                let reason = RejectReason::UnexpectedStateTransfer;
+                self.reject(Principal::Replica(from), "STATE-CHUNK", reason)
+            }
+            ChunkOutcome::Next(_) => self.request_chunk(),
+            ChunkOutcome::Bad => {
+                if let Some(t) = &mut self.transfer {
+                    t.retry();
+                }
+                self.request_chunk();
+            }
+            ChunkOutcome::Complete(snapshot) => self.install(snapshot),
+        }
+    }
+
+    /// Checks a complete snapshot against the certified digest and, if it matches, makes it this replica's
+    /// state. A snapshot that does not match changes nothing and the next source is tried.
+    fn install(&mut self, snapshot: Bytes) {
+        let Some((seq, digest)) = self.transfer.as_ref().map(|t| (t.seq, t.digest)) else {
+            return;
+        };
+        if seq <= self.last_executed {
+            // The log caught up while the snapshot travelled: it is no longer needed.
+            self.transfer = None;
+            return;
+        }
+        let Some(clients) = self.restore_checked(seq, digest, &snapshot) else {
+            if let Some(t) = &mut self.transfer {
+                t.retry();
+            }
+            return self.request_chunk();
+        };
+        self.clients = clients;
+        self.last_executed = seq;
+        self.transfer = None;
+        if self.transfer_timer_set {
+            self.transfer_timer_set = false;
+            self.out.push(Output::CancelTimer(Timer::StateTransfer));
+        }
+        let clients = &self.clients;
+        let unexecuted =
+            |c: &ClientId, t: &mut Timestamp| clients.freshness(*c, *t) == Freshness::Fresh;
+        self.in_flight.retain(unexecuted);
+        self.waiting.retain(unexecuted);
+        self.out.push(Output::StateInstalled { seq, digest });
+        self.record_checkpoint(seq, digest, snapshot);
+        self.execute_committed();
+    }
+
+    /// Restores the application from `snapshot` if the result has the certified digest; otherwise puts the
+    /// previous state back and returns `None`.
+    fn restore_checked(
+        &mut self,
+        seq: SeqNo,
+        digest: Digest,
+        snapshot: &[u8],
+    ) -> Option<ClientTable> {
+        let (app_state, clients) = decode_snapshot(snapshot).ok()?;
+        let previous = self.app.snapshot();
+        self.app.restore(&app_state).ok()?;
+        if checkpoint_digest(seq, self.app.digest(), clients.digest()) == digest {
+            return Some(clients);
+        }
+        // The application accepted its own snapshot when it made it; failing now would break its contract.
+        if let Err(e) = self.app.restore(&previous) {
+            panic!("the application cannot restore its own snapshot: {e}");
+        }
+        None
     }
 }

@@ -2,8 +2,8 @@ use std::collections::HashMap;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use pbft_types::{
-    Body, Checkpoint, ClientId, ClusterConfig, Commit, PrePrepare, Prepare, Principal,
-    PublicKeyBytes, ReplicaId, ReplicaMsg, Request, Signed, Status,
+    Body, Checkpoint, ClientId, ClusterConfig, Commit, FetchState, PrePrepare, Prepare, Principal,
+    PublicKeyBytes, ReplicaId, ReplicaMsg, Request, Signed, StateChunk, Status,
 };
 use thiserror::Error;
 
@@ -44,6 +44,8 @@ pub enum VerifiedMsg {
     Commit(Verified<Commit>),
     Checkpoint(Verified<Checkpoint>),
     Status(Verified<Status>),
+    FetchState(Verified<FetchState>),
+    StateChunk(Verified<StateChunk>),
     Request(Verified<Request>),
 }
 
@@ -175,6 +177,14 @@ impl Keyring {
             ReplicaMsg::Status(m) => {
                 own(m.value().signer())?;
                 VerifiedMsg::Status(self.verify(m)?)
+            }
+            ReplicaMsg::FetchState(m) => {
+                own(m.value().signer())?;
+                VerifiedMsg::FetchState(self.verify(m)?)
+            }
+            ReplicaMsg::StateChunk(m) => {
+                own(m.value().signer())?;
+                VerifiedMsg::StateChunk(self.verify(m)?)
             }
             ReplicaMsg::Request(m) => VerifiedMsg::Request(self.verify(m)?),
         })

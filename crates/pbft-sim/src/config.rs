@@ -65,6 +65,9 @@ pub fn simulation_params() -> Params {
         status_interval: Duration::from_millis(50),
         max_request_size: 1024,
         max_message_size: 64 * 1024,
+        // Small, so that transfers in the simulator take several chunks.
+        state_chunk_size: 256,
+        max_snapshot_size: 16 * 1024 * 1024,
     }
 }
 

@@ -475,6 +475,11 @@ impl Simulation {
                     },
                 );
             }
+            Output::StateInstalled { seq, digest } => {
+                self.trace(|| format!("r{id} INSTALLED state of n{seq} {digest:?}"));
+                let checked = self.checker.installed(id, seq);
+                self.violation(checked);
+            }
             Output::CancelTimer(timer) => {
                 self.replicas[id.index()].timers.remove(&timer);
             }

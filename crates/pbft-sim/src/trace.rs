@@ -42,6 +42,21 @@ pub fn describe(msg: &ReplicaMsg) -> String {
                 m.view, m.stable, m.executed, m.replica
             )
         }
+        ReplicaMsg::FetchState(m) => {
+            let m = m.value();
+            format!(
+                "FETCH-STATE n{} {:?} from byte {} by {}",
+                m.seq, m.digest, m.offset, m.replica
+            )
+        }
+        ReplicaMsg::StateChunk(m) => {
+            let m = m.value();
+            let (start, len) = (m.offset, m.data.len());
+            format!(
+                "STATE-CHUNK n{} bytes {start}+{len} of {} from {}",
+                m.seq, m.total, m.replica
+            )
+        }
         ReplicaMsg::Request(m) => {
             let m = m.value();
             format!("REQUEST client {} t {} (forwarded)", m.client, m.timestamp)
@@ -60,6 +75,8 @@ pub fn describe_verified(msg: &VerifiedMsg) -> String {
         VerifiedMsg::Commit(m) => ReplicaMsg::Commit(m.signed().clone()),
         VerifiedMsg::Checkpoint(m) => ReplicaMsg::Checkpoint(m.signed().clone()),
         VerifiedMsg::Status(m) => ReplicaMsg::Status(m.signed().clone()),
+        VerifiedMsg::FetchState(m) => ReplicaMsg::FetchState(m.signed().clone()),
+        VerifiedMsg::StateChunk(m) => ReplicaMsg::StateChunk(m.signed().clone()),
         VerifiedMsg::Request(m) => ReplicaMsg::Request(m.signed().clone()),
     };
     describe(&signed)

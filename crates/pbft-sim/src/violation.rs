@@ -20,6 +20,17 @@ pub enum Violation {
     },
 
     #[error(
+        "state transfer: replica {replica} installed the state at seq {seq} after executing up to {last}, but no \
+         replica had executed seq {seq} yet (the history ends at {history})"
+    )]
+    InstalledUnexecuted {
+        replica: ReplicaId,
+        seq: SeqNo,
+        last: SeqNo,
+        history: SeqNo,
+    },
+
+    #[error(
         "agreement: replica {replica} committed batch {got:?} at seq {seq}, but the history holds batch {expected:?} \
          there (first committed by replica {first})"
     )]

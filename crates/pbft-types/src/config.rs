@@ -40,6 +40,10 @@ pub struct Params {
     pub max_request_size: usize,
     /// The largest encoded message a replica accepts, in bytes. Checked before decoding.
     pub max_message_size: usize,
+    /// The most snapshot bytes one STATE-CHUNK carries during state transfer.
+    pub state_chunk_size: usize,
+    /// The largest state snapshot a replica accepts during state transfer, in bytes.
+    pub max_snapshot_size: u64,
 }
 
 impl Default for Params {
@@ -54,6 +58,8 @@ impl Default for Params {
             status_interval: Duration::from_millis(100),
             max_request_size: 64 * 1024,
             max_message_size: 32 * 1024 * 1024,
+            state_chunk_size: 1024 * 1024,
+            max_snapshot_size: 1 << 30,
         }
     }
 }
@@ -88,6 +94,10 @@ pub enum ConfigError {
     SharedClientKey { client: ClientId, other: String },
     #[error("{0} must be greater than zero")]
     ZeroTimeout(&'static str),
+    #[error(
+        "the state chunk size ({chunk}) must be positive and leave room in a message of {message} bytes"
+    )]
+    ChunkSize { chunk: usize, message: usize },
     #[error(
         "the message size limit ({message}) cannot hold a full batch of the largest requests ({batch} x {request})"
     )]
@@ -175,6 +185,14 @@ impl ClusterConfig {
                 message: p.max_message_size,
                 batch: p.max_batch_size,
                 request: p.max_request_size,
+            });
+        }
+        if p.state_chunk_size == 0
+            || p.state_chunk_size.saturating_add(REQUEST_OVERHEAD) > p.max_message_size
+        {
+            return Err(ConfigError::ChunkSize {
+                chunk: p.state_chunk_size,
+                message: p.max_message_size,
             });
         }
         for (i, key) in self.replicas.iter().enumerate() {
@@ -302,6 +320,10 @@ mod tests {
             c.validate(),
             Err(ConfigError::ZeroTimeout("request_timeout"))
         );
+
+        let mut c = config(4);
+        c.params.state_chunk_size = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::ChunkSize { .. })));
 
         let mut c = config(4);
         c.params.max_message_size = 1000;

@@ -15,6 +15,8 @@ pub mod wire;
 pub use config::{ClientInfo, ClusterConfig, ConfigError, Params, PublicKeyBytes};
 pub use error::DecodeError;
 pub use ids::{ClientId, Digest, Principal, ReplicaId, SeqNo, Timestamp, View};
-pub use message::{Body, Checkpoint, Commit, PrePrepare, Prepare, Reply, Request, Status};
+pub use message::{
+    Body, Checkpoint, Commit, FetchState, PrePrepare, Prepare, Reply, Request, StateChunk, Status,
+};
 pub use replica_msg::{DecodeLimits, ReplicaMsg};
 pub use signed::{SignatureBytes, Signed};

@@ -71,6 +71,26 @@ pub struct Status {
     pub replica: ReplicaId,
 }
 
+/// FETCH-STATE(n, d, o, i): replica i asks for the snapshot of checkpoint (n, d) from byte `offset` on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchState {
+    pub seq: SeqNo,
+    pub digest: Digest,
+    pub offset: u64,
+    pub replica: ReplicaId,
+}
+
+/// STATE-CHUNK(n, d, o, t, data, i): a piece of the snapshot of checkpoint (n, d).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateChunk {
+    pub seq: SeqNo,
+    pub digest: Digest,
+    pub offset: u64,
+    pub total: u64,
+    pub data: Bytes,
+    pub replica: ReplicaId,
+}
+
 /// A message that is signed on its own: it knows its signer and converts from and to its `SignedBody` variant.
 pub trait Body: Sized {
     /// The principal whose key must have signed this body.
@@ -114,6 +134,8 @@ pub(crate) fn kind_name(kind: &Kind) -> &'static str {
         Kind::Reply(_) => "REPLY",
         Kind::Checkpoint(_) => "CHECKPOINT",
         Kind::Status(_) => "STATUS",
+        Kind::FetchState(_) => "FETCH-STATE",
+        Kind::StateChunk(_) => "STATE-CHUNK",
     }
 }
 
@@ -245,6 +267,60 @@ impl Body for Status {
                 replica: ReplicaId(m.replica),
             }),
             other => Err(wrong_kind("STATUS", &other)),
+        }
+    }
+}
+
+impl Body for FetchState {
+    fn signer(&self) -> Principal {
+        Principal::Replica(self.replica)
+    }
+    fn to_wire(&self) -> Kind {
+        Kind::FetchState(wire::FetchState {
+            sequence: self.seq.0,
+            digest: Bytes::copy_from_slice(self.digest.as_bytes()),
+            offset: self.offset,
+            replica: self.replica.0,
+        })
+    }
+    fn from_wire(kind: Kind) -> Result<Self, DecodeError> {
+        match kind {
+            Kind::FetchState(m) => Ok(FetchState {
+                seq: SeqNo(m.sequence),
+                digest: digest("digest", &m.digest)?,
+                offset: m.offset,
+                replica: ReplicaId(m.replica),
+            }),
+            other => Err(wrong_kind("FETCH-STATE", &other)),
+        }
+    }
+}
+
+impl Body for StateChunk {
+    fn signer(&self) -> Principal {
+        Principal::Replica(self.replica)
+    }
+    fn to_wire(&self) -> Kind {
+        Kind::StateChunk(wire::StateChunk {
+            sequence: self.seq.0,
+            digest: Bytes::copy_from_slice(self.digest.as_bytes()),
+            offset: self.offset,
+            total: self.total,
+            data: self.data.clone(),
+            replica: self.replica.0,
+        })
+    }
+    fn from_wire(kind: Kind) -> Result<Self, DecodeError> {
+        match kind {
+            Kind::StateChunk(m) => Ok(StateChunk {
+                seq: SeqNo(m.sequence),
+                digest: digest("digest", &m.digest)?,
+                offset: m.offset,
+                total: m.total,
+                data: m.data,
+                replica: ReplicaId(m.replica),
+            }),
+            other => Err(wrong_kind("STATE-CHUNK", &other)),
         }
     }
 }

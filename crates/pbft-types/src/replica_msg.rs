@@ -3,7 +3,9 @@
 use prost::Message;
 
 use crate::error::DecodeError;
-use crate::message::{Checkpoint, Commit, PrePrepare, Prepare, Request, Status, kind_name};
+use crate::message::{
+    Checkpoint, Commit, FetchState, PrePrepare, Prepare, Request, StateChunk, Status, kind_name,
+};
 use crate::signed::Signed;
 use crate::wire::{self, signed_body::Kind};
 
@@ -18,6 +20,8 @@ pub enum ReplicaMsg {
     Commit(Signed<Commit>),
     Checkpoint(Signed<Checkpoint>),
     Status(Signed<Status>),
+    FetchState(Signed<FetchState>),
+    StateChunk(Signed<StateChunk>),
     /// A client's request that a backup passes on to the primary.
     Request(Signed<Request>),
 }
@@ -64,6 +68,8 @@ impl ReplicaMsg {
             Kind::Commit(_) => ReplicaMsg::Commit(Signed::from_envelope(envelope)?),
             Kind::Checkpoint(_) => ReplicaMsg::Checkpoint(Signed::from_envelope(envelope)?),
             Kind::Status(_) => ReplicaMsg::Status(Signed::from_envelope(envelope)?),
+            Kind::FetchState(_) => ReplicaMsg::FetchState(Signed::from_envelope(envelope)?),
+            Kind::StateChunk(_) => ReplicaMsg::StateChunk(Signed::from_envelope(envelope)?),
             Kind::Request(_) => ReplicaMsg::Request(Signed::from_envelope(envelope)?),
             other @ Kind::Reply(_) => {
                 return Err(DecodeError::NotAReplicaMessage(kind_name(&other)));
@@ -81,6 +87,8 @@ impl ReplicaMsg {
             ReplicaMsg::Commit(m) => (m.to_envelope(), Vec::new()),
             ReplicaMsg::Checkpoint(m) => (m.to_envelope(), Vec::new()),
             ReplicaMsg::Status(m) => (m.to_envelope(), Vec::new()),
+            ReplicaMsg::FetchState(m) => (m.to_envelope(), Vec::new()),
+            ReplicaMsg::StateChunk(m) => (m.to_envelope(), Vec::new()),
             ReplicaMsg::Request(m) => (m.to_envelope(), Vec::new()),
         };
         wire::ReplicaMessage {
@@ -98,6 +106,8 @@ impl ReplicaMsg {
             ReplicaMsg::Commit(_) => "COMMIT",
             ReplicaMsg::Checkpoint(_) => "CHECKPOINT",
             ReplicaMsg::Status(_) => "STATUS",
+            ReplicaMsg::FetchState(_) => "FETCH-STATE",
+            ReplicaMsg::StateChunk(_) => "STATE-CHUNK",
             ReplicaMsg::Request(_) => "REQUEST",
         }
     }

@@ -88,6 +88,7 @@ pub enum Out {
     SetTimer(Timer, Duration),
     CancelTimer(Timer),
     Committed(Executed),
+    StateInstalled(SeqNo, Digest),
     Rejected(Rejection),
 }
 
@@ -110,6 +111,7 @@ impl From<Output> for Out {
                     .map(Verified::into_signed)
                     .collect(),
             }),
+            Output::StateInstalled { seq, digest } => Out::StateInstalled(seq, digest),
             Output::Rejected(r) => Out::Rejected(r),
         }
     }

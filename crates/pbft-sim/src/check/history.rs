@@ -137,6 +137,31 @@ impl History {
     }
 }
 
+impl History {
+    /// Records that `replica` installed, by state transfer, the state after `seq`. Its history jumps to the
+    /// global one at `seq`, which must exist: a certified checkpoint is one that correct replicas executed to.
+    pub fn installed(&mut self, replica: ReplicaId, seq: SeqNo) -> Result<(), Violation> {
+        let Some(cursor) = self.cursors.get(replica.index()).copied() else {
+            return Err(Violation::Driver(format!(
+                "a state install at unknown replica {replica}"
+            )));
+        };
+        let Some(entry) = self.entries.get(index(seq)).filter(|_| seq > cursor.last) else {
+            return Err(Violation::InstalledUnexecuted {
+                replica,
+                seq,
+                last: cursor.last,
+                history: SeqNo(self.entries.len() as u64),
+            });
+        };
+        self.cursors[replica.index()] = Cursor {
+            last: seq,
+            chain: entry.chain,
+        };
+        Ok(())
+    }
+}
+
 /// Sequence numbers start at 1.
 fn index(seq: SeqNo) -> usize {
     seq.0.saturating_sub(1) as usize

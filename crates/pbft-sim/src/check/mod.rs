@@ -115,6 +115,11 @@ impl Checker {
         Ok(())
     }
 
+    /// `replica` installed the state after `seq` by state transfer instead of executing up to it.
+    pub fn installed(&mut self, replica: ReplicaId, seq: SeqNo) -> Result<(), Violation> {
+        self.history.installed(replica, seq)
+    }
+
     /// `client` accepted `result` for its request `timestamp`.
     pub fn completed(
         &mut self,
