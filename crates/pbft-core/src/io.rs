@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pbft_crypto::{Verified, VerifiedMsg};
-use pbft_types::{Commit, Digest, Principal, ReplicaId, ReplicaMsg, Reply, Request, SeqNo, View};
+use pbft_types::{
+    Commit, Digest, Prepare, Principal, ReplicaId, ReplicaMsg, Reply, Request, SeqNo, View,
+};
 
 /// The requests of one batch, in the order they execute. Shared, because the same batch sits in the log, goes
 /// out in PRE-PREPAREs and is handed to the driver when it commits.
@@ -53,6 +55,8 @@ pub struct Committed {
     /// client had already had a request with that timestamp or a later one executed.
     pub results: Vec<Option<Bytes>>,
     pub certificate: Vec<Verified<Commit>>,
+    /// The prepared certificate it committed on: q - 1 PREPAREs from distinct backups for (view, seq, digest).
+    pub prepared: Vec<Verified<Prepare>>,
 }
 
 #[derive(Clone, Debug)]

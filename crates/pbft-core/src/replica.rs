@@ -459,6 +459,7 @@ impl Replica {
             };
             let (view, digest, batch) = (header.view, header.digest, batch.clone());
             let certificate = slot.commits.matching(&digest).cloned().collect();
+            let prepared = slot.prepares.matching(&digest).cloned().collect();
             let results = batch.iter().map(|r| self.execute_request(seq, r)).collect();
             self.last_executed = seq;
             self.out.push(Output::Committed(Committed {
@@ -468,6 +469,7 @@ impl Replica {
                 batch,
                 results,
                 certificate,
+                prepared,
             }));
             if seq.0 % self.config.params.checkpoint_interval == 0 {
                 self.take_checkpoint(seq);

@@ -76,19 +76,21 @@ pub enum Violation {
     },
 
     #[error(
-        "certificate: replica {replica}'s commit certificate for seq {seq} counts replica {voter} twice"
+        "certificate: replica {replica}'s {kind} certificate for seq {seq} counts replica {voter} twice"
     )]
     DuplicateVote {
+        kind: &'static str,
         replica: ReplicaId,
         seq: SeqNo,
         voter: ReplicaId,
     },
 
     #[error(
-        "certificate: replica {replica}'s commit certificate for seq {seq} holds {votes} COMMITs from distinct \
-         replicas; a quorum is {quorum}"
+        "certificate: replica {replica}'s {kind} certificate for seq {seq} holds {votes} votes from distinct \
+         replicas; it needs {quorum}"
     )]
     ShortCertificate {
+        kind: &'static str,
         replica: ReplicaId,
         seq: SeqNo,
         votes: usize,
@@ -96,10 +98,11 @@ pub enum Violation {
     },
 
     #[error(
-        "certificate: replica {replica}'s commit certificate for (view {view}, seq {seq}, {digest:?}) holds a COMMIT \
+        "certificate: replica {replica}'s {kind} certificate for (view {view}, seq {seq}, {digest:?}) holds a vote \
          of replica {voter} for (view {vote_view}, seq {vote_seq}, {vote_digest:?})"
     )]
     MismatchedVote {
+        kind: &'static str,
         replica: ReplicaId,
         view: View,
         seq: SeqNo,
@@ -111,14 +114,25 @@ pub enum Violation {
     },
 
     #[error(
-        "certificate: the COMMIT of replica {voter} in replica {replica}'s certificate for seq {seq} does not \
+        "certificate: the {kind} of replica {voter} in replica {replica}'s certificate for seq {seq} does not \
          verify: {reason}"
     )]
     ForgedVote {
+        kind: &'static str,
         replica: ReplicaId,
         seq: SeqNo,
         voter: ReplicaId,
         reason: String,
+    },
+
+    #[error(
+        "certificate: replica {replica}'s prepared certificate for seq {seq} counts a PREPARE from the primary \
+         {primary}, which sends none"
+    )]
+    PrepareFromPrimary {
+        replica: ReplicaId,
+        seq: SeqNo,
+        primary: ReplicaId,
     },
 
     #[error(

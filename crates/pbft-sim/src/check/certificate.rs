@@ -1,55 +1,100 @@
-//! The commit certificate of every committed batch: q COMMITs for its (view, seq, digest), from q distinct
-//! replicas, each with a signature that verifies. A core that counts one replica's vote twice, or commits on
-//! fewer than q votes, hands over a certificate that fails here.
+//! The certificates of every committed batch: q COMMITs for its (view, seq, digest) from q distinct replicas, and
+//! the prepared certificate it rests on, q - 1 PREPAREs from distinct backups (never the primary), each with a
+//! signature that verifies. A core that counts one replica's vote twice, or moves on with fewer than the quorum,
+//! hands over a certificate that fails here.
 
 use std::collections::{BTreeSet, HashSet};
 
 use bytes::Bytes;
 use pbft_core::Committed;
-use pbft_crypto::Keyring;
-use pbft_types::{ReplicaId, SignatureBytes};
+use pbft_crypto::{Keyring, Verified};
+use pbft_types::{Body, Commit, Digest, Prepare, ReplicaId, SeqNo, SignatureBytes, View};
 
 use crate::violation::Violation;
 
+/// PREPARE and COMMIT: a vote of one replica for (view, seq, digest).
+trait Vote: Body + Clone {
+    const KIND: &'static str;
+    fn fields(&self) -> (View, SeqNo, Digest, ReplicaId);
+}
+
+impl Vote for Prepare {
+    const KIND: &'static str = "PREPARE";
+    fn fields(&self) -> (View, SeqNo, Digest, ReplicaId) {
+        (self.view, self.seq, self.digest, self.replica)
+    }
+}
+
+impl Vote for Commit {
+    const KIND: &'static str = "COMMIT";
+    fn fields(&self) -> (View, SeqNo, Digest, ReplicaId) {
+        (self.view, self.seq, self.digest, self.replica)
+    }
+}
+
 pub struct CertificateChecker {
     keyring: Keyring,
+    replicas: usize,
     quorum: usize,
-    /// COMMITs whose signature already verified, by exact signed bytes and signature: every replica's certificate
-    /// for a sequence number holds mostly the same COMMITs, and checking each once is enough.
+    /// Votes whose signature already verified, by exact signed bytes and signature: every replica's certificate
+    /// for a sequence number holds mostly the same votes, and checking each once is enough.
     verified: HashSet<(Bytes, SignatureBytes)>,
 }
 
 impl CertificateChecker {
-    pub fn new(keyring: Keyring, quorum: usize) -> CertificateChecker {
+    pub fn new(keyring: Keyring, replicas: usize, quorum: usize) -> CertificateChecker {
         CertificateChecker {
             keyring,
+            replicas,
             quorum,
             verified: HashSet::new(),
         }
     }
 
-    /// Checks the certificate `replica` produced for `committed`.
+    /// Checks the certificates `replica` produced for `committed`.
     pub fn check(&mut self, replica: ReplicaId, committed: &Committed) -> Result<(), Violation> {
-        let seq = committed.seq;
+        self.check_votes(replica, committed, &committed.certificate, self.quorum)?;
+        let primary = ReplicaId(committed.view.0 % self.replicas as u64);
+        if committed.prepared.iter().any(|p| p.replica == primary) {
+            return Err(Violation::PrepareFromPrimary {
+                replica,
+                seq: committed.seq,
+                primary,
+            });
+        }
+        self.check_votes(replica, committed, &committed.prepared, self.quorum - 1)
+    }
+
+    fn check_votes<T: Vote>(
+        &mut self,
+        replica: ReplicaId,
+        committed: &Committed,
+        votes: &[Verified<T>],
+        needed: usize,
+    ) -> Result<(), Violation> {
+        let (kind, seq) = (T::KIND, committed.seq);
         let mut voters = BTreeSet::new();
-        for vote in &committed.certificate {
-            if (vote.view, vote.seq, vote.digest) != (committed.view, seq, committed.digest) {
+        for vote in votes {
+            let (vote_view, vote_seq, vote_digest, voter) = vote.fields();
+            if (vote_view, vote_seq, vote_digest) != (committed.view, seq, committed.digest) {
                 return Err(Violation::MismatchedVote {
+                    kind,
                     replica,
                     view: committed.view,
                     seq,
                     digest: committed.digest,
-                    voter: vote.replica,
-                    vote_view: vote.view,
-                    vote_seq: vote.seq,
-                    vote_digest: vote.digest,
+                    voter,
+                    vote_view,
+                    vote_seq,
+                    vote_digest,
                 });
             }
-            if !voters.insert(vote.replica) {
+            if !voters.insert(voter) {
                 return Err(Violation::DuplicateVote {
+                    kind,
                     replica,
                     seq,
-                    voter: vote.replica,
+                    voter,
                 });
             }
             let signed = vote.signed();
@@ -58,20 +103,22 @@ impl CertificateChecker {
                 self.keyring
                     .verify(signed.clone())
                     .map_err(|e| Violation::ForgedVote {
+                        kind,
                         replica,
                         seq,
-                        voter: vote.replica,
+                        voter,
                         reason: e.to_string(),
                     })?;
                 self.verified.insert(key);
             }
         }
-        if voters.len() < self.quorum {
+        if voters.len() < needed {
             return Err(Violation::ShortCertificate {
+                kind,
                 replica,
                 seq,
                 votes: voters.len(),
-                quorum: self.quorum,
+                quorum: needed,
             });
         }
         Ok(())
@@ -84,7 +131,7 @@ mod tests {
     use std::sync::Arc;
 
     use pbft_crypto::{KeyPair, Signer, Verified};
-    use pbft_types::{ClusterConfig, Commit, Digest, Params, Principal, SeqNo, View};
+    use pbft_types::{ClusterConfig, Commit, Digest, Params, Prepare, Principal, SeqNo, View};
 
     struct Fixture {
         signers: Vec<Signer>,
@@ -106,7 +153,7 @@ mod tests {
             .collect();
         Fixture {
             signers,
-            checker: CertificateChecker::new(keyring, config.quorum()),
+            checker: CertificateChecker::new(keyring, config.n(), config.quorum()),
         }
     }
 
@@ -122,7 +169,22 @@ mod tests {
         })
     }
 
-    fn committed(certificate: Vec<Verified<Commit>>) -> Committed {
+    fn prepare(signer: &Signer, digest: u8) -> Verified<Prepare> {
+        let Principal::Replica(replica) = signer.principal() else {
+            panic!("replica signers only");
+        };
+        signer.sign(Prepare {
+            view: View(0),
+            seq: SeqNo(1),
+            digest: Digest([digest; 32]),
+            replica,
+        })
+    }
+
+    fn with_prepared(
+        certificate: Vec<Verified<Commit>>,
+        prepared: Vec<Verified<Prepare>>,
+    ) -> Committed {
         Committed {
             seq: SeqNo(1),
             view: View(0),
@@ -130,7 +192,59 @@ mod tests {
             batch: Arc::from(Vec::new()),
             results: Vec::new(),
             certificate,
+            prepared,
         }
+    }
+
+    /// A batch committed on `certificate`, prepared on PREPAREs from backups 1 and 2.
+    fn committed(certificate: Vec<Verified<Commit>>) -> Committed {
+        let f = fixture();
+        let prepared = vec![prepare(&f.signers[1], 1), prepare(&f.signers[2], 1)];
+        with_prepared(certificate, prepared)
+    }
+
+    #[test]
+    fn a_prepare_counted_twice_is_reported() {
+        let mut f = fixture();
+        let cert = (0..3).map(|i| commit(&f.signers[i], 1, 1)).collect();
+        let doubled = vec![prepare(&f.signers[1], 1), prepare(&f.signers[1], 1)];
+        assert_eq!(
+            f.checker.check(ReplicaId(0), &with_prepared(cert, doubled)),
+            Err(Violation::DuplicateVote {
+                kind: "PREPARE",
+                replica: ReplicaId(0),
+                seq: SeqNo(1),
+                voter: ReplicaId(1)
+            })
+        );
+    }
+
+    #[test]
+    fn a_short_prepared_certificate_or_a_prepare_from_the_primary_is_reported() {
+        let mut f = fixture();
+        let cert: Vec<_> = (0..3).map(|i| commit(&f.signers[i], 1, 1)).collect();
+        let short = vec![prepare(&f.signers[1], 1)];
+        assert_eq!(
+            f.checker
+                .check(ReplicaId(0), &with_prepared(cert.clone(), short)),
+            Err(Violation::ShortCertificate {
+                kind: "PREPARE",
+                replica: ReplicaId(0),
+                seq: SeqNo(1),
+                votes: 1,
+                quorum: 2
+            })
+        );
+        let from_primary = vec![prepare(&f.signers[0], 1), prepare(&f.signers[1], 1)];
+        assert_eq!(
+            f.checker
+                .check(ReplicaId(2), &with_prepared(cert, from_primary)),
+            Err(Violation::PrepareFromPrimary {
+                replica: ReplicaId(2),
+                seq: SeqNo(1),
+                primary: ReplicaId(0)
+            })
+        );
     }
 
     #[test]
@@ -153,6 +267,7 @@ mod tests {
         assert_eq!(
             f.checker.check(ReplicaId(2), &committed(cert)),
             Err(Violation::DuplicateVote {
+                kind: "COMMIT",
                 replica: ReplicaId(2),
                 seq: SeqNo(1),
                 voter: ReplicaId(1)
@@ -167,6 +282,7 @@ mod tests {
         assert_eq!(
             f.checker.check(ReplicaId(0), &committed(cert)),
             Err(Violation::ShortCertificate {
+                kind: "COMMIT",
                 replica: ReplicaId(0),
                 seq: SeqNo(1),
                 votes: 2,

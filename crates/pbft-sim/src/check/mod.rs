@@ -44,7 +44,7 @@ impl Checker {
         Checker {
             history: History::new(config.n()),
             model: Model::new(),
-            certificates: CertificateChecker::new(keyring, config.quorum()),
+            certificates: CertificateChecker::new(keyring, config.n(), config.quorum()),
             liveness: Liveness::new(heal_at, bound),
             window: config.params.window,
             max_log_slots: 0,
@@ -146,7 +146,7 @@ mod tests {
 
     use pbft_apps::{KvOp, KvResult};
     use pbft_crypto::{KeyPair, Signer, Verified};
-    use pbft_types::{ClientInfo, Commit, Params, Principal, View};
+    use pbft_types::{ClientInfo, Commit, Params, Prepare, Principal, View};
 
     struct Fixture {
         replicas: Vec<Signer>,
@@ -218,6 +218,18 @@ mod tests {
                     })
                 })
                 .collect();
+            // Prepared on the PREPAREs of backups 1 and 2 (q - 1 = 2 of 4).
+            let prepared = [1, 2]
+                .iter()
+                .map(|&i| {
+                    self.replicas[i].sign(Prepare {
+                        view: View(0),
+                        seq: SeqNo(seq),
+                        digest,
+                        replica: ReplicaId(i as u64),
+                    })
+                })
+                .collect();
             Committed {
                 seq: SeqNo(seq),
                 view: View(0),
@@ -225,6 +237,7 @@ mod tests {
                 batch: Arc::from(batch),
                 results,
                 certificate,
+                prepared,
             }
         }
     }
