@@ -550,6 +550,25 @@ mod prepare {
         assert_eq!(backup.step(c.deliver(3, c.prepare(3, 0, 1, d))), vec![]);
     }
 
+    /// A duplicate must not count even when something else makes the replica look at the slot again: here a
+    /// COMMIT arrives after backup 1's PREPARE came twice, and the slot is still one PREPARE short.
+    #[test]
+    fn a_duplicate_prepare_does_not_count_when_the_slot_is_looked_at_again() {
+        let c = Cluster::four();
+        let mut primary = c.node(0);
+        let r = c.request(1, 1, "a");
+        let d = digest_of(one(&r));
+        primary.step(Input::Request(r));
+        primary.step(c.deliver(1, c.prepare(1, 0, 1, d)));
+        primary.step(c.deliver(1, c.prepare(1, 0, 1, d)));
+        assert_eq!(primary.step(c.deliver(2, c.commit(2, 0, 1, d))), vec![]);
+        assert_eq!(primary.step(c.deliver(3, c.commit(3, 0, 1, d))), vec![]);
+        // The second distinct PREPARE completes it: COMMIT goes out and, with the COMMITs already held, it executes.
+        let outs = primary.step(c.deliver(2, c.prepare(2, 0, 1, d)));
+        assert_eq!(outs.first(), Some(&to_all(c.commit(0, 0, 1, d))));
+        assert_eq!(primary.replica.status().last_executed, SeqNo(1));
+    }
+
     /// The primary sends no PREPARE, so it needs two distinct backups' PREPAREs; the same backup's twice is one.
     #[test]
     fn a_duplicate_prepare_does_not_count_twice() {
