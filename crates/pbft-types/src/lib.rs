@@ -16,7 +16,8 @@ pub use config::{ClientInfo, ClusterConfig, ConfigError, Params, PublicKeyBytes}
 pub use error::DecodeError;
 pub use ids::{ClientId, Digest, Principal, ReplicaId, SeqNo, Timestamp, View};
 pub use message::{
-    Body, Checkpoint, Commit, FetchState, PrePrepare, Prepare, Reply, Request, StateChunk, Status,
+    Body, Checkpoint, Commit, FetchState, NewView, PrePrepare, Prepare, PreparedProof, Reply,
+    Request, StateChunk, Status, ViewChange,
 };
 pub use replica_msg::{DecodeLimits, ReplicaMsg};
 pub use signed::{SignatureBytes, Signed};

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use crate::error::DecodeError;
 use crate::ids::{ClientId, Digest, Principal, ReplicaId, SeqNo, Timestamp, View};
+use crate::signed::Signed;
 use crate::wire::{self, signed_body::Kind};
 
 /// REQUEST(o, t, c).
@@ -91,6 +92,36 @@ pub struct StateChunk {
     pub replica: ReplicaId,
 }
 
+/// A prepared certificate: the PRE-PREPARE and q-1 matching PREPAREs from distinct backups, as they were signed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedProof {
+    pub pre_prepare: Signed<PrePrepare>,
+    pub prepares: Vec<Signed<Prepare>>,
+}
+
+/// VIEW-CHANGE(v+1, n, C, P, i).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViewChange {
+    pub new_view: View,
+    pub stable_seq: SeqNo,
+    /// C: the CHECKPOINTs that make `stable_seq` stable.
+    pub checkpoint_proof: Vec<Signed<Checkpoint>>,
+    /// P: a prepared certificate for each sequence above `stable_seq` that the sender prepared.
+    pub prepared: Vec<PreparedProof>,
+    pub replica: ReplicaId,
+}
+
+/// NEW-VIEW(v+1, V, O).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewView {
+    pub view: View,
+    /// V: q VIEW-CHANGEs for `view`, the new primary's own among them.
+    pub view_changes: Vec<Signed<ViewChange>>,
+    /// O: the PRE-PREPAREs of `view` computed from V.
+    pub pre_prepares: Vec<Signed<PrePrepare>>,
+    pub replica: ReplicaId,
+}
+
 /// A message that is signed on its own: it knows its signer and converts from and to its `SignedBody` variant.
 pub trait Body: Sized {
     /// The principal whose key must have signed this body.
@@ -136,6 +167,8 @@ pub(crate) fn kind_name(kind: &Kind) -> &'static str {
         Kind::Status(_) => "STATUS",
         Kind::FetchState(_) => "FETCH-STATE",
         Kind::StateChunk(_) => "STATE-CHUNK",
+        Kind::ViewChange(_) => "VIEW-CHANGE",
+        Kind::NewView(_) => "NEW-VIEW",
     }
 }
 
@@ -322,5 +355,199 @@ impl Body for StateChunk {
             }),
             other => Err(wrong_kind("STATE-CHUNK", &other)),
         }
+    }
+}
+
+fn envelopes<T: Body>(items: &[Signed<T>]) -> Vec<wire::SignedEnvelope> {
+    items.iter().map(Signed::to_envelope).collect()
+}
+
+fn from_envelopes<T: Body>(
+    items: Vec<wire::SignedEnvelope>,
+) -> Result<Vec<Signed<T>>, DecodeError> {
+    items.into_iter().map(Signed::from_envelope).collect()
+}
+
+impl Body for ViewChange {
+    fn signer(&self) -> Principal {
+        Principal::Replica(self.replica)
+    }
+    fn to_wire(&self) -> Kind {
+        Kind::ViewChange(wire::ViewChange {
+            new_view: self.new_view.0,
+            stable_sequence: self.stable_seq.0,
+            checkpoint_proof: envelopes(&self.checkpoint_proof),
+            prepared: self
+                .prepared
+                .iter()
+                .map(|p| wire::PreparedProof {
+                    pre_prepare: Some(p.pre_prepare.to_envelope()),
+                    prepares: envelopes(&p.prepares),
+                })
+                .collect(),
+            replica: self.replica.0,
+        })
+    }
+    fn from_wire(kind: Kind) -> Result<Self, DecodeError> {
+        match kind {
+            Kind::ViewChange(m) => Ok(ViewChange {
+                new_view: View(m.new_view),
+                stable_seq: SeqNo(m.stable_sequence),
+                checkpoint_proof: from_envelopes(m.checkpoint_proof)?,
+                prepared: m
+                    .prepared
+                    .into_iter()
+                    .map(|p| {
+                        let pre_prepare =
+                            p.pre_prepare.ok_or(DecodeError::Missing("pre_prepare"))?;
+                        Ok(PreparedProof {
+                            pre_prepare: Signed::from_envelope(pre_prepare)?,
+                            prepares: from_envelopes(p.prepares)?,
+                        })
+                    })
+                    .collect::<Result<_, DecodeError>>()?,
+                replica: ReplicaId(m.replica),
+            }),
+            other => Err(wrong_kind("VIEW-CHANGE", &other)),
+        }
+    }
+}
+
+impl Body for NewView {
+    fn signer(&self) -> Principal {
+        Principal::Replica(self.replica)
+    }
+    fn to_wire(&self) -> Kind {
+        Kind::NewView(wire::NewView {
+            view: self.view.0,
+            view_changes: envelopes(&self.view_changes),
+            pre_prepares: envelopes(&self.pre_prepares),
+            replica: self.replica.0,
+        })
+    }
+    fn from_wire(kind: Kind) -> Result<Self, DecodeError> {
+        match kind {
+            Kind::NewView(m) => Ok(NewView {
+                view: View(m.view),
+                view_changes: from_envelopes(m.view_changes)?,
+                pre_prepares: from_envelopes(m.pre_prepares)?,
+                replica: ReplicaId(m.replica),
+            }),
+            other => Err(wrong_kind("NEW-VIEW", &other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed<T: Body>(value: T) -> Signed<T> {
+        Signed::from_parts(value.encode_body(), [3; 64], value)
+    }
+
+    fn view_change(replica: u64) -> ViewChange {
+        let digest = Digest([5; 32]);
+        ViewChange {
+            new_view: View(1),
+            stable_seq: SeqNo(8),
+            checkpoint_proof: (0..3)
+                .map(|r| {
+                    signed(Checkpoint {
+                        seq: SeqNo(8),
+                        digest,
+                        replica: ReplicaId(r),
+                    })
+                })
+                .collect(),
+            prepared: vec![PreparedProof {
+                pre_prepare: signed(PrePrepare {
+                    view: View(0),
+                    seq: SeqNo(9),
+                    digest,
+                    replica: ReplicaId(0),
+                }),
+                prepares: (1..3)
+                    .map(|r| {
+                        signed(Prepare {
+                            view: View(0),
+                            seq: SeqNo(9),
+                            digest,
+                            replica: ReplicaId(r),
+                        })
+                    })
+                    .collect(),
+            }],
+            replica: ReplicaId(replica),
+        }
+    }
+
+    fn round_trip<T: Body + std::fmt::Debug + PartialEq>(value: &T) -> T {
+        use prost::Message;
+        let body = wire::SignedBody::decode(value.encode_body()).expect("decodes");
+        T::from_wire(body.kind.expect("kind")).expect("converts")
+    }
+
+    #[test]
+    fn a_view_change_keeps_its_certificates_byte_for_byte() {
+        let vc = view_change(2);
+        let back = round_trip(&vc);
+        assert_eq!(back, vc);
+        assert_eq!(
+            back.checkpoint_proof[1].body(),
+            vc.checkpoint_proof[1].body()
+        );
+    }
+
+    #[test]
+    fn a_new_view_round_trips() {
+        let nv = NewView {
+            view: View(1),
+            view_changes: (0..3).map(|r| signed(view_change(r))).collect(),
+            pre_prepares: vec![signed(PrePrepare {
+                view: View(1),
+                seq: SeqNo(9),
+                digest: Digest([5; 32]),
+                replica: ReplicaId(1),
+            })],
+            replica: ReplicaId(1),
+        };
+        assert_eq!(round_trip(&nv), nv);
+    }
+
+    #[test]
+    fn a_prepared_proof_without_its_pre_prepare_is_refused() {
+        let mut wire = match view_change(2).to_wire() {
+            Kind::ViewChange(m) => m,
+            _ => unreachable!("a view change"),
+        };
+        wire.prepared[0].pre_prepare = None;
+        assert_eq!(
+            ViewChange::from_wire(Kind::ViewChange(wire)),
+            Err(DecodeError::Missing("pre_prepare"))
+        );
+    }
+
+    #[test]
+    fn a_certificate_of_the_wrong_kind_is_refused() {
+        let mut wire = match view_change(2).to_wire() {
+            Kind::ViewChange(m) => m,
+            _ => unreachable!("a view change"),
+        };
+        // A PREPARE where a CHECKPOINT belongs.
+        wire.checkpoint_proof[0] = signed(Prepare {
+            view: View(0),
+            seq: SeqNo(8),
+            digest: Digest([5; 32]),
+            replica: ReplicaId(1),
+        })
+        .to_envelope();
+        assert!(matches!(
+            ViewChange::from_wire(Kind::ViewChange(wire)),
+            Err(DecodeError::UnexpectedKind {
+                expected: "CHECKPOINT",
+                ..
+            })
+        ));
     }
 }

@@ -74,6 +74,10 @@ impl ReplicaMsg {
             other @ Kind::Reply(_) => {
                 return Err(DecodeError::NotAReplicaMessage(kind_name(&other)));
             }
+            // View change is typed and encoded already; replicas start to exchange it with issue 3.
+            other @ (Kind::ViewChange(_) | Kind::NewView(_)) => {
+                return Err(DecodeError::NotHandledYet(kind_name(&other)));
+            }
         })
     }
 
