@@ -16,8 +16,9 @@ use pbft_core::{
 };
 use pbft_crypto::{KeyPair, Keyring, Signer, Verified, batch_digest};
 use pbft_types::{
-    Checkpoint, ClientId, ClientInfo, ClusterConfig, Commit, Digest, Params, PrePrepare, Prepare,
-    Principal, ReplicaId, ReplicaMsg, Reply, Request, SeqNo, Signed, Status, Timestamp, View,
+    Checkpoint, ClientId, ClientInfo, ClusterConfig, Commit, Digest, FetchState, Params,
+    PrePrepare, Prepare, Principal, ReplicaId, ReplicaMsg, Reply, Request, SeqNo, Signed,
+    StateChunk, Status, Timestamp, View,
 };
 
 /// How many clients every test cluster knows (ids 1..=CLIENTS).
@@ -36,12 +37,45 @@ pub fn small_params() -> Params {
 }
 
 /// Appends every operation it executes to a list shared with the test, so a test can see what ran. The result
-/// of an operation is "<position in the journal>:<operation>".
-struct Journal(Arc<Mutex<Vec<Bytes>>>);
+/// of an operation is "<position in the journal>:<operation>". A plain journal refuses to restore (tests that
+/// never transfer state must not depend on it); a restorable one snapshots its entries with `journal_snapshot`
+/// and restores from such bytes.
+struct Journal {
+    ops: Arc<Mutex<Vec<Bytes>>>,
+    restorable: bool,
+}
+
+/// The entries, each prefixed with its length as 8 little-endian bytes, so that ["ab"] and ["a", "b"] differ.
+fn length_prefixed<'a>(ops: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for op in ops {
+        bytes.extend_from_slice(&(op.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(op);
+    }
+    bytes
+}
+
+/// The snapshot a restorable journal holding `ops` takes (the application part of a replica's snapshot).
+pub fn journal_snapshot(ops: &[&str]) -> Bytes {
+    Bytes::from(length_prefixed(ops.iter().map(|op| op.as_bytes())))
+}
+
+/// Parses a restorable journal's snapshot; `None` if it is truncated.
+fn parse_journal(mut bytes: &[u8]) -> Option<Vec<Bytes>> {
+    let mut ops = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes.split_at_checked(8)?;
+        let len = usize::try_from(u64::from_le_bytes(len.try_into().ok()?)).ok()?;
+        let (op, rest) = rest.split_at_checked(len)?;
+        ops.push(Bytes::copy_from_slice(op));
+        bytes = rest;
+    }
+    Some(ops)
+}
 
 impl StateMachine for Journal {
     fn execute(&mut self, _ctx: ExecContext, operation: &[u8]) -> Bytes {
-        let mut ops = self.0.lock().expect("journal lock");
+        let mut ops = self.ops.lock().expect("journal lock");
         ops.push(Bytes::copy_from_slice(operation));
         let mut result = format!("{}:", ops.len()).into_bytes();
         result.extend_from_slice(operation);
@@ -49,22 +83,27 @@ impl StateMachine for Journal {
     }
 
     fn digest(&self) -> Digest {
-        let ops = self.0.lock().expect("journal lock");
-        // Length-prefixed, so that ["ab"] and ["a", "b"] differ.
-        let mut bytes = Vec::new();
-        for op in ops.iter() {
-            bytes.extend_from_slice(&(op.len() as u64).to_le_bytes());
-            bytes.extend_from_slice(op);
-        }
-        pbft_crypto::digest_of(&bytes)
+        let ops = self.ops.lock().expect("journal lock");
+        pbft_crypto::digest_of(&length_prefixed(ops.iter().map(|op| op.as_ref())))
     }
 
     fn snapshot(&self) -> Bytes {
-        Bytes::from(self.0.lock().expect("journal lock").concat())
+        let ops = self.ops.lock().expect("journal lock");
+        if self.restorable {
+            Bytes::from(length_prefixed(ops.iter().map(|op| op.as_ref())))
+        } else {
+            Bytes::from(ops.concat())
+        }
     }
 
-    fn restore(&mut self, _snapshot: &[u8]) -> Result<(), RestoreError> {
-        Err(RestoreError("the journal does not restore".into()))
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        if !self.restorable {
+            return Err(RestoreError("the journal does not restore".into()));
+        }
+        let restored =
+            parse_journal(snapshot).ok_or_else(|| RestoreError("truncated journal".into()))?;
+        *self.ops.lock().expect("journal lock") = restored;
+        Ok(())
     }
 }
 
@@ -165,7 +204,8 @@ impl Node {
             .collect()
     }
 
-    /// The operations the application executed, in order.
+    /// The journal's entries: the operations the application executed, in order, or those of the snapshot it
+    /// restored and the ones it executed since.
     pub fn executed_ops(&self) -> Vec<Bytes> {
         self.journal.lock().expect("journal lock").clone()
     }
@@ -234,19 +274,27 @@ impl Cluster {
 
     /// Replica `id` at its initial state.
     pub fn node(&self, id: u64) -> Node {
+        self.node_with(id, false)
+    }
+
+    /// Replica `id` at its initial state, with a journal that can take and restore snapshots (state transfer).
+    pub fn restorable_node(&self, id: u64) -> Node {
+        self.node_with(id, true)
+    }
+
+    fn node_with(&self, id: u64, restorable: bool) -> Node {
         let replica_id = ReplicaId(id);
         let journal = Arc::new(Mutex::new(Vec::new()));
         let signer = Signer::new(
             Principal::Replica(replica_id),
             self.keys[id as usize].clone(),
         );
-        let replica = Replica::new(
-            self.config.clone(),
-            replica_id,
-            signer,
-            Box::new(Journal(journal.clone())),
-        )
-        .expect("the test configuration is valid");
+        let app = Journal {
+            ops: journal.clone(),
+            restorable,
+        };
+        let replica = Replica::new(self.config.clone(), replica_id, signer, Box::new(app))
+            .expect("the test configuration is valid");
         Node {
             id: replica_id,
             replica,
@@ -349,6 +397,37 @@ impl Cluster {
             view: View(view),
             stable: SeqNo(stable),
             executed: SeqNo(executed),
+            replica: ReplicaId(signer),
+        }))
+    }
+
+    /// FETCH-STATE(seq, digest, offset) from replica `signer`.
+    pub fn fetch_state(&self, signer: u64, seq: u64, digest: Digest, offset: u64) -> ReplicaMsg {
+        ReplicaMsg::FetchState(self.keys[signer as usize].sign(FetchState {
+            seq: SeqNo(seq),
+            digest,
+            offset,
+            replica: ReplicaId(signer),
+        }))
+    }
+
+    /// STATE-CHUNK(seq, digest, offset, total, data) from replica `signer`; nothing ties `data` or `total` to
+    /// the real snapshot, so a test can play a lying source.
+    pub fn state_chunk(
+        &self,
+        signer: u64,
+        seq: u64,
+        digest: Digest,
+        offset: u64,
+        total: u64,
+        data: &[u8],
+    ) -> ReplicaMsg {
+        ReplicaMsg::StateChunk(self.keys[signer as usize].sign(StateChunk {
+            seq: SeqNo(seq),
+            digest,
+            offset,
+            total,
+            data: Bytes::copy_from_slice(data),
             replica: ReplicaId(signer),
         }))
     }
