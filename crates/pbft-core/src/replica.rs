@@ -162,16 +162,7 @@ impl Replica {
 
     fn on_message(&mut self, from: ReplicaId, msg: VerifiedMsg) {
         if !self.config.is_replica(from) || from == self.id {
-            let kind = match &msg {
-                VerifiedMsg::PrePrepare { .. } => "PRE-PREPARE",
-                VerifiedMsg::Prepare(_) => "PREPARE",
-                VerifiedMsg::Commit(_) => "COMMIT",
-                VerifiedMsg::Checkpoint(_) => "CHECKPOINT",
-                VerifiedMsg::Status(_) => "STATUS",
-                VerifiedMsg::FetchState(_) => "FETCH-STATE",
-                VerifiedMsg::StateChunk(_) => "STATE-CHUNK",
-                VerifiedMsg::Request(_) => "REQUEST",
-            };
+            let kind = msg.kind();
             return self.reject(Principal::Replica(from), kind, RejectReason::UnknownSender);
         }
         match msg {
@@ -183,6 +174,11 @@ impl Replica {
             VerifiedMsg::FetchState(fetch) => self.on_fetch_state(from, &fetch),
             VerifiedMsg::StateChunk(chunk) => self.on_state_chunk(from, &chunk),
             VerifiedMsg::Request(request) => self.on_request(request, Some(from)),
+            // View change lands in the next commit.
+            VerifiedMsg::ViewChange(_)
+            | VerifiedMsg::NewView(_)
+            | VerifiedMsg::FetchBatch(_)
+            | VerifiedMsg::BatchData { .. } => {}
         }
     }
 
@@ -594,6 +590,7 @@ impl Replica {
             stable: self.checkpoints.stable().seq,
             executed: self.last_executed,
             replica: self.id,
+            changing_view: false,
         };
         let status = self.signer.sign(status);
         self.send(Dest::AllReplicas, ReplicaMsg::Status(status.into_signed()));

@@ -2,8 +2,9 @@ use std::collections::HashMap;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use pbft_types::{
-    Body, Checkpoint, ClientId, ClusterConfig, Commit, FetchState, PrePrepare, Prepare, Principal,
-    PublicKeyBytes, ReplicaId, ReplicaMsg, Request, Signed, StateChunk, Status,
+    BatchData, Body, Checkpoint, ClientId, ClusterConfig, Commit, FetchBatch, FetchState,
+    NestedSignature, NewView, PrePrepare, Prepare, Principal, PublicKeyBytes, ReplicaId,
+    ReplicaMsg, Request, Signed, StateChunk, Status, ViewChange,
 };
 use thiserror::Error;
 
@@ -31,6 +32,8 @@ pub enum AuthError {
     },
     #[error("request {index} of the batch: {error}")]
     BadRequestInBatch { index: usize, error: Box<AuthError> },
+    #[error("message {index} carried inside (signed by {signer}) does not verify")]
+    BadNestedSignature { index: usize, signer: Principal },
 }
 
 /// A replica message whose every signature has been checked.
@@ -46,7 +49,62 @@ pub enum VerifiedMsg {
     Status(Verified<Status>),
     FetchState(Verified<FetchState>),
     StateChunk(Verified<StateChunk>),
+    /// A VIEW-CHANGE whose certificates' signatures were checked too (not yet their meaning).
+    ViewChange(Verified<ViewChange>),
+    /// A NEW-VIEW whose every nested VIEW-CHANGE, certificate and PRE-PREPARE signature was checked too.
+    NewView(Verified<NewView>),
+    FetchBatch(Verified<FetchBatch>),
+    BatchData {
+        header: Verified<BatchData>,
+        batch: Vec<Verified<Request>>,
+    },
     Request(Verified<Request>),
+}
+
+impl VerifiedMsg {
+    /// The message as it travels, signatures included.
+    pub fn to_replica_msg(&self) -> ReplicaMsg {
+        let requests =
+            |batch: &[Verified<Request>]| batch.iter().map(|r| r.signed().clone()).collect();
+        match self {
+            VerifiedMsg::PrePrepare { header, batch } => ReplicaMsg::PrePrepare {
+                header: header.signed().clone(),
+                batch: requests(batch),
+            },
+            VerifiedMsg::Prepare(m) => ReplicaMsg::Prepare(m.signed().clone()),
+            VerifiedMsg::Commit(m) => ReplicaMsg::Commit(m.signed().clone()),
+            VerifiedMsg::Checkpoint(m) => ReplicaMsg::Checkpoint(m.signed().clone()),
+            VerifiedMsg::Status(m) => ReplicaMsg::Status(m.signed().clone()),
+            VerifiedMsg::FetchState(m) => ReplicaMsg::FetchState(m.signed().clone()),
+            VerifiedMsg::StateChunk(m) => ReplicaMsg::StateChunk(m.signed().clone()),
+            VerifiedMsg::ViewChange(m) => ReplicaMsg::ViewChange(m.signed().clone()),
+            VerifiedMsg::NewView(m) => ReplicaMsg::NewView(m.signed().clone()),
+            VerifiedMsg::FetchBatch(m) => ReplicaMsg::FetchBatch(m.signed().clone()),
+            VerifiedMsg::BatchData { header, batch } => ReplicaMsg::BatchData {
+                header: header.signed().clone(),
+                batch: requests(batch),
+            },
+            VerifiedMsg::Request(m) => ReplicaMsg::Request(m.signed().clone()),
+        }
+    }
+
+    /// The message's kind, for logs and for counting rejected messages by kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VerifiedMsg::PrePrepare { .. } => "PRE-PREPARE",
+            VerifiedMsg::Prepare(_) => "PREPARE",
+            VerifiedMsg::Commit(_) => "COMMIT",
+            VerifiedMsg::Checkpoint(_) => "CHECKPOINT",
+            VerifiedMsg::Status(_) => "STATUS",
+            VerifiedMsg::FetchState(_) => "FETCH-STATE",
+            VerifiedMsg::StateChunk(_) => "STATE-CHUNK",
+            VerifiedMsg::ViewChange(_) => "VIEW-CHANGE",
+            VerifiedMsg::NewView(_) => "NEW-VIEW",
+            VerifiedMsg::FetchBatch(_) => "FETCH-BATCH",
+            VerifiedMsg::BatchData { .. } => "BATCH-DATA",
+            VerifiedMsg::Request(_) => "REQUEST",
+        }
+    }
 }
 
 /// The public keys of the cluster's replicas and clients: the only way to a `Verified<T>` from received bytes.
@@ -89,14 +147,56 @@ impl Keyring {
         key.ok_or(AuthError::UnknownSigner(principal))
     }
 
-    /// Checks one signature with `verify_strict`, which also refuses non-canonical and small-order encodings.
+    /// Checks a message's signature with `verify_strict`, which also refuses non-canonical and small-order
+    /// encodings, and the signature of every message carried inside it: a `Verified<T>` holds nothing unchecked.
     pub fn verify<T: Body>(&self, signed: Signed<T>) -> Result<Verified<T>, AuthError> {
         let signer = signed.value().signer();
         let key = self.key(signer)?;
         let signature = Signature::from_bytes(signed.signature());
         key.verify_strict(signed.body(), &signature)
             .map_err(|_| AuthError::BadSignature(signer))?;
+        self.verify_nested(&signed.value().nested())?;
         Ok(Verified::new(signed))
+    }
+
+    /// The nested signatures of a VIEW-CHANGE or NEW-VIEW, checked in one batch; one by one only to name the bad
+    /// one when the batch fails.
+    fn verify_nested(&self, nested: &[NestedSignature<'_>]) -> Result<(), AuthError> {
+        if nested.is_empty() {
+            return Ok(());
+        }
+        let keys = nested
+            .iter()
+            .enumerate()
+            .map(|(index, n)| {
+                self.key(n.signer)
+                    .copied()
+                    .map_err(|_| AuthError::BadNestedSignature {
+                        index,
+                        signer: n.signer,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let messages: Vec<&[u8]> = nested.iter().map(|n| n.body.as_ref()).collect();
+        let signatures: Vec<Signature> = nested
+            .iter()
+            .map(|n| Signature::from_bytes(n.signature))
+            .collect();
+        if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
+            return Ok(());
+        }
+        for (index, n) in nested.iter().enumerate() {
+            if keys[index]
+                .verify_strict(n.body, &signatures[index])
+                .is_err()
+            {
+                return Err(AuthError::BadNestedSignature {
+                    index,
+                    signer: n.signer,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Checks many signatures at once: about half the cost per signature of checking them one by one. If the
@@ -130,6 +230,23 @@ impl Keyring {
         ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
     }
 
+    /// The client requests of a batch: all of them authentic, or an error naming the first that is not.
+    fn verify_requests(
+        &self,
+        batch: Vec<Signed<Request>>,
+    ) -> Result<Vec<Verified<Request>>, AuthError> {
+        self.verify_batch(batch)
+            .into_iter()
+            .enumerate()
+            .map(|(index, r)| {
+                r.map_err(|e| AuthError::BadRequestInBatch {
+                    index,
+                    error: Box::new(e),
+                })
+            })
+            .collect()
+    }
+
     /// Authenticates a message that arrived on the connection of replica `sender`: the replica's own signature
     /// (which must be `sender`'s) and, for a PRE-PREPARE, every request of its batch. A forwarded REQUEST is signed
     /// by its client, not by the forwarding replica.
@@ -149,17 +266,7 @@ impl Keyring {
             ReplicaMsg::PrePrepare { header, batch } => {
                 own(header.value().signer())?;
                 let header = self.verify(header)?;
-                let batch = self
-                    .verify_batch(batch)
-                    .into_iter()
-                    .enumerate()
-                    .map(|(index, r)| {
-                        r.map_err(|e| AuthError::BadRequestInBatch {
-                            index,
-                            error: Box::new(e),
-                        })
-                    })
-                    .collect::<Result<_, _>>()?;
+                let batch = self.verify_requests(batch)?;
                 VerifiedMsg::PrePrepare { header, batch }
             }
             ReplicaMsg::Prepare(m) => {
@@ -185,6 +292,24 @@ impl Keyring {
             ReplicaMsg::StateChunk(m) => {
                 own(m.value().signer())?;
                 VerifiedMsg::StateChunk(self.verify(m)?)
+            }
+            ReplicaMsg::ViewChange(m) => {
+                own(m.value().signer())?;
+                VerifiedMsg::ViewChange(self.verify(m)?)
+            }
+            ReplicaMsg::NewView(m) => {
+                own(m.value().signer())?;
+                VerifiedMsg::NewView(self.verify(m)?)
+            }
+            ReplicaMsg::FetchBatch(m) => {
+                own(m.value().signer())?;
+                VerifiedMsg::FetchBatch(self.verify(m)?)
+            }
+            ReplicaMsg::BatchData { header, batch } => {
+                own(header.value().signer())?;
+                let header = self.verify(header)?;
+                let batch = self.verify_requests(batch)?;
+                VerifiedMsg::BatchData { header, batch }
             }
             ReplicaMsg::Request(m) => VerifiedMsg::Request(self.verify(m)?),
         })
@@ -337,5 +462,63 @@ mod tests {
             Keyring::new(&config).err(),
             Some(KeyError::Weak(Principal::Replica(ReplicaId(2))))
         );
+    }
+
+    fn view_change(replicas: &[KeyPair], forge_prepare: bool) -> Signed<ViewChange> {
+        let pre_prepare = replicas[0].sign(PrePrepare {
+            view: View(0),
+            seq: SeqNo(1),
+            digest: Digest([3; 32]),
+            replica: ReplicaId(0),
+        });
+        let prepares = (1..3)
+            .map(|r| {
+                let key = if forge_prepare && r == 2 { 1 } else { r };
+                replicas[key as usize].sign(prepare(r))
+            })
+            .collect();
+        replicas[3].sign(ViewChange {
+            new_view: View(1),
+            stable_seq: SeqNo(0),
+            checkpoint_proof: vec![],
+            prepared: vec![pbft_types::PreparedProof {
+                pre_prepare,
+                prepares,
+            }],
+            replica: ReplicaId(3),
+        })
+    }
+
+    #[test]
+    fn a_view_change_is_verified_down_to_its_certificates() {
+        let (replicas, _, keyring) = keys();
+        let good = keyring.verify(view_change(&replicas, false)).unwrap();
+        assert_eq!(good.prepared_certificates()[0].prepares.len(), 2);
+        assert_eq!(
+            keyring.verify(view_change(&replicas, true)),
+            Err(AuthError::BadNestedSignature {
+                index: 2,
+                signer: Principal::Replica(ReplicaId(2))
+            })
+        );
+    }
+
+    #[test]
+    fn a_new_view_with_a_forged_view_change_inside_is_refused() {
+        let (replicas, _, keyring) = keys();
+        let new_view = |forge: bool| {
+            replicas[1].sign(NewView {
+                view: View(1),
+                view_changes: vec![view_change(&replicas, forge)],
+                pre_prepares: vec![],
+                replica: ReplicaId(1),
+            })
+        };
+        let good = keyring.verify(new_view(false)).unwrap();
+        assert_eq!(good.view_change_messages().len(), 1);
+        assert!(matches!(
+            keyring.verify(new_view(true)),
+            Err(AuthError::BadNestedSignature { .. })
+        ));
     }
 }

@@ -15,4 +15,4 @@ pub use digest::{batch_digest, digest_of, request_digest};
 pub use keyfile::KeyFileError;
 pub use keyring::{AuthError, KeyError, Keyring, VerifiedMsg};
 pub use signer::{KeyPair, Signer};
-pub use verified::Verified;
+pub use verified::{Verified, VerifiedPrepared};

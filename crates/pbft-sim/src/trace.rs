@@ -57,6 +57,40 @@ pub fn describe(msg: &ReplicaMsg) -> String {
                 m.seq, m.total, m.replica
             )
         }
+        ReplicaMsg::ViewChange(m) => {
+            let m = m.value();
+            format!(
+                "VIEW-CHANGE to v{} stable {} ({} prepared) from {}",
+                m.new_view,
+                m.stable_seq,
+                m.prepared.len(),
+                m.replica
+            )
+        }
+        ReplicaMsg::NewView(m) => {
+            let m = m.value();
+            format!(
+                "NEW-VIEW v{} ({} view changes, {} pre-prepares) from {}",
+                m.view,
+                m.view_changes.len(),
+                m.pre_prepares.len(),
+                m.replica
+            )
+        }
+        ReplicaMsg::FetchBatch(m) => {
+            let m = m.value();
+            format!("FETCH-BATCH n{} {:?} by {}", m.seq, m.digest, m.replica)
+        }
+        ReplicaMsg::BatchData { header, batch } => {
+            let m = header.value();
+            format!(
+                "BATCH-DATA n{} {:?} ({} requests) from {}",
+                m.seq,
+                m.digest,
+                batch.len(),
+                m.replica
+            )
+        }
         ReplicaMsg::Request(m) => {
             let m = m.value();
             format!("REQUEST client {} t {} (forwarded)", m.client, m.timestamp)
@@ -66,19 +100,7 @@ pub fn describe(msg: &ReplicaMsg) -> String {
 
 /// A replica message as it is delivered, after verification.
 pub fn describe_verified(msg: &VerifiedMsg) -> String {
-    let signed = match msg {
-        VerifiedMsg::PrePrepare { header, batch } => ReplicaMsg::PrePrepare {
-            header: header.signed().clone(),
-            batch: batch.iter().map(|r| r.signed().clone()).collect(),
-        },
-        VerifiedMsg::Prepare(m) => ReplicaMsg::Prepare(m.signed().clone()),
-        VerifiedMsg::Commit(m) => ReplicaMsg::Commit(m.signed().clone()),
-        VerifiedMsg::Checkpoint(m) => ReplicaMsg::Checkpoint(m.signed().clone()),
-        VerifiedMsg::Status(m) => ReplicaMsg::Status(m.signed().clone()),
-        VerifiedMsg::FetchState(m) => ReplicaMsg::FetchState(m.signed().clone()),
-        VerifiedMsg::StateChunk(m) => ReplicaMsg::StateChunk(m.signed().clone()),
-        VerifiedMsg::Request(m) => ReplicaMsg::Request(m.signed().clone()),
-    };
+    let signed = msg.to_replica_msg();
     describe(&signed)
 }
 

@@ -22,9 +22,7 @@ pub enum DecodeError {
     },
     #[error("a {0} message cannot travel between replicas")]
     NotAReplicaMessage(&'static str),
-    #[error("{0} messages are not handled by this version (view change is not implemented yet)")]
-    NotHandledYet(&'static str),
-    #[error("only a PRE-PREPARE carries a batch")]
+    #[error("only a PRE-PREPARE or a BATCH-DATA carries a batch")]
     UnexpectedBatch,
     #[error("batch of {size} requests exceeds the limit of {limit}")]
     BatchTooLarge { size: usize, limit: usize },

@@ -16,8 +16,8 @@ pub use config::{ClientInfo, ClusterConfig, ConfigError, Params, PublicKeyBytes}
 pub use error::DecodeError;
 pub use ids::{ClientId, Digest, Principal, ReplicaId, SeqNo, Timestamp, View};
 pub use message::{
-    Body, Checkpoint, Commit, FetchState, NewView, PrePrepare, Prepare, PreparedProof, Reply,
-    Request, StateChunk, Status, ViewChange,
+    BatchData, Body, Checkpoint, Commit, FetchBatch, FetchState, NestedSignature, NewView,
+    PrePrepare, Prepare, PreparedProof, Reply, Request, StateChunk, Status, ViewChange,
 };
 pub use replica_msg::{DecodeLimits, ReplicaMsg};
 pub use signed::{SignatureBytes, Signed};

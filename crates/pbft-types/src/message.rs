@@ -70,6 +70,24 @@ pub struct Status {
     pub stable: SeqNo,
     pub executed: SeqNo,
     pub replica: ReplicaId,
+    /// The replica sent VIEW-CHANGE for `view` and still waits for its NEW-VIEW.
+    pub changing_view: bool,
+}
+
+/// FETCH-BATCH(n, d, i): replica i knows that batch `digest` is assigned to `seq` but lacks its requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchBatch {
+    pub seq: SeqNo,
+    pub digest: Digest,
+    pub replica: ReplicaId,
+}
+
+/// BATCH-DATA(n, d, i), the signed header of an answer to FETCH-BATCH; the requests travel beside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchData {
+    pub seq: SeqNo,
+    pub digest: Digest,
+    pub replica: ReplicaId,
 }
 
 /// FETCH-STATE(n, d, o, i): replica i asks for the snapshot of checkpoint (n, d) from byte `offset` on.
@@ -122,12 +140,36 @@ pub struct NewView {
     pub replica: ReplicaId,
 }
 
+/// One signed message carried inside another, as its verifier needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct NestedSignature<'a> {
+    pub signer: Principal,
+    pub body: &'a Bytes,
+    pub signature: &'a crate::signed::SignatureBytes,
+}
+
+impl<'a, T: Body> From<&'a Signed<T>> for NestedSignature<'a> {
+    fn from(signed: &'a Signed<T>) -> Self {
+        NestedSignature {
+            signer: signed.value().signer(),
+            body: signed.body(),
+            signature: signed.signature(),
+        }
+    }
+}
+
 /// A message that is signed on its own: it knows its signer and converts from and to its `SignedBody` variant.
 pub trait Body: Sized {
     /// The principal whose key must have signed this body.
     fn signer(&self) -> Principal;
     fn to_wire(&self) -> Kind;
     fn from_wire(kind: Kind) -> Result<Self, DecodeError>;
+
+    /// The signed messages this one carries inside it (a VIEW-CHANGE's certificates, a NEW-VIEW's V and O), at
+    /// every depth. A verifier checks them together with the outer signature.
+    fn nested(&self) -> Vec<NestedSignature<'_>> {
+        Vec::new()
+    }
 
     /// The exact bytes that are signed: this body wrapped in its `SignedBody` variant.
     fn encode_body(&self) -> Bytes {
@@ -169,6 +211,8 @@ pub(crate) fn kind_name(kind: &Kind) -> &'static str {
         Kind::StateChunk(_) => "STATE-CHUNK",
         Kind::ViewChange(_) => "VIEW-CHANGE",
         Kind::NewView(_) => "NEW-VIEW",
+        Kind::FetchBatch(_) => "FETCH-BATCH",
+        Kind::BatchData(_) => "BATCH-DATA",
     }
 }
 
@@ -289,6 +333,7 @@ impl Body for Status {
             stable: self.stable.0,
             executed: self.executed.0,
             replica: self.replica.0,
+            changing_view: self.changing_view,
         })
     }
     fn from_wire(kind: Kind) -> Result<Self, DecodeError> {
@@ -298,6 +343,7 @@ impl Body for Status {
                 stable: SeqNo(m.stable),
                 executed: SeqNo(m.executed),
                 replica: ReplicaId(m.replica),
+                changing_view: m.changing_view,
             }),
             other => Err(wrong_kind("STATUS", &other)),
         }
@@ -358,6 +404,52 @@ impl Body for StateChunk {
     }
 }
 
+impl Body for FetchBatch {
+    fn signer(&self) -> Principal {
+        Principal::Replica(self.replica)
+    }
+    fn to_wire(&self) -> Kind {
+        Kind::FetchBatch(wire::FetchBatch {
+            sequence: self.seq.0,
+            digest: Bytes::copy_from_slice(self.digest.as_bytes()),
+            replica: self.replica.0,
+        })
+    }
+    fn from_wire(kind: Kind) -> Result<Self, DecodeError> {
+        match kind {
+            Kind::FetchBatch(m) => Ok(FetchBatch {
+                seq: SeqNo(m.sequence),
+                digest: digest("digest", &m.digest)?,
+                replica: ReplicaId(m.replica),
+            }),
+            other => Err(wrong_kind("FETCH-BATCH", &other)),
+        }
+    }
+}
+
+impl Body for BatchData {
+    fn signer(&self) -> Principal {
+        Principal::Replica(self.replica)
+    }
+    fn to_wire(&self) -> Kind {
+        Kind::BatchData(wire::BatchData {
+            sequence: self.seq.0,
+            digest: Bytes::copy_from_slice(self.digest.as_bytes()),
+            replica: self.replica.0,
+        })
+    }
+    fn from_wire(kind: Kind) -> Result<Self, DecodeError> {
+        match kind {
+            Kind::BatchData(m) => Ok(BatchData {
+                seq: SeqNo(m.sequence),
+                digest: digest("digest", &m.digest)?,
+                replica: ReplicaId(m.replica),
+            }),
+            other => Err(wrong_kind("BATCH-DATA", &other)),
+        }
+    }
+}
+
 fn envelopes<T: Body>(items: &[Signed<T>]) -> Vec<wire::SignedEnvelope> {
     items.iter().map(Signed::to_envelope).collect()
 }
@@ -371,6 +463,15 @@ fn from_envelopes<T: Body>(
 impl Body for ViewChange {
     fn signer(&self) -> Principal {
         Principal::Replica(self.replica)
+    }
+    fn nested(&self) -> Vec<NestedSignature<'_>> {
+        let mut nested: Vec<NestedSignature<'_>> =
+            self.checkpoint_proof.iter().map(Into::into).collect();
+        for proof in &self.prepared {
+            nested.push((&proof.pre_prepare).into());
+            nested.extend(proof.prepares.iter().map(NestedSignature::from));
+        }
+        nested
     }
     fn to_wire(&self) -> Kind {
         Kind::ViewChange(wire::ViewChange {
@@ -416,6 +517,15 @@ impl Body for ViewChange {
 impl Body for NewView {
     fn signer(&self) -> Principal {
         Principal::Replica(self.replica)
+    }
+    fn nested(&self) -> Vec<NestedSignature<'_>> {
+        let mut nested: Vec<NestedSignature<'_>> = Vec::new();
+        for vc in &self.view_changes {
+            nested.push(vc.into());
+            nested.extend(vc.value().nested());
+        }
+        nested.extend(self.pre_prepares.iter().map(NestedSignature::from));
+        nested
     }
     fn to_wire(&self) -> Kind {
         Kind::NewView(wire::NewView {

@@ -4,7 +4,8 @@ use prost::Message;
 
 use crate::error::DecodeError;
 use crate::message::{
-    Checkpoint, Commit, FetchState, PrePrepare, Prepare, Request, StateChunk, Status, kind_name,
+    BatchData, Checkpoint, Commit, FetchBatch, FetchState, NewView, PrePrepare, Prepare, Request,
+    StateChunk, Status, ViewChange, kind_name,
 };
 use crate::signed::Signed;
 use crate::wire::{self, signed_body::Kind};
@@ -22,6 +23,14 @@ pub enum ReplicaMsg {
     Status(Signed<Status>),
     FetchState(Signed<FetchState>),
     StateChunk(Signed<StateChunk>),
+    ViewChange(Signed<ViewChange>),
+    NewView(Signed<NewView>),
+    FetchBatch(Signed<FetchBatch>),
+    /// The requests of a batch, in batch order, sent to a replica that asked for them with FETCH-BATCH.
+    BatchData {
+        header: Signed<BatchData>,
+        batch: Vec<Signed<Request>>,
+    },
     /// A client's request that a backup passes on to the primary.
     Request(Signed<Request>),
 }
@@ -52,7 +61,7 @@ impl ReplicaMsg {
         // Peek at the kind to pick the typed decoding; `Signed::from_envelope` checks it again.
         let body = wire::SignedBody::decode(envelope.body.clone())?;
         let kind = body.kind.ok_or(DecodeError::Missing("kind"))?;
-        if !matches!(kind, Kind::PrePrepare(_)) && !message.batch.is_empty() {
+        if !matches!(kind, Kind::PrePrepare(_) | Kind::BatchData(_)) && !message.batch.is_empty() {
             return Err(DecodeError::UnexpectedBatch);
         }
         Ok(match kind {
@@ -70,13 +79,20 @@ impl ReplicaMsg {
             Kind::Status(_) => ReplicaMsg::Status(Signed::from_envelope(envelope)?),
             Kind::FetchState(_) => ReplicaMsg::FetchState(Signed::from_envelope(envelope)?),
             Kind::StateChunk(_) => ReplicaMsg::StateChunk(Signed::from_envelope(envelope)?),
+            Kind::ViewChange(_) => ReplicaMsg::ViewChange(Signed::from_envelope(envelope)?),
+            Kind::NewView(_) => ReplicaMsg::NewView(Signed::from_envelope(envelope)?),
+            Kind::FetchBatch(_) => ReplicaMsg::FetchBatch(Signed::from_envelope(envelope)?),
+            Kind::BatchData(_) => ReplicaMsg::BatchData {
+                header: Signed::from_envelope(envelope)?,
+                batch: message
+                    .batch
+                    .into_iter()
+                    .map(Signed::from_envelope)
+                    .collect::<Result<_, _>>()?,
+            },
             Kind::Request(_) => ReplicaMsg::Request(Signed::from_envelope(envelope)?),
             other @ Kind::Reply(_) => {
                 return Err(DecodeError::NotAReplicaMessage(kind_name(&other)));
-            }
-            // View change is typed and encoded already; replicas start to exchange it with issue 3.
-            other @ (Kind::ViewChange(_) | Kind::NewView(_)) => {
-                return Err(DecodeError::NotHandledYet(kind_name(&other)));
             }
         })
     }
@@ -93,6 +109,13 @@ impl ReplicaMsg {
             ReplicaMsg::Status(m) => (m.to_envelope(), Vec::new()),
             ReplicaMsg::FetchState(m) => (m.to_envelope(), Vec::new()),
             ReplicaMsg::StateChunk(m) => (m.to_envelope(), Vec::new()),
+            ReplicaMsg::ViewChange(m) => (m.to_envelope(), Vec::new()),
+            ReplicaMsg::NewView(m) => (m.to_envelope(), Vec::new()),
+            ReplicaMsg::FetchBatch(m) => (m.to_envelope(), Vec::new()),
+            ReplicaMsg::BatchData { header, batch } => (
+                header.to_envelope(),
+                batch.iter().map(Signed::to_envelope).collect(),
+            ),
             ReplicaMsg::Request(m) => (m.to_envelope(), Vec::new()),
         };
         wire::ReplicaMessage {
@@ -112,6 +135,10 @@ impl ReplicaMsg {
             ReplicaMsg::Status(_) => "STATUS",
             ReplicaMsg::FetchState(_) => "FETCH-STATE",
             ReplicaMsg::StateChunk(_) => "STATE-CHUNK",
+            ReplicaMsg::ViewChange(_) => "VIEW-CHANGE",
+            ReplicaMsg::NewView(_) => "NEW-VIEW",
+            ReplicaMsg::FetchBatch(_) => "FETCH-BATCH",
+            ReplicaMsg::BatchData { .. } => "BATCH-DATA",
             ReplicaMsg::Request(_) => "REQUEST",
         }
     }
@@ -178,7 +205,34 @@ mod tests {
                 stable: SeqNo(0),
                 executed: SeqNo(9),
                 replica: ReplicaId(1),
+                changing_view: true,
             })),
+            ReplicaMsg::ViewChange(signed(ViewChange {
+                new_view: View(3),
+                stable_seq: SeqNo(0),
+                checkpoint_proof: vec![],
+                prepared: vec![],
+                replica: ReplicaId(2),
+            })),
+            ReplicaMsg::NewView(signed(NewView {
+                view: View(3),
+                view_changes: vec![],
+                pre_prepares: vec![],
+                replica: ReplicaId(3),
+            })),
+            ReplicaMsg::FetchBatch(signed(FetchBatch {
+                seq: SeqNo(7),
+                digest: Digest([2; 32]),
+                replica: ReplicaId(0),
+            })),
+            ReplicaMsg::BatchData {
+                header: signed(BatchData {
+                    seq: SeqNo(7),
+                    digest: Digest([2; 32]),
+                    replica: ReplicaId(1),
+                }),
+                batch: vec![request(5), request(6)],
+            },
             ReplicaMsg::Request(request(4)),
         ];
         for m in messages {
@@ -217,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_beside_anything_but_a_pre_prepare_is_refused() {
+    fn a_batch_beside_anything_but_a_pre_prepare_or_batch_data_is_refused() {
         let prepare = signed(Prepare {
             view: View(0),
             seq: SeqNo(1),

@@ -398,6 +398,7 @@ impl Cluster {
             stable: SeqNo(stable),
             executed: SeqNo(executed),
             replica: ReplicaId(signer),
+            changing_view: false,
         }))
     }
 
