@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use pbft_crypto::Verified;
-use pbft_types::{Checkpoint, Digest, ReplicaId, SeqNo};
+use pbft_types::{Checkpoint, Digest, SeqNo};
 
 use crate::quorum::{Insert, VoteSet};
 
@@ -54,10 +54,14 @@ impl Checkpoints {
         &self.stable
     }
 
-    pub fn record_own(&mut self, taken: Taken) -> Insert {
+    /// Records a checkpoint this replica took (or installed), and its own vote for it unless it is stable
+    /// already (an installed one is stable on its certificate, and a vote for it would never be settled).
+    pub fn record_own(&mut self, taken: Taken) {
         let message = taken.message.clone();
         self.taken.insert(message.seq, taken);
-        self.votes.entry(message.seq).or_default().insert(message)
+        if message.seq > self.stable.seq {
+            self.votes.entry(message.seq).or_default().insert(message);
+        }
     }
 
     /// Records another replica's vote for a checkpoint above the stable one. Above the high watermark `high`
@@ -84,20 +88,37 @@ impl Checkpoints {
         outcome
     }
 
-    /// The highest checkpoint above `seq` that `quorum` replicas certify with one digest, and who they are.
-    pub fn certified_above(
-        &self,
-        seq: SeqNo,
-        quorum: usize,
-    ) -> Option<(SeqNo, Digest, Vec<ReplicaId>)> {
-        self.votes.range(seq.next()..).rev().find_map(|(s, votes)| {
+    /// The highest checkpoint above `seq` that `quorum` replicas certify with one digest, with their votes. The
+    /// stable checkpoint counts too: a replica can hold its certificate (from a NEW-VIEW) without its state.
+    pub fn certified_above(&self, seq: SeqNo, quorum: usize) -> Option<Stable> {
+        let voted = self.votes.range(seq.next()..).rev().find_map(|(s, votes)| {
             let digest = votes.agreed(quorum)?;
-            Some((
-                *s,
+            Some(Stable {
+                seq: *s,
                 digest,
-                votes.matching(&digest).map(|v| v.replica).collect(),
-            ))
-        })
+                proof: votes.matching(&digest).cloned().collect(),
+            })
+        });
+        let stable = &self.stable;
+        voted.or_else(|| (stable.seq > seq && !stable.proof.is_empty()).then(|| stable.clone()))
+    }
+
+    /// Makes `seq` stable on the strength of its certificate alone (from a NEW-VIEW or a state transfer), whether
+    /// or not this replica took that checkpoint itself. Returns false if it is not above the stable one.
+    pub fn adopt_stable(
+        &mut self,
+        seq: SeqNo,
+        digest: Digest,
+        proof: Vec<Verified<Checkpoint>>,
+    ) -> bool {
+        if seq <= self.stable.seq {
+            return false;
+        }
+        self.stable = Stable { seq, digest, proof };
+        self.taken = self.taken.split_off(&seq);
+        self.taken.retain(|s, t| *s != seq || t.digest == digest);
+        self.votes = self.votes.split_off(&seq.next());
+        true
     }
 
     /// The highest checkpoint above the stable one that this replica took and that `quorum` replicas confirm

@@ -7,8 +7,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use pbft_crypto::{Verified, VerifiedMsg};
 use pbft_types::{
-    Commit, Digest, Prepare, Principal, ReplicaId, ReplicaMsg, Reply, Request, SeqNo, View,
+    Commit, Digest, PrePrepare, Prepare, Principal, ReplicaId, ReplicaMsg, Reply, Request, SeqNo,
+    View,
 };
+
+use crate::view_change::{InvalidNewView, InvalidViewChange};
 
 /// The requests of one batch, in the order they execute. Shared, because the same batch sits in the log, goes
 /// out in PRE-PREPAREs and is handed to the driver when it commits.
@@ -34,6 +37,9 @@ pub enum Timer {
     Status,
     /// A replica behind a certified checkpoint starts, or retries, fetching its state when this fires.
     StateTransfer,
+    /// The replica moves to the next view when this fires: a request it holds did not execute in time (the
+    /// request timer), or the NEW-VIEW it waits for did not come.
+    ViewChange,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +87,14 @@ pub enum Output {
     StateInstalled {
         seq: SeqNo,
         digest: Digest,
+    },
+    /// The replica entered `view` (it accepted or sent the NEW-VIEW).
+    EnteredView(View),
+    /// Two PRE-PREPAREs signed by one primary for the same view and sequence with different digests: proof that
+    /// the primary is faulty. The replica moved to the next view; the driver records the pair.
+    Evidence {
+        first: Verified<PrePrepare>,
+        second: Verified<PrePrepare>,
     },
     /// An input was refused; nothing changed.
     Rejected(Rejection),
@@ -149,4 +163,11 @@ pub enum RejectReason {
     UnexpectedStateTransfer,
     /// The sender id is not a replica of the cluster, or is this replica itself.
     UnknownSender,
+    /// A PRE-PREPARE, PREPARE or COMMIT while the replica waits for a NEW-VIEW.
+    ChangingView,
+    InvalidViewChange(InvalidViewChange),
+    InvalidNewView(InvalidNewView),
+    /// A FETCH-BATCH for a batch this replica does not hold, or a BATCH-DATA nobody asked for or that does not
+    /// match the digest it claims.
+    UnexpectedBatch,
 }

@@ -6,16 +6,20 @@
 //! any run from its seed, and the node can drive the very same code over the network.
 
 pub mod app;
+mod batches;
 mod checkpoint;
 mod client_table;
+mod held;
 pub mod io;
 mod log;
 mod pending;
 mod quorum;
 mod replica;
 mod state_transfer;
+pub mod view_change;
 
 pub use app::{ExecContext, RestoreError, StateMachine};
 pub use checkpoint::Stable as StableCheckpoint;
 pub use io::{Batch, Committed, Dest, Input, Output, RejectReason, Rejection, Timer};
 pub use replica::{Replica, ReplicaStatus};
+pub use view_change::{InvalidNewView, InvalidViewChange};

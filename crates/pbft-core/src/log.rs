@@ -11,8 +11,11 @@ use crate::quorum::VoteSet;
 /// Everything a replica knows about one sequence number in the current view.
 #[derive(Debug, Default)]
 pub struct Slot {
-    /// The accepted PRE-PREPARE and its batch (for the primary: the one it proposed).
-    pub pre_prepare: Option<(Verified<PrePrepare>, Batch)>,
+    /// The accepted PRE-PREPARE (for the primary: the one it proposed; after a view change: the one of O).
+    pub pre_prepare: Option<Verified<PrePrepare>>,
+    /// Its requests. Known with the PRE-PREPARE in the normal case; fetched by digest when a NEW-VIEW named
+    /// a batch this replica had not seen.
+    pub batch: Option<Batch>,
     /// PREPAREs from backups, this replica's own included once it sent one.
     pub prepares: VoteSet<Prepare>,
     /// COMMITs, this replica's own included once it sent one.
@@ -25,7 +28,7 @@ pub struct Slot {
 
 impl Slot {
     pub fn digest(&self) -> Option<Digest> {
-        self.pre_prepare.as_ref().map(|(p, _)| p.digest)
+        self.pre_prepare.as_ref().map(|p| p.digest)
     }
 }
 
@@ -79,6 +82,11 @@ impl Log {
         }
         self.low = seq;
         self.slots = self.slots.split_off(&seq.next());
+    }
+
+    /// Forgets every slot: a new view starts with only the PRE-PREPAREs of its NEW-VIEW.
+    pub fn clear(&mut self) {
+        self.slots.clear();
     }
 
     pub fn len(&self) -> usize {

@@ -3,7 +3,8 @@
 //! the certified digest. A source that sends garbage or stops answering costs a retry with the next one.
 
 use bytes::Bytes;
-use pbft_types::{ClientId, Digest, ReplicaId, SeqNo, StateChunk, Timestamp, wire};
+use pbft_crypto::Verified;
+use pbft_types::{Checkpoint, ClientId, Digest, ReplicaId, SeqNo, StateChunk, Timestamp, wire};
 use prost::Message;
 
 use crate::client_table::{ClientTable, LastReply};
@@ -67,6 +68,9 @@ pub enum ChunkOutcome {
 pub struct Transfer {
     pub seq: SeqNo,
     pub digest: Digest,
+    /// The q CHECKPOINTs that certify (seq, digest), kept so that the installed state is stable at once, whatever
+    /// happened to the votes meanwhile.
+    pub proof: Vec<Verified<Checkpoint>>,
     sources: Vec<ReplicaId>,
     attempt: usize,
     buffer: Vec<u8>,
@@ -80,6 +84,7 @@ impl Transfer {
         Transfer {
             seq,
             digest,
+            proof: Vec::new(),
             sources,
             attempt: 0,
             buffer: Vec::new(),
@@ -101,6 +106,7 @@ impl Transfer {
     pub fn retry(&mut self) {
         self.attempt += 1;
         self.buffer.clear();
+        self.progressed = false;
     }
 
     pub fn accept(&mut self, from: ReplicaId, chunk: &StateChunk, max_size: u64) -> ChunkOutcome {

@@ -13,24 +13,17 @@ use bytes::Bytes;
 use pbft_core::{Input, RejectReason, Timer};
 use pbft_crypto::{AuthError, Verified};
 use pbft_types::{
-    ClientId, Digest, Params, PrePrepare, Prepare, Principal, ReplicaId, ReplicaMsg, Reply,
-    Request, SeqNo, Timestamp, View,
+    Digest, Params, PrePrepare, Prepare, Principal, ReplicaId, ReplicaMsg, Request, SeqNo, View,
 };
 
 use support::{
-    Cluster, Executed, Node, Out, digest_of, executed, rejected_from_replica, rejected_request,
+    Cluster, Node, Out, digest_of, executed, rejected_from_replica, rejected_request,
     sent_checkpoints, small_params, to_all, to_replica,
 };
 
 /// REPLY(v = 0, t, c, i, r).
 fn reply(client: u64, timestamp: u64, replica: u64, result: &str) -> Out {
-    Out::Reply(Reply {
-        view: View(0),
-        timestamp: Timestamp(timestamp),
-        client: ClientId(client),
-        replica: ReplicaId(replica),
-        result: Bytes::copy_from_slice(result.as_bytes()),
-    })
+    support::reply_in(0, client, timestamp, replica, result)
 }
 
 /// The execution of batch `seq` of view 0 with the given results, certified by the COMMITs of `certifiers`.
@@ -41,21 +34,7 @@ fn committed(
     results: &[&str],
     certifiers: &[u64],
 ) -> Out {
-    let digest = digest_of(batch);
-    Out::Committed(Executed {
-        seq: SeqNo(seq),
-        view: View(0),
-        digest,
-        batch: batch.iter().map(|r| r.signed().clone()).collect(),
-        results: results
-            .iter()
-            .map(|r| Some(Bytes::copy_from_slice(r.as_bytes())))
-            .collect(),
-        certificate: certifiers
-            .iter()
-            .map(|i| c.signed_commit(*i, 0, seq, digest))
-            .collect(),
-    })
+    support::committed_in(c, 0, seq, batch, results, certifiers)
 }
 
 /// Parameters with one request per batch, so that every request gets its own sequence number.
@@ -99,7 +78,11 @@ mod request {
             header,
             batch: vec![r.signed().clone()],
         };
-        assert_eq!(outs, vec![to_all(pre_prepare), c.status_timer()]);
+        // The primary holds the request it proposed until it executes, watched by the view-change timer.
+        assert_eq!(
+            outs,
+            vec![to_all(pre_prepare), c.view_timer(), c.status_timer()]
+        );
         assert_eq!(primary.replica.status().pending_requests, 0);
     }
 
@@ -173,6 +156,7 @@ mod request {
             primary.step(Input::Request(at_limit.clone())),
             vec![
                 to_all(c.pre_prepare(0, 0, 1, &[at_limit])),
+                c.view_timer(),
                 c.status_timer()
             ]
         );
@@ -222,11 +206,13 @@ mod request {
         let c = Cluster::four();
         let mut backup = c.node(1);
         let r = c.request(1, 1, "a");
-        // Until the request executes, the backup keeps asking its peers for what it may have missed.
+        // Until the request executes, the backup watches it with the view-change timer and keeps asking its peers
+        // for what it may have missed.
         assert_eq!(
             backup.step(Input::Request(r.clone())),
             vec![
                 to_replica(0, ReplicaMsg::Request(r.signed().clone())),
+                c.view_timer(),
                 c.status_timer()
             ]
         );
@@ -252,7 +238,11 @@ mod request {
         let mut primary = c.node(0);
         assert_eq!(
             primary.step(forwarded()),
-            vec![to_all(c.pre_prepare(0, 0, 1, one(&r))), c.status_timer()]
+            vec![
+                to_all(c.pre_prepare(0, 0, 1, one(&r))),
+                c.view_timer(),
+                c.status_timer()
+            ]
         );
     }
 
@@ -316,6 +306,7 @@ mod pre_prepare {
             outs,
             vec![
                 to_all(c.prepare(1, 0, 1, digest_of(&[r]))),
+                c.view_timer(),
                 c.status_timer()
             ]
         );
@@ -377,6 +368,7 @@ mod pre_prepare {
             backup.step(c.deliver(0, c.pre_prepare(0, 0, 1, one(&r)))),
             vec![
                 to_all(c.prepare(1, 0, 1, digest_of(&[r]))),
+                c.view_timer(),
                 c.status_timer()
             ]
         );
@@ -416,34 +408,84 @@ mod pre_prepare {
             backup.step(c.deliver(0, c.pre_prepare(0, 0, 4, one(&r)))),
             vec![
                 to_all(c.prepare(1, 0, 4, digest_of(&[r]))),
+                c.view_timer(),
                 c.status_timer()
             ]
         );
     }
 
+    /// Two PRE-PREPAREs signed by the primary for one (v, n) with different digests prove it faulty: the backup
+    /// records the pair and leaves the view at once (PROTOCOL.md, view change, "Evidence").
     #[test]
-    fn a_second_one_with_another_digest_is_refused_and_not_prepared() {
+    fn a_second_one_with_another_digest_is_evidence_and_starts_a_view_change() {
         let c = Cluster::four();
         let mut backup = c.node(1);
         let (a, b) = (c.request(1, 1, "a"), c.request(1, 1, "b"));
         let (da, db) = (digest_of(one(&a)), digest_of(one(&b)));
-        backup.step(c.deliver(0, c.pre_prepare(0, 0, 1, &[a])));
+        assert_eq!(
+            backup.step(c.deliver(0, c.pre_prepare(0, 0, 1, &[a]))),
+            vec![
+                to_all(c.prepare(1, 0, 1, da)),
+                c.view_timer(),
+                c.status_timer()
+            ]
+        );
 
         assert_eq!(
             backup.step(c.deliver(0, c.pre_prepare(0, 0, 1, &[b]))),
+            vec![
+                Out::Evidence(
+                    c.signed_pre_prepare(0, 0, 1, da),
+                    c.signed_pre_prepare(0, 0, 1, db)
+                ),
+                c.cancel_view_timer(),
+                // Nothing prepared, nothing stable beyond the initial state: an empty VIEW-CHANGE for view 1.
+                to_all(c.view_change(1, 1, 0, vec![], vec![])),
+            ]
+        );
+        let status = backup.replica.status();
+        assert_eq!(
+            (status.view, status.changing_view, status.log_slots),
+            (View(1), true, 0)
+        );
+        // Neither assignment prepares: view 0's PREPAREs are refused while the backup waits for NEW-VIEW.
+        for (from, d) in [(2, da), (3, da), (2, db)] {
+            assert_eq!(
+                backup.step(c.deliver(from, c.prepare(from, 0, 1, d))),
+                vec![rejected_from_replica(
+                    from,
+                    "PREPARE",
+                    RejectReason::ChangingView
+                )]
+            );
+        }
+        assert_eq!(backup.replica.status().log_slots, 0);
+        assert_eq!(backup.replica.status().last_executed, SeqNo(0));
+    }
+
+    /// The batch's digest is checked before the slot is looked at: a second PRE-PREPARE whose header names another
+    /// digest than its batch's is no evidence (the primary's signature covers the header only), merely refused.
+    #[test]
+    fn a_second_one_whose_digest_is_not_its_batchs_is_refused_not_evidence() {
+        let c = Cluster::four();
+        let mut backup = c.node(1);
+        let (a, b) = (c.request(1, 1, "a"), c.request(1, 1, "b"));
+        let da = digest_of(one(&a));
+        backup.step(c.deliver(0, c.pre_prepare(0, 0, 1, one(&a))));
+        let lying = c.pre_prepare_with_digest(0, 0, 1, Digest([9; 32]), &[b]);
+        assert_eq!(
+            backup.step(c.deliver(0, lying)),
             vec![rejected_from_replica(
                 0,
                 KIND,
-                RejectReason::ConflictingDigest {
-                    accepted: da,
-                    got: db
-                }
+                RejectReason::BatchDigestMismatch
             )]
         );
-        // The first assignment stands: PREPAREs for the second digest do not prepare it.
-        assert_eq!(backup.step(c.deliver(2, c.prepare(2, 0, 1, db))), vec![]);
+        let status = backup.replica.status();
+        assert_eq!((status.view, status.changing_view), (View(0), false));
+        // The first assignment stands and prepares.
         assert_eq!(
-            backup.step(c.deliver(3, c.prepare(3, 0, 1, da))),
+            backup.step(c.deliver(2, c.prepare(2, 0, 1, da))),
             vec![to_all(c.commit(1, 0, 1, da))]
         );
     }
@@ -479,6 +521,7 @@ mod pre_prepare {
             backup.step(c.deliver(0, c.pre_prepare(0, 0, 1, one(&a)))),
             vec![
                 to_all(c.prepare(1, 0, 1, digest_of(&[a]))),
+                c.view_timer(),
                 c.status_timer()
             ]
         );
@@ -502,6 +545,7 @@ mod pre_prepare {
             backup.step(c.deliver(0, c.pre_prepare(0, 0, 1, &batch[..2]))),
             vec![
                 to_all(c.prepare(1, 0, 1, digest_of(&batch[..2]))),
+                c.view_timer(),
                 c.status_timer()
             ]
         );
@@ -700,7 +744,11 @@ mod prepare {
         );
         assert_eq!(
             backup.step(c.deliver(0, c.pre_prepare(0, 0, 1, &[r]))),
-            vec![to_all(c.prepare(1, 0, 1, d)), to_all(c.commit(1, 0, 1, d))]
+            vec![
+                to_all(c.prepare(1, 0, 1, d)),
+                to_all(c.commit(1, 0, 1, d)),
+                c.view_timer()
+            ]
         );
     }
 }
@@ -736,6 +784,8 @@ mod commit {
                 reply(1, 1, 1, "1:a"),
                 reply(2, 1, 1, "2:b"),
                 committed(&c, 1, &batch, &["1:a", "2:b"], &[0, 1, 2]),
+                // Nothing is left waiting: the view-change timer stops.
+                c.cancel_view_timer(),
             ]
         );
         assert_eq!(
@@ -766,7 +816,8 @@ mod commit {
             backup.step(c.deliver(3, c.commit(3, 0, 1, d))),
             vec![
                 reply(1, 1, 1, "1:a"),
-                committed(&c, 1, &batch, &["1:a"], &[0, 1, 3])
+                committed(&c, 1, &batch, &["1:a"], &[0, 1, 3]),
+                c.cancel_view_timer(),
             ]
         );
     }
@@ -795,7 +846,8 @@ mod commit {
             backup.step(c.deliver(3, c.commit(3, 0, 1, d))),
             vec![
                 reply(1, 1, 1, "1:a"),
-                committed(&c, 1, &batch, &["1:a"], &[1, 2, 3])
+                committed(&c, 1, &batch, &["1:a"], &[1, 2, 3]),
+                c.cancel_view_timer(),
             ]
         );
     }
@@ -817,6 +869,7 @@ mod commit {
                 to_all(c.commit(1, 0, 1, d)),
                 reply(1, 1, 1, "1:a"),
                 committed(&c, 1, &batch, &["1:a"], &[0, 1, 2]),
+                c.cancel_view_timer(),
             ]
         );
     }
@@ -948,6 +1001,7 @@ mod execution_order {
                 committed(&c, 1, &b1, &["1:a"], &[0, 1, 2]),
                 reply(2, 1, 1, "2:b"),
                 committed(&c, 2, &b2, &["2:b"], &[0, 1, 2]),
+                c.cancel_view_timer(),
             ]
         );
         assert_eq!(backup.replica.status().last_executed, SeqNo(2));
@@ -982,6 +1036,7 @@ mod checkpoint {
                 reply(2, 1, 1, "2:b"),
                 committed(&c, 2, &b2, &["2:b"], &[0, 1, 2]),
                 to_all(c.checkpoint(1, 2, digest)),
+                c.cancel_view_timer(),
             ]
         );
 
@@ -1104,7 +1159,10 @@ mod checkpoint {
         let r = c.request(3, 1, "c");
         assert_eq!(
             backup.step(c.deliver(0, c.pre_prepare(0, 0, 6, one(&r)))),
-            vec![to_all(c.prepare(1, 0, 6, digest_of(one(&r))))]
+            vec![
+                to_all(c.prepare(1, 0, 6, digest_of(one(&r)))),
+                c.view_timer()
+            ]
         );
         assert_eq!(
             backup.step(c.deliver(0, c.pre_prepare(0, 0, 7, one(&r)))),
@@ -1156,6 +1214,7 @@ mod checkpoint {
             primary.step(Input::Request(requests[0].clone())),
             vec![
                 to_all(c.pre_prepare(0, 0, 1, &requests[..1])),
+                c.view_timer(),
                 c.status_timer()
             ]
         );
@@ -1293,21 +1352,26 @@ mod boundary {
 mod status {
     use super::*;
 
+    /// A peer in a later view may be the one that is ahead: the replica, which with nothing unfinished would
+    /// never time out, answers with its own STATUS so that the peer sends what lets it into that view. It resends
+    /// none of its view-0 messages, which the peer could not use.
     #[test]
-    fn a_status_from_another_view_is_refused() {
+    fn a_status_from_a_higher_view_is_answered_with_the_replicas_own_status() {
         let c = Cluster::four();
         let mut backup = c.node(1);
         assert_eq!(
             backup.step(c.deliver(2, c.status(2, 1, 0, 0))),
-            vec![rejected_from_replica(
-                2,
-                "STATUS",
-                RejectReason::WrongView {
-                    got: View(1),
-                    current: View(0)
-                }
-            )]
+            vec![to_replica(2, c.status(1, 0, 0, 0))]
         );
+        // With a slot of view 0 in its log, still only its STATUS, reporting what it has (nothing executed).
+        let r = c.request(1, 1, "a");
+        backup.step(c.deliver(0, c.pre_prepare(0, 0, 1, one(&r))));
+        assert_eq!(
+            backup.step(c.deliver(3, c.status_changing(3, 2, 0, 0, true))),
+            vec![to_replica(3, c.status(1, 0, 0, 0))]
+        );
+        let status = backup.replica.status();
+        assert_eq!((status.view, status.changing_view), (View(0), false));
     }
 
     #[test]
@@ -1463,7 +1527,8 @@ mod seven {
             backup.step(c.deliver(4, c.commit(4, 0, 1, d))),
             vec![
                 reply(1, 1, 1, "1:a"),
-                committed(&c, 1, &batch, &["1:a"], &[0, 1, 2, 3, 4])
+                committed(&c, 1, &batch, &["1:a"], &[0, 1, 2, 3, 4]),
+                c.cancel_view_timer(),
             ]
         );
     }

@@ -429,13 +429,11 @@ mod fetching {
             ),
             (SeqNo(2), SeqNo(2), SeqNo(6))
         );
+        // Stable at once on the certificate it fetched against: the q votes that certified it.
         let stable = node.replica.stable_checkpoint();
         assert_eq!((stable.seq, stable.digest), (SeqNo(2), d));
-        let provers: Vec<ReplicaId> = stable.proof.iter().map(|p| p.replica).collect();
-        assert_eq!(
-            provers,
-            vec![ReplicaId(0), ReplicaId(1), ReplicaId(2), ReplicaId(3)]
-        );
+        let proof: Vec<_> = stable.proof.iter().map(|p| p.signed().clone()).collect();
+        assert_eq!(proof, c.checkpoint_proof(2, d, &[0, 1, 2]));
         assert_eq!(ops(&node), bytes_of(&OPS[..2]));
 
         // Exactly-once survives the transfer: client 1's request is in the installed client table, so a
@@ -452,6 +450,21 @@ mod fetching {
         let outs = node.step(c.deliver(1, c.fetch_state(1, 2, d, 0)));
         let chunk = c.state_chunk(3, 2, d, 0, expected.len() as u64, &expected[..CHUNK]);
         assert_eq!(outs, vec![to_replica(1, chunk)]);
+    }
+
+    /// Once installed, the checkpoint is stable and the replica has nothing unfinished: its status timer finds
+    /// nothing to ask for, like a replica that made the same checkpoint stable by executing. (Its own CHECKPOINT for
+    /// the installed, already stable, checkpoint must not linger as an unstable vote.)
+    #[test]
+    fn an_installed_replica_with_nothing_unfinished_sends_no_status() {
+        let c = cluster();
+        let (mut source, digests) = executed_to(&c, 0, 2);
+        let d = digests[0];
+        let mut node = fetching(&c, 2, d);
+        transfer(&c, &mut source, &mut node, 2, d, &snapshot_of(&OPS[..2]));
+        assert_eq!(node.replica.status().last_executed, SeqNo(2));
+
+        assert_eq!(node.step(Input::TimerFired(Timer::Status)), vec![]);
     }
 
     #[test]
@@ -519,6 +532,8 @@ mod fetching {
                 to_all(c.checkpoint(3, 2, d)),
                 reply(3, "3:c"),
                 committed,
+                // Slot 3's request was held since its PRE-PREPARE; it executed, nothing else waits.
+                c.cancel_view_timer(),
             ]
         );
         assert_eq!(node.replica.status().last_executed, SeqNo(3));

@@ -496,6 +496,17 @@ impl Simulation {
                 let checked = self.checker.committed(id, &committed);
                 self.violation(checked);
             }
+            Output::EnteredView(view) => {
+                self.trace(|| format!("r{id} ENTERED view {view}"));
+            }
+            Output::Evidence { first, second } => {
+                self.trace(|| {
+                    format!(
+                        "r{id} EVIDENCE: primary {} signed v{} n{} as {:?} and {:?}",
+                        first.replica, first.view, first.seq, first.digest, second.digest
+                    )
+                });
+            }
             // Refusals are normal on a network that duplicates and reorders (a duplicate, a message below the
             // low watermark); they are counted, and any that matters shows up as a broken invariant.
             Output::Rejected(rejection) => {

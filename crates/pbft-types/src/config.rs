@@ -30,9 +30,11 @@ pub struct Params {
     /// How long the primary waits for more requests before it proposes a batch that is not full while earlier
     /// batches are still in flight.
     pub batch_delay: Duration,
-    /// How long a backup waits for a request it holds to execute before it suspects the primary.
+    /// How long a replica waits for a request it holds to execute before it suspects the primary (the request
+    /// timer), and for a peer's STATE-CHUNK before it asks another.
     pub request_timeout: Duration,
-    /// How long a replica waits for a NEW-VIEW once it holds a quorum of VIEW-CHANGEs; doubled per attempt.
+    /// How long a replica waits for a NEW-VIEW once it holds a quorum of VIEW-CHANGEs; doubled by each view
+    /// change that produces none in time, back to this value once a batch executes.
     pub view_change_timeout: Duration,
     /// How often a replica with unfinished work tells its peers what it has, so that they resend what was lost.
     pub status_interval: Duration,

@@ -16,22 +16,25 @@ use pbft_core::{
 };
 use pbft_crypto::{KeyPair, Keyring, Signer, Verified, batch_digest};
 use pbft_types::{
-    Checkpoint, ClientId, ClientInfo, ClusterConfig, Commit, Digest, FetchState, Params,
-    PrePrepare, Prepare, Principal, ReplicaId, ReplicaMsg, Reply, Request, SeqNo, Signed,
-    StateChunk, Status, Timestamp, View,
+    BatchData, Checkpoint, ClientId, ClientInfo, ClusterConfig, Commit, Digest, FetchBatch,
+    FetchState, NewView, Params, PrePrepare, Prepare, PreparedProof, Principal, ReplicaId,
+    ReplicaMsg, Reply, Request, SeqNo, Signed, StateChunk, Status, Timestamp, View, ViewChange,
 };
 
 /// How many clients every test cluster knows (ids 1..=CLIENTS).
 pub const CLIENTS: u64 = 8;
 
 /// Parameters small enough to reach checkpoints and watermarks in a few steps: a checkpoint every 2 sequence
-/// numbers, a window of 4, batches of at most 2 requests of at most 64 bytes.
+/// numbers, a window of 4, batches of at most 2 requests of at most 64 bytes. The view-change timeout differs
+/// from the request timeout (which paces state-transfer retries), so that a test tells which one a timer uses.
 pub fn small_params() -> Params {
     Params {
         checkpoint_interval: 2,
         window: 4,
         max_batch_size: 2,
         max_request_size: 64,
+        request_timeout: Duration::from_millis(1000),
+        view_change_timeout: Duration::from_millis(1500),
         ..Params::default()
     }
 }
@@ -128,6 +131,8 @@ pub enum Out {
     CancelTimer(Timer),
     Committed(Executed),
     StateInstalled(SeqNo, Digest),
+    EnteredView(View),
+    Evidence(Signed<PrePrepare>, Signed<PrePrepare>),
     Rejected(Rejection),
 }
 
@@ -151,6 +156,10 @@ impl From<Output> for Out {
                     .collect(),
             }),
             Output::StateInstalled { seq, digest } => Out::StateInstalled(seq, digest),
+            Output::EnteredView(view) => Out::EnteredView(view),
+            Output::Evidence { first, second } => {
+                Out::Evidence(first.into_signed(), second.into_signed())
+            }
             Output::Rejected(r) => Out::Rejected(r),
         }
     }
@@ -185,6 +194,11 @@ pub fn to_replica(id: u64, msg: ReplicaMsg) -> Out {
 /// The digest of a batch, as `pbft_crypto::batch_digest` computes it over the signed requests.
 pub fn digest_of(batch: &[Verified<Request>]) -> Digest {
     batch_digest(batch.iter().map(Verified::signed))
+}
+
+/// The digest of the null batch, which a NEW-VIEW assigns to the sequence numbers no certificate prepared.
+pub fn null_digest() -> Digest {
+    digest_of(&[])
 }
 
 /// One replica under test and the journal of what its application executed.
@@ -270,6 +284,28 @@ impl Cluster {
     /// The output that arms the status timer.
     pub fn status_timer(&self) -> Out {
         Out::SetTimer(Timer::Status, self.config.params.status_interval)
+    }
+
+    /// The output that arms the view-change timer with the configured timeout: a request the replica holds
+    /// starts it, and so do q VIEW-CHANGEs for the view it is changing to.
+    /// The view-change timer armed as the request timer (for `request_timeout`).
+    pub fn view_timer(&self) -> Out {
+        self.view_timer_after(self.config.params.request_timeout)
+    }
+
+    /// The view-change timer armed to wait for a NEW-VIEW (for `view_change_timeout`, before any doubling).
+    pub fn new_view_timer(&self) -> Out {
+        self.view_timer_after(self.config.params.view_change_timeout)
+    }
+
+    /// The view-change timer armed for `after` (the configured timeout doubled by view changes that failed).
+    pub fn view_timer_after(&self, after: Duration) -> Out {
+        Out::SetTimer(Timer::ViewChange, after)
+    }
+
+    /// The output that stops the view-change timer.
+    pub fn cancel_view_timer(&self) -> Out {
+        Out::CancelTimer(Timer::ViewChange)
     }
 
     /// Replica `id` at its initial state.
@@ -393,12 +429,24 @@ impl Cluster {
     }
 
     pub fn status(&self, signer: u64, view: u64, stable: u64, executed: u64) -> ReplicaMsg {
+        self.status_changing(signer, view, stable, executed, false)
+    }
+
+    /// STATUS with `changing_view` set as given: the sender sent VIEW-CHANGE for `view` and waits for NEW-VIEW.
+    pub fn status_changing(
+        &self,
+        signer: u64,
+        view: u64,
+        stable: u64,
+        executed: u64,
+        changing_view: bool,
+    ) -> ReplicaMsg {
         ReplicaMsg::Status(self.keys[signer as usize].sign(Status {
             view: View(view),
             stable: SeqNo(stable),
             executed: SeqNo(executed),
             replica: ReplicaId(signer),
-            changing_view: false,
+            changing_view,
         }))
     }
 
@@ -452,6 +500,170 @@ impl Cluster {
         self.config.primary(View(0)).0
     }
 
+    /// The primary of `view`.
+    pub fn primary_of(&self, view: u64) -> u64 {
+        self.config.primary(View(view)).0
+    }
+
+    /// The signed header PRE-PREPARE(view, seq, digest), signed by replica `signer` (as it sits in a prepared
+    /// certificate or in a NEW-VIEW's O).
+    pub fn signed_pre_prepare(
+        &self,
+        signer: u64,
+        view: u64,
+        seq: u64,
+        digest: Digest,
+    ) -> Signed<PrePrepare> {
+        self.keys[signer as usize].sign(PrePrepare {
+            view: View(view),
+            seq: SeqNo(seq),
+            digest,
+            replica: ReplicaId(signer),
+        })
+    }
+
+    pub fn signed_prepare(
+        &self,
+        signer: u64,
+        view: u64,
+        seq: u64,
+        digest: Digest,
+    ) -> Signed<Prepare> {
+        self.keys[signer as usize].sign(Prepare {
+            view: View(view),
+            seq: SeqNo(seq),
+            digest,
+            replica: ReplicaId(signer),
+        })
+    }
+
+    /// A prepared certificate for (view, seq, digest): the PRE-PREPARE of the primary of `view` and the PREPAREs of
+    /// `backups`, in that order.
+    pub fn prepared_proof(
+        &self,
+        view: u64,
+        seq: u64,
+        digest: Digest,
+        backups: &[u64],
+    ) -> PreparedProof {
+        PreparedProof {
+            pre_prepare: self.signed_pre_prepare(self.primary_of(view), view, seq, digest),
+            prepares: backups
+                .iter()
+                .map(|b| self.signed_prepare(*b, view, seq, digest))
+                .collect(),
+        }
+    }
+
+    /// The CHECKPOINTs of `signers` for (seq, digest): a checkpoint proof.
+    pub fn checkpoint_proof(
+        &self,
+        seq: u64,
+        digest: Digest,
+        signers: &[u64],
+    ) -> Vec<Signed<Checkpoint>> {
+        signers
+            .iter()
+            .map(|s| self.signed_checkpoint(*s, seq, digest))
+            .collect()
+    }
+
+    /// VIEW-CHANGE(new_view, stable, C = `proof`, P = `prepared`, signer), signed by `signer`.
+    pub fn signed_view_change(
+        &self,
+        signer: u64,
+        new_view: u64,
+        stable: u64,
+        proof: Vec<Signed<Checkpoint>>,
+        prepared: Vec<PreparedProof>,
+    ) -> Signed<ViewChange> {
+        self.keys[signer as usize].sign(ViewChange {
+            new_view: View(new_view),
+            stable_seq: SeqNo(stable),
+            checkpoint_proof: proof,
+            prepared,
+            replica: ReplicaId(signer),
+        })
+    }
+
+    pub fn view_change(
+        &self,
+        signer: u64,
+        new_view: u64,
+        stable: u64,
+        proof: Vec<Signed<Checkpoint>>,
+        prepared: Vec<PreparedProof>,
+    ) -> ReplicaMsg {
+        ReplicaMsg::ViewChange(self.signed_view_change(signer, new_view, stable, proof, prepared))
+    }
+
+    /// VIEW-CHANGE(new_view) from the initial checkpoint with no prepared certificate.
+    pub fn empty_view_change(&self, signer: u64, new_view: u64) -> Signed<ViewChange> {
+        self.signed_view_change(signer, new_view, 0, Vec::new(), Vec::new())
+    }
+
+    /// NEW-VIEW(view, V, O) signed by `signer`, whoever that is.
+    pub fn signed_new_view(
+        &self,
+        signer: u64,
+        view: u64,
+        view_changes: Vec<Signed<ViewChange>>,
+        pre_prepares: Vec<Signed<PrePrepare>>,
+    ) -> Signed<NewView> {
+        self.keys[signer as usize].sign(NewView {
+            view: View(view),
+            view_changes,
+            pre_prepares,
+            replica: ReplicaId(signer),
+        })
+    }
+
+    pub fn new_view(
+        &self,
+        signer: u64,
+        view: u64,
+        view_changes: Vec<Signed<ViewChange>>,
+        pre_prepares: Vec<Signed<PrePrepare>>,
+    ) -> ReplicaMsg {
+        ReplicaMsg::NewView(self.signed_new_view(signer, view, view_changes, pre_prepares))
+    }
+
+    /// O as the primary of `view` computes it: one PRE-PREPARE(view, n, d) per (n, d), signed by that primary.
+    pub fn o(&self, view: u64, entries: &[(u64, Digest)]) -> Vec<Signed<PrePrepare>> {
+        let primary = self.primary_of(view);
+        entries
+            .iter()
+            .map(|(seq, d)| self.signed_pre_prepare(primary, view, *seq, *d))
+            .collect()
+    }
+
+    /// FETCH-BATCH(seq, digest) from replica `signer`.
+    pub fn fetch_batch(&self, signer: u64, seq: u64, digest: Digest) -> ReplicaMsg {
+        ReplicaMsg::FetchBatch(self.keys[signer as usize].sign(FetchBatch {
+            seq: SeqNo(seq),
+            digest,
+            replica: ReplicaId(signer),
+        }))
+    }
+
+    /// BATCH-DATA(seq, digest) with `batch`, from replica `signer`; nothing ties `batch` to `digest`.
+    pub fn batch_data(
+        &self,
+        signer: u64,
+        seq: u64,
+        digest: Digest,
+        batch: &[Verified<Request>],
+    ) -> ReplicaMsg {
+        ReplicaMsg::BatchData {
+            header: self.keys[signer as usize].sign(BatchData {
+                seq: SeqNo(seq),
+                digest,
+                replica: ReplicaId(signer),
+            }),
+            batch: batch.iter().map(|r| r.signed().clone()).collect(),
+        }
+    }
+
     /// Commits and executes slot `seq` of view 0 at `node`: the primary's PRE-PREPARE (unless `node` is the
     /// primary, which must have proposed `batch` already), then just enough PREPAREs and COMMITs from the
     /// lowest-numbered other replicas to reach the quorum. Returns every output.
@@ -496,4 +708,41 @@ pub fn executed(outs: &[Out]) -> Vec<&Executed> {
             _ => None,
         })
         .collect()
+}
+
+/// REPLY(view, t, c, i, r).
+pub fn reply_in(view: u64, client: u64, timestamp: u64, replica: u64, result: &str) -> Out {
+    Out::Reply(Reply {
+        view: View(view),
+        timestamp: Timestamp(timestamp),
+        client: ClientId(client),
+        replica: ReplicaId(replica),
+        result: Bytes::copy_from_slice(result.as_bytes()),
+    })
+}
+
+/// The execution of batch `seq`, committed in `view` by the COMMITs of `certifiers`.
+pub fn committed_in(
+    c: &Cluster,
+    view: u64,
+    seq: u64,
+    batch: &[Verified<Request>],
+    results: &[&str],
+    certifiers: &[u64],
+) -> Out {
+    let digest = digest_of(batch);
+    Out::Committed(Executed {
+        seq: SeqNo(seq),
+        view: View(view),
+        digest,
+        batch: batch.iter().map(|r| r.signed().clone()).collect(),
+        results: results
+            .iter()
+            .map(|r| Some(Bytes::copy_from_slice(r.as_bytes())))
+            .collect(),
+        certificate: certifiers
+            .iter()
+            .map(|i| c.signed_commit(*i, view, seq, digest))
+            .collect(),
+    })
 }

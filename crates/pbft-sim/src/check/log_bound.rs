@@ -46,6 +46,7 @@ mod tests {
         ReplicaStatus {
             id: ReplicaId(1),
             view: View(0),
+            changing_view: false,
             low_watermark: SeqNo(low),
             high_watermark: SeqNo(high),
             last_executed: SeqNo(low),

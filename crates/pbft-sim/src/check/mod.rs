@@ -369,6 +369,7 @@ mod tests {
         let status = ReplicaStatus {
             id: ReplicaId(2),
             view: View(0),
+            changing_view: false,
             low_watermark: SeqNo(8),
             high_watermark: SeqNo(24),
             last_executed: SeqNo(12),

@@ -1,0 +1,405 @@
+//! The normal case (PROTOCOL.md, "Normal case" and "Batching and pipelining"): requests, the primary's batches,
+//! PRE-PREPARE, PREPARE, COMMIT, execution in sequence order and replies.
+
+use pbft_crypto::{Verified, VerifiedPrepared, batch_digest};
+use pbft_types::{
+    Commit, Digest, PrePrepare, Prepare, Principal, ReplicaId, ReplicaMsg, Reply, Request, SeqNo,
+};
+
+use super::Replica;
+use crate::app::ExecContext;
+use crate::client_table::Freshness;
+use crate::io::{Batch, Committed, Dest, Output, RejectReason, Timer};
+use crate::quorum::Insert;
+
+impl Replica {
+    /// A request from its client, or forwarded by a backup. Normal case 5: an executed request is answered from
+    /// the client table, never executed again.
+    pub(super) fn on_request(
+        &mut self,
+        request: Verified<Request>,
+        forwarded_by: Option<ReplicaId>,
+    ) {
+        let from = forwarded_by.map_or(Principal::Client(request.client), Principal::Replica);
+        let limit = self.config.params.max_request_size;
+        if request.operation.len() > limit {
+            let reason = RejectReason::RequestTooLarge {
+                size: request.operation.len(),
+                limit,
+            };
+            return self.reject(from, "REQUEST", reason);
+        }
+        match self.clients.freshness(request.client, request.timestamp) {
+            Freshness::LastExecuted(last) => {
+                let reply = Reply {
+                    view: self.view,
+                    timestamp: last.timestamp,
+                    client: request.client,
+                    replica: self.id,
+                    result: last.result.clone(),
+                };
+                self.out.push(Output::Reply(reply));
+                return;
+            }
+            Freshness::Stale => return self.reject(from, "REQUEST", RejectReason::StaleRequest),
+            Freshness::Fresh => {}
+        }
+        if !self.is_primary() || self.changing {
+            if forwarded_by.is_some() {
+                return self.reject(from, "REQUEST", RejectReason::NotPrimary);
+            }
+            // A client that retransmits to every replica suspects the primary missed its request: pass it on
+            // and watch it execute (the view-change timer). During a view change it waits for the new primary.
+            self.hold(request.clone());
+            if !self.changing {
+                let to = Dest::Replica(self.primary());
+                self.send(to, ReplicaMsg::Request(request.into_signed()));
+            }
+            return;
+        }
+        let proposed = self
+            .in_flight
+            .get(&request.client)
+            .is_some_and(|t| *t >= request.timestamp);
+        if proposed || !self.pending.add(request) {
+            return self.reject(from, "REQUEST", RejectReason::Duplicate);
+        }
+        self.propose(false);
+    }
+
+    /// The primary proposes batches while it has requests and the window has room: at once when a batch is full
+    /// or when nothing is in flight (no added latency under light load), otherwise when the batch timer fires.
+    pub(super) fn propose(&mut self, timer_fired: bool) {
+        if !self.is_primary() || self.changing {
+            return;
+        }
+        let mut timer_fired = timer_fired;
+        self.last_assigned = self.last_assigned.max(self.log.low());
+        while !self.pending.is_empty() && self.last_assigned < self.log.high() {
+            let full = self.pending.len() >= self.config.params.max_batch_size;
+            let idle = self.last_assigned <= self.last_executed;
+            if !(full || idle || timer_fired) {
+                break;
+            }
+            timer_fired = false;
+            let requests = self.pending.take(self.config.params.max_batch_size);
+            self.propose_batch(requests);
+        }
+        let waiting = !self.pending.is_empty() && self.last_assigned < self.log.high();
+        if waiting && !self.batch_timer_set {
+            self.batch_timer_set = true;
+            let after = self.config.params.batch_delay;
+            self.out.push(Output::SetTimer {
+                timer: Timer::Batch,
+                after,
+            });
+        } else if !waiting && self.batch_timer_set {
+            self.batch_timer_set = false;
+            self.out.push(Output::CancelTimer(Timer::Batch));
+        }
+    }
+
+    pub(super) fn propose_batch(&mut self, requests: Vec<Verified<Request>>) {
+        let seq = self.last_assigned.next();
+        self.last_assigned = seq;
+        for r in &requests {
+            self.in_flight.insert(r.client, r.timestamp);
+            self.hold(r.clone());
+        }
+        let batch: Batch = requests.into();
+        let digest = batch_digest(batch.iter().map(Verified::signed));
+        let header = self.signer.sign(PrePrepare {
+            view: self.view,
+            seq,
+            digest,
+            replica: self.id,
+        });
+        let msg = ReplicaMsg::PrePrepare {
+            header: header.signed().clone(),
+            batch: batch.iter().map(|r| r.signed().clone()).collect(),
+        };
+        self.batches.insert(seq, digest, batch.clone());
+        if let Some(slot) = self.log.slot_mut(seq) {
+            slot.pre_prepare = Some(header);
+            slot.batch = Some(batch);
+        }
+        self.send(Dest::AllReplicas, msg);
+        self.advance(seq);
+    }
+
+    /// Normal case 1 and 2: a backup checks a PRE-PREPARE and, if it accepts it, logs it and sends PREPARE.
+    pub(super) fn on_pre_prepare(
+        &mut self,
+        from: ReplicaId,
+        header: Verified<PrePrepare>,
+        batch: Vec<Verified<Request>>,
+    ) {
+        let from = Principal::Replica(from);
+        let (view, seq, digest) = (header.view, header.seq, header.digest);
+        if view != self.view {
+            let reason = RejectReason::WrongView {
+                got: view,
+                current: self.view,
+            };
+            return self.reject(from, "PRE-PREPARE", reason);
+        }
+        if header.replica != self.primary() {
+            let reason = RejectReason::NotFromPrimary {
+                primary: self.primary(),
+            };
+            return self.reject(from, "PRE-PREPARE", reason);
+        }
+        if !self.log.in_window(seq) {
+            return self.reject(from, "PRE-PREPARE", self.outside(seq));
+        }
+        let params = &self.config.params;
+        if batch.len() > params.max_batch_size {
+            let reason = RejectReason::BatchTooLarge {
+                size: batch.len(),
+                limit: params.max_batch_size,
+            };
+            return self.reject(from, "PRE-PREPARE", reason);
+        }
+        if let Some(r) = batch
+            .iter()
+            .find(|r| r.operation.len() > params.max_request_size)
+        {
+            let reason = RejectReason::RequestTooLarge {
+                size: r.operation.len(),
+                limit: params.max_request_size,
+            };
+            return self.reject(from, "PRE-PREPARE", reason);
+        }
+        if batch_digest(batch.iter().map(Verified::signed)) != digest {
+            return self.reject(from, "PRE-PREPARE", RejectReason::BatchDigestMismatch);
+        }
+        if let Some(accepted) = self.log.get(seq).and_then(|s| s.pre_prepare.clone()) {
+            if accepted.digest != digest {
+                // Two PRE-PREPAREs for one (v, n) signed by the primary: proof that it is faulty.
+                self.out.push(Output::Evidence {
+                    first: accepted,
+                    second: header,
+                });
+                return self.start_view_change(self.view.next());
+            }
+            // The same assignment again: it brings the requests if this replica knew only the digest (from O).
+            return match self.log.get(seq).is_some_and(|s| s.batch.is_none()) {
+                true => self.fill_batch(seq, digest, batch.into()),
+                false => self.reject(from, "PRE-PREPARE", RejectReason::Duplicate),
+            };
+        }
+        let prepare = self.signer.sign(Prepare {
+            view,
+            seq,
+            digest,
+            replica: self.id,
+        });
+        let batch: Batch = batch.into();
+        self.batches.insert(seq, digest, batch.clone());
+        for r in batch.iter() {
+            self.hold(r.clone());
+        }
+        let Some(slot) = self.log.slot_mut(seq) else {
+            return;
+        };
+        slot.pre_prepare = Some(header);
+        slot.batch = Some(batch);
+        slot.prepares.insert(prepare.clone());
+        self.send(
+            Dest::AllReplicas,
+            ReplicaMsg::Prepare(prepare.into_signed()),
+        );
+        self.advance(seq);
+    }
+
+    /// The replica holds a request it has not seen execute: the view-change timer will watch it.
+    pub(super) fn hold(&mut self, request: Verified<Request>) {
+        if self.clients.freshness(request.client, request.timestamp) != Freshness::Fresh {
+            return;
+        }
+        self.waiting.hold(request);
+    }
+
+    /// The requests of a batch assigned in this view but not proposed by this replica now (O's, or fetched for
+    /// O): held, and timed, by every replica; in flight for the primary, so that it does not propose them again.
+    pub(super) fn account_for(&mut self, batch: &Batch) {
+        let primary = self.is_primary();
+        for r in batch.iter() {
+            if self.clients.freshness(r.client, r.timestamp) != Freshness::Fresh {
+                continue;
+            }
+            if primary {
+                let newest = self.in_flight.entry(r.client).or_default();
+                *newest = (*newest).max(r.timestamp);
+            }
+            self.hold(r.clone());
+        }
+    }
+
+    /// The requests of a batch this replica knew only by its digest.
+    pub(super) fn fill_batch(&mut self, seq: SeqNo, digest: Digest, batch: Batch) {
+        self.batches.insert(seq, digest, batch.clone());
+        self.account_for(&batch);
+        if let Some(slot) = self.log.slot_mut(seq) {
+            slot.batch = Some(batch);
+        }
+        self.advance(seq);
+    }
+
+    pub(super) fn on_prepare(&mut self, from: ReplicaId, prepare: Verified<Prepare>) {
+        let from = Principal::Replica(from);
+        if prepare.view != self.view {
+            let reason = RejectReason::WrongView {
+                got: prepare.view,
+                current: self.view,
+            };
+            return self.reject(from, "PREPARE", reason);
+        }
+        if prepare.replica == self.primary() {
+            return self.reject(from, "PREPARE", RejectReason::PrepareFromPrimary);
+        }
+        let seq = prepare.seq;
+        let Some(slot) = self.log.slot_mut(seq) else {
+            return self.reject(from, "PREPARE", self.outside(seq));
+        };
+        match slot.prepares.insert(prepare) {
+            Insert::New => self.advance(seq),
+            Insert::Duplicate => self.reject(from, "PREPARE", RejectReason::Duplicate),
+            Insert::Conflicting => self.reject(from, "PREPARE", RejectReason::ConflictingVote),
+        }
+    }
+
+    pub(super) fn on_commit(&mut self, from: ReplicaId, commit: Verified<Commit>) {
+        let from = Principal::Replica(from);
+        if commit.view != self.view {
+            let reason = RejectReason::WrongView {
+                got: commit.view,
+                current: self.view,
+            };
+            return self.reject(from, "COMMIT", reason);
+        }
+        let seq = commit.seq;
+        let Some(slot) = self.log.slot_mut(seq) else {
+            return self.reject(from, "COMMIT", self.outside(seq));
+        };
+        match slot.commits.insert(commit) {
+            Insert::New => self.advance(seq),
+            Insert::Duplicate => self.reject(from, "COMMIT", RejectReason::Duplicate),
+            Insert::Conflicting => self.reject(from, "COMMIT", RejectReason::ConflictingVote),
+        }
+    }
+
+    pub(super) fn outside(&self, seq: SeqNo) -> RejectReason {
+        let (low, high) = (self.log.low(), self.log.high());
+        if seq <= low {
+            RejectReason::Obsolete { seq, low }
+        } else {
+            RejectReason::OutsideWatermarks { seq, low, high }
+        }
+    }
+
+    /// Normal case 3 and 4: moves slot `seq` to prepared (and sends COMMIT), then to committed (and executes).
+    /// Votes may have arrived in any order; this runs after each one.
+    pub(super) fn advance(&mut self, seq: SeqNo) {
+        let quorum = self.quorum();
+        let (view, id) = (self.view, self.id);
+        let Some(slot) = self.log.slot_mut(seq) else {
+            return;
+        };
+        let Some(pre_prepare) = slot.pre_prepare.clone() else {
+            return;
+        };
+        let digest = pre_prepare.digest;
+        if !slot.prepared && slot.prepares.count(&digest) >= quorum - 1 {
+            slot.prepared = true;
+            let certificate = VerifiedPrepared {
+                pre_prepare,
+                prepares: slot.prepares.matching(&digest).cloned().collect(),
+            };
+            let commit = self.signer.sign(Commit {
+                view,
+                seq,
+                digest,
+                replica: id,
+            });
+            slot.commits.insert(commit.clone());
+            self.out.push(Output::Send {
+                to: Dest::AllReplicas,
+                msg: ReplicaMsg::Commit(commit.into_signed()),
+            });
+            self.prepared.insert(seq, certificate);
+        }
+        let Some(slot) = self.log.slot_mut(seq) else {
+            return;
+        };
+        if slot.prepared && !slot.committed && slot.commits.count(&digest) >= quorum {
+            slot.committed = true;
+            self.execute_committed();
+        }
+    }
+
+    /// Normal case 5 and 6: executes committed batches strictly in sequence order and replies to the clients.
+    pub(super) fn execute_committed(&mut self) {
+        loop {
+            let seq = self.last_executed.next();
+            let Some(slot) = self.log.get(seq).filter(|s| s.committed) else {
+                break;
+            };
+            let (Some(header), Some(batch)) = (&slot.pre_prepare, &slot.batch) else {
+                break;
+            };
+            let (view, digest, batch) = (header.view, header.digest, batch.clone());
+            let certificate = slot.commits.matching(&digest).cloned().collect();
+            let prepared = slot.prepares.matching(&digest).cloned().collect();
+            let results = batch.iter().map(|r| self.execute_request(seq, r)).collect();
+            self.last_executed = seq;
+            self.view_timeout = self.config.params.view_change_timeout;
+            self.out.push(Output::Committed(Committed {
+                seq,
+                view,
+                digest,
+                batch,
+                results,
+                certificate,
+                prepared,
+            }));
+            if seq.0 % self.config.params.checkpoint_interval == 0 {
+                self.take_checkpoint(seq);
+            }
+        }
+        self.propose(false);
+    }
+
+    pub(super) fn execute_request(
+        &mut self,
+        seq: SeqNo,
+        request: &Verified<Request>,
+    ) -> Option<bytes::Bytes> {
+        let (client, timestamp) = (request.client, request.timestamp);
+        if self.in_flight.get(&client).is_some_and(|t| *t <= timestamp) {
+            self.in_flight.remove(&client);
+        }
+        self.waiting.executed(client, timestamp);
+        if self.clients.freshness(client, timestamp) != Freshness::Fresh {
+            return None;
+        }
+        let result = self.app.execute(
+            ExecContext {
+                seq,
+                client,
+                timestamp,
+            },
+            &request.operation,
+        );
+        self.clients.record(client, timestamp, result.clone());
+        let reply = Reply {
+            view: self.view,
+            timestamp,
+            client,
+            replica: self.id,
+            result: result.clone(),
+        };
+        self.out.push(Output::Reply(reply));
+        Some(result)
+    }
+}

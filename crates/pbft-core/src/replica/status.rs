@@ -1,0 +1,108 @@
+//! Recovering lost messages: a replica with unfinished work sends STATUS now and then, and each peer resends the
+//! messages of its own that the replica lacks (or, across views, the VIEW-CHANGE and NEW-VIEW it missed).
+
+use pbft_types::{ReplicaId, ReplicaMsg, SeqNo, Status};
+
+use super::Replica;
+use crate::io::{Dest, Output, Timer};
+
+impl Replica {
+    /// Whether this replica is waiting for something its peers could help with by resending messages.
+    pub(super) fn has_unfinished_work(&self) -> bool {
+        !self.pending.is_empty()
+            || !self.in_flight.is_empty()
+            || self.log.above(self.settled()).next().is_some()
+            || self.checkpoints.unstable_pending()
+            || !self.waiting.is_empty()
+            || self.transfer.is_some()
+            || self.changing
+    }
+
+    pub(super) fn arm_status_timer(&mut self) {
+        if !self.status_timer_set && self.has_unfinished_work() {
+            self.status_timer_set = true;
+            let after = self.config.params.status_interval;
+            self.out.push(Output::SetTimer {
+                timer: Timer::Status,
+                after,
+            });
+        }
+    }
+
+    pub(super) fn send_status(&mut self) {
+        if !self.has_unfinished_work() {
+            return;
+        }
+        self.send_status_to(Dest::AllReplicas);
+        self.fetch_missing_batches();
+    }
+
+    pub(super) fn send_status_to(&mut self, to: Dest) {
+        let status = Status {
+            view: self.view,
+            stable: self.checkpoints.stable().seq,
+            executed: self.settled(),
+            replica: self.id,
+            changing_view: self.changing,
+        };
+        let status = self.signer.sign(status);
+        self.send(to, ReplicaMsg::Status(status.into_signed()));
+    }
+
+    /// What STATUS reports as executed: the last executed sequence number, or less if a slot at or below it is
+    /// not committed in the current view yet. A NEW-VIEW re-runs agreement on batches a replica may have executed
+    /// long ago, and peers resend their messages only above this number.
+    pub(super) fn settled(&self) -> SeqNo {
+        let unsettled = self
+            .log
+            .above(self.log.low())
+            .find(|(seq, slot)| **seq <= self.last_executed && !slot.committed);
+        match unsettled {
+            Some((seq, _)) => SeqNo(seq.0 - 1),
+            None => self.last_executed,
+        }
+    }
+
+    /// A peer says what it has; resend it this replica's own messages that it lacks. Each replica resends only
+    /// what it signed itself (the primary its PRE-PREPAREs), so nothing relayed needs another signature.
+    pub(super) fn on_status(&mut self, from: ReplicaId, status: &Status) {
+        let behind = status.view < self.view
+            || (status.view == self.view && status.changing_view && !self.changing);
+        if behind {
+            return self.help_into_view(from, status.view);
+        }
+        if status.view > self.view {
+            // This replica may be the one behind, and with nothing unfinished it would not say so by itself:
+            // answer with its own STATUS, and the peer sends what lets it into the later view.
+            return self.send_status_to(Dest::Replica(from));
+        }
+        if self.changing {
+            // Both wait for the same NEW-VIEW: make sure the peer has this replica's VIEW-CHANGE.
+            return self.help_into_view(from, status.view);
+        }
+        let to = Dest::Replica(from);
+        let mut resend = Vec::new();
+        for (_, slot) in self.log.above(status.executed) {
+            if let (Some(header), Some(batch)) = (&slot.pre_prepare, &slot.batch)
+                && header.replica == self.id
+            {
+                resend.push(ReplicaMsg::PrePrepare {
+                    header: header.signed().clone(),
+                    batch: batch.iter().map(|r| r.signed().clone()).collect(),
+                });
+            }
+            if let Some(prepare) = slot.prepares.get(self.id) {
+                resend.push(ReplicaMsg::Prepare(prepare.signed().clone()));
+            }
+            if let Some(commit) = slot.commits.get(self.id) {
+                resend.push(ReplicaMsg::Commit(commit.signed().clone()));
+            }
+        }
+        for checkpoint in self.checkpoints.own_messages_above(status.stable) {
+            resend.push(ReplicaMsg::Checkpoint(checkpoint.signed().clone()));
+        }
+        for msg in resend {
+            self.send(to, msg);
+        }
+    }
+}
