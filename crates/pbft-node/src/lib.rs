@@ -1,2 +1,8 @@
 //! The PBFT replica as a network service: the runtime that drives `pbft_core::Replica`, the transport between
 //! replicas, and the client API.
+
+pub mod link;
+pub mod runtime;
+
+pub use link::{Inbound, Mesh, MeshLink, PeerLink};
+pub use runtime::{Counters, NodeHandle, SubmitError, start};

@@ -1,0 +1,356 @@
+//! The runtime that drives one `pbft_core::Replica`: a single task owns the replica and feeds it, one at a time,
+//! the messages that verifier tasks authenticated, the requests clients submitted and the timers that fired; it
+//! carries out what the replica asks (send, reply, set and cancel timers) and publishes its status.
+//!
+//! Decoding and signature checking, the expensive part, happen before the replica task, on several tasks at
+//! once and in batches (`verify_inbound`). Every channel is bounded: a replica that cannot keep up slows its
+//! senders down instead of buffering without limit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use pbft_core::{Output, Replica, ReplicaStatus, Timer};
+use pbft_crypto::{KeyPair, Keyring, Verified, VerifiedMsg};
+use pbft_types::{
+    ClientId, DecodeLimits, ReplicaId, ReplicaMsg, Reply, Request, Signed, Timestamp,
+};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::link::{Inbound, PeerLink};
+
+/// How many events may wait for the replica task before their senders have to wait.
+const EVENT_QUEUE: usize = 4096;
+
+/// What the replica task takes in.
+enum Event {
+    Message { from: ReplicaId, msg: VerifiedMsg },
+    Request(Verified<Request>),
+    Timer { timer: Timer, generation: u64 },
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("the replica did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the replica has stopped")]
+    Stopped,
+}
+
+/// Counters of what the replica did, for metrics and status pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub batches_committed: u64,
+    pub requests_executed: u64,
+    pub view_changes: u64,
+    pub inputs_refused: u64,
+    pub messages_unauthenticated: u64,
+}
+
+/// The waiting clients of one replica: each request submitted through this node waits for the reply this
+/// replica signs for it.
+#[derive(Default)]
+struct Waiters {
+    pending: Mutex<HashMap<(ClientId, Timestamp), Vec<ReplySender>>>,
+}
+
+/// Where one waiting submission gets its reply.
+type ReplySender = oneshot::Sender<Signed<Reply>>;
+
+impl Waiters {
+    fn wait(&self, client: ClientId, timestamp: Timestamp) -> oneshot::Receiver<Signed<Reply>> {
+        let (tx, rx) = oneshot::channel();
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.entry((client, timestamp)).or_default().push(tx);
+        rx
+    }
+
+    fn forget(&self, client: ClientId, timestamp: Timestamp) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(waiting) = pending.get_mut(&(client, timestamp)) {
+            waiting.retain(|tx| !tx.is_closed());
+            if waiting.is_empty() {
+                pending.remove(&(client, timestamp));
+            }
+        }
+    }
+
+    fn deliver(&self, reply: &Signed<Reply>) {
+        let key = (reply.value().client, reply.value().timestamp);
+        let waiting = {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            pending.remove(&key)
+        };
+        for tx in waiting.into_iter().flatten() {
+            // A waiter that gave up has dropped its receiver; nothing to do for it.
+            let _ = tx.send(reply.clone());
+        }
+    }
+}
+
+/// A running replica, as the API and the node see it.
+#[derive(Clone)]
+pub struct NodeHandle {
+    events: mpsc::Sender<Event>,
+    waiters: Arc<Waiters>,
+    status: watch::Receiver<ReplicaStatus>,
+    counters: watch::Receiver<Counters>,
+}
+
+impl NodeHandle {
+    /// Submits an authenticated request and waits for this replica's signed reply to it (the client needs f+1
+    /// matching ones from distinct replicas; this is one of them).
+    pub async fn submit(
+        &self,
+        request: Verified<Request>,
+        timeout: Duration,
+    ) -> Result<Signed<Reply>, SubmitError> {
+        let (client, timestamp) = (request.client, request.timestamp);
+        let reply = self.waiters.wait(client, timestamp);
+        if self.events.send(Event::Request(request)).await.is_err() {
+            self.waiters.forget(client, timestamp);
+            return Err(SubmitError::Stopped);
+        }
+        let outcome = tokio::time::timeout(timeout, reply).await;
+        self.waiters.forget(client, timestamp);
+        match outcome {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(SubmitError::Stopped),
+            Err(_) => Err(SubmitError::Timeout(timeout)),
+        }
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        *self.status.borrow()
+    }
+
+    pub fn counters(&self) -> Counters {
+        *self.counters.borrow()
+    }
+
+    /// Waits until the replica's status satisfies `done`, or `timeout` passes; returns the last status seen.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&ReplicaStatus) -> bool,
+    ) -> ReplicaStatus {
+        let mut status = self.status.clone();
+        let _ = tokio::time::timeout(timeout, status.wait_for(|s| done(s))).await;
+        *self.status.borrow()
+    }
+}
+
+/// Starts the replica task and the verifier tasks for messages from peers. `inbound` carries frames whose sender
+/// the link authenticated; `link` carries what the replica sends. Returns the handle clients go through.
+pub fn start(
+    replica: Replica,
+    key: KeyPair,
+    keyring: Keyring,
+    limits: DecodeLimits,
+    link: Arc<dyn PeerLink>,
+    inbound: mpsc::Receiver<Inbound>,
+) -> NodeHandle {
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let (status_tx, status_rx) = watch::channel(replica.status());
+    let (counters_tx, counters_rx) = watch::channel(Counters::default());
+    let waiters = Arc::new(Waiters::default());
+    let counters = Arc::new(Mutex::new(Counters::default()));
+    verify_inbound(
+        inbound,
+        keyring,
+        limits,
+        events_tx.clone(),
+        counters.clone(),
+    );
+    let task = ReplicaTask {
+        replica,
+        key,
+        link,
+        waiters: waiters.clone(),
+        events: events_tx.clone(),
+        timers: HashMap::new(),
+        next_generation: 0,
+        status: status_tx,
+        counters,
+        counters_out: counters_tx,
+    };
+    tokio::spawn(task.run(events_rx));
+    NodeHandle {
+        events: events_tx,
+        waiters,
+        status: status_rx,
+        counters: counters_rx,
+    }
+}
+
+/// Frames verified per batch: batch verification of signatures costs about half as much per signature.
+const VERIFY_BATCH: usize = 64;
+
+/// Decodes and verifies frames from peers on as many tasks as there are cores, a batch at a time, off the
+/// replica task. What fails is dropped and counted.
+fn verify_inbound(
+    inbound: mpsc::Receiver<Inbound>,
+    keyring: Keyring,
+    limits: DecodeLimits,
+    events: mpsc::Sender<Event>,
+    counters: Arc<Mutex<Counters>>,
+) {
+    let inbound = Arc::new(tokio::sync::Mutex::new(inbound));
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let keyring = Arc::new(keyring);
+    for _ in 0..workers {
+        let (inbound, keyring, events, counters) = (
+            inbound.clone(),
+            keyring.clone(),
+            events.clone(),
+            counters.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let mut frames = Vec::with_capacity(VERIFY_BATCH);
+                if inbound
+                    .lock()
+                    .await
+                    .recv_many(&mut frames, VERIFY_BATCH)
+                    .await
+                    == 0
+                {
+                    return;
+                }
+                let keyring = keyring.clone();
+                let verified = tokio::task::spawn_blocking(move || {
+                    frames
+                        .into_iter()
+                        .map(|f| {
+                            let msg = ReplicaMsg::decode(&f.frame, limits).ok()?;
+                            let msg = keyring.verify_replica_msg(f.from, msg).ok()?;
+                            Some((f.from, msg))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await;
+                let Ok(verified) = verified else { return };
+                for item in verified {
+                    match item {
+                        Some((from, msg)) => {
+                            if events.send(Event::Message { from, msg }).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => {
+                            let mut c = counters.lock().unwrap_or_else(PoisonError::into_inner);
+                            c.messages_unauthenticated += 1;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+struct ReplicaTask {
+    replica: Replica,
+    /// Signs this replica's replies.
+    key: KeyPair,
+    link: Arc<dyn PeerLink>,
+    waiters: Arc<Waiters>,
+    /// For timers to come back through.
+    events: mpsc::Sender<Event>,
+    /// The generation of each running timer: a fired timer of an older generation was restarted or cancelled.
+    timers: HashMap<Timer, u64>,
+    next_generation: u64,
+    status: watch::Sender<ReplicaStatus>,
+    counters: Arc<Mutex<Counters>>,
+    counters_out: watch::Sender<Counters>,
+}
+
+impl ReplicaTask {
+    async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+        while let Some(event) = events.recv().await {
+            self.handle(event);
+            // Whatever else is already queued is handled before the status is published.
+            while let Ok(event) = events.try_recv() {
+                self.handle(event);
+            }
+            self.status.send_replace(self.replica.status());
+            let counters = *self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+            self.counters_out.send_replace(counters);
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        let input = match event {
+            Event::Message { from, msg } => pbft_core::Input::Message { from, msg },
+            Event::Request(request) => pbft_core::Input::Request(request),
+            Event::Timer { timer, generation } => {
+                if self.timers.get(&timer) != Some(&generation) {
+                    return;
+                }
+                self.timers.remove(&timer);
+                pbft_core::Input::TimerFired(timer)
+            }
+        };
+        for output in self.replica.step(input) {
+            self.carry_out(output);
+        }
+    }
+
+    fn carry_out(&mut self, output: Output) {
+        match output {
+            Output::Send { to, msg } => {
+                let frame = Bytes::from(msg.encode());
+                match to {
+                    pbft_core::Dest::AllReplicas => self.link.broadcast(frame),
+                    pbft_core::Dest::Replica(r) => self.link.send(r, frame),
+                }
+            }
+            Output::Reply(reply) => {
+                let signed = self.key.sign(reply);
+                self.waiters.deliver(&signed);
+            }
+            Output::SetTimer { timer, after } => {
+                self.next_generation += 1;
+                let generation = self.next_generation;
+                self.timers.insert(timer, generation);
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let _ = events.send(Event::Timer { timer, generation }).await;
+                });
+            }
+            Output::CancelTimer(timer) => {
+                self.timers.remove(&timer);
+            }
+            Output::Committed(committed) => {
+                let mut c = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+                c.batches_committed += 1;
+                c.requests_executed += committed.results.iter().flatten().count() as u64;
+            }
+            Output::StateInstalled { seq, digest } => {
+                tracing::info!(%seq, ?digest, "installed the state of a certified checkpoint");
+            }
+            Output::EnteredView(view) => {
+                tracing::info!(%view, "entered view");
+                let mut c = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+                c.view_changes += 1;
+            }
+            Output::Evidence { first, second } => {
+                tracing::warn!(
+                    primary = %first.replica,
+                    view = %first.view,
+                    seq = %first.seq,
+                    first = ?first.digest,
+                    second = ?second.digest,
+                    "the primary signed two PRE-PREPAREs for one sequence number"
+                );
+            }
+            Output::Rejected(rejection) => {
+                tracing::debug!(from = %rejection.from, kind = rejection.kind, reason = ?rejection.reason, "refused");
+                let mut c = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+                c.inputs_refused += 1;
+            }
+        }
+    }
+}
