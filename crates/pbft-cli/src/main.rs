@@ -1,6 +1,8 @@
 //! `pbft`: the command-line tool of the PBFT replication system.
 
+mod keygen;
 mod sim;
+mod testnet;
 
 use std::process::ExitCode;
 
@@ -21,11 +23,17 @@ struct Cli {
 enum Command {
     /// Run the deterministic simulator over many seeds and check the protocol's invariants.
     Sim(sim::SimArgs),
+    /// Make an ed25519 key pair: the secret in a file, the public key on standard output.
+    Keygen(keygen::KeygenArgs),
+    /// Write keys and configuration files for a cluster (loopback by default, other hosts by flag).
+    Testnet(testnet::TestnetArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Sim(args) => sim::run(&args),
+        Command::Keygen(args) => keygen::run(&args),
+        Command::Testnet(args) => testnet::run(&args),
     }
 }
 

@@ -1,8 +1,10 @@
 //! The PBFT replica as a network service: the runtime that drives `pbft_core::Replica`, the transport between
 //! replicas, and the client API.
 
+pub mod config;
 pub mod link;
 pub mod runtime;
+pub mod testnet;
 
 pub use link::{Inbound, Mesh, MeshLink, PeerLink};
 pub use runtime::{Counters, NodeHandle, SubmitError, start};

@@ -1,0 +1,54 @@
+//! `pbft testnet`: keys and configuration files for a whole cluster.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use pbft_node::config::ParamsFile;
+use pbft_node::testnet::{TestnetSpec, write};
+
+#[derive(Debug, Args)]
+pub struct TestnetArgs {
+    /// Number of replicas (at least 4: n = 3f + 1 tolerates f faulty ones).
+    #[arg(long, default_value_t = 4)]
+    replicas: usize,
+    /// Number of clients to make keys for.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Directory to write into (created if needed; must not hold a cluster already).
+    #[arg(long)]
+    out: PathBuf,
+    /// One host name or address per replica, comma-separated, for a cluster on several machines. Without it,
+    /// every replica listens on 127.0.0.1.
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// Replica i listens for peers on BASE+i, for gRPC on BASE+100+i, for HTTP on BASE+200+i.
+    #[arg(long, default_value_t = 7000)]
+    base_port: u16,
+}
+
+pub fn run(args: &TestnetArgs) -> ExitCode {
+    let spec = TestnetSpec {
+        replicas: args.replicas,
+        clients: args.clients,
+        hosts: args.hosts.clone(),
+        base_port: args.base_port,
+        params: ParamsFile::default(),
+    };
+    match write(&spec, &args.out) {
+        Ok(net) => {
+            println!("cluster:  {}", net.cluster_file.display());
+            for path in &net.replica_files {
+                println!("replica:  {}", path.display());
+            }
+            for path in &net.client_files {
+                println!("client:   {}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Configuration files, in TOML.
+//!
+//! - `cluster.toml` is shared by every replica and client: each replica's id, public key and addresses, the
+//!   clients' public keys, and the protocol's parameters.
+//! - `replica-N.toml` is one replica's own: its id, its secret key file and where the cluster file is.
+//! - `client.toml` is a client's own: its id, its key file and the cluster file.
+//!
+//! Loading checks everything a replica would otherwise trip over later (ids in order, keys that parse,
+//! addresses that resolve, parameters that make sense) and names the file and the field at fault.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pbft_crypto::{KeyFileError, KeyPair};
+use pbft_types::{ClientId, ClientInfo, ClusterConfig, ConfigError, Params, PublicKeyBytes};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigFileError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Toml {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Cluster { path: PathBuf, source: ConfigError },
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+}
+
+/// `cluster.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// In id order: the replica with id i is entry i.
+    pub replicas: Vec<ReplicaEntry>,
+    #[serde(default)]
+    pub clients: Vec<ClientEntry>,
+    #[serde(default)]
+    pub params: ParamsFile,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaEntry {
+    pub id: u64,
+    /// The ed25519 public key, 64 hex digits.
+    pub public_key: String,
+    /// Where the other replicas reach it (TLS).
+    pub peer_address: String,
+    /// Where clients reach its gRPC API.
+    pub api_address: String,
+    /// Where its HTTP/JSON API and `/metrics` are served.
+    pub http_address: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientEntry {
+    pub id: u64,
+    pub public_key: String,
+}
+
+/// The protocol's parameters; any left out take the defaults of `Params::default()`. Durations in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamsFile {
+    pub checkpoint_interval: Option<u64>,
+    pub window: Option<u64>,
+    pub max_batch_size: Option<usize>,
+    pub batch_delay_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub view_change_timeout_ms: Option<u64>,
+    pub status_interval_ms: Option<u64>,
+    pub max_request_size: Option<usize>,
+    pub max_message_size: Option<usize>,
+}
+
+impl ParamsFile {
+    pub fn to_params(&self) -> Params {
+        let d = Params::default();
+        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+        Params {
+            checkpoint_interval: self.checkpoint_interval.unwrap_or(d.checkpoint_interval),
+            window: self.window.unwrap_or(d.window),
+            max_batch_size: self.max_batch_size.unwrap_or(d.max_batch_size),
+            batch_delay: ms(self.batch_delay_ms, d.batch_delay),
+            request_timeout: ms(self.request_timeout_ms, d.request_timeout),
+            view_change_timeout: ms(self.view_change_timeout_ms, d.view_change_timeout),
+            status_interval: ms(self.status_interval_ms, d.status_interval),
+            max_request_size: self.max_request_size.unwrap_or(d.max_request_size),
+            max_message_size: self.max_message_size.unwrap_or(d.max_message_size),
+            ..d
+        }
+    }
+}
+
+/// A replica's addresses, resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaAddresses {
+    pub peer: SocketAddr,
+    pub api: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// A loaded and checked cluster file.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub config: ClusterConfig,
+    /// Index = replica id.
+    pub addresses: Vec<ReplicaAddresses>,
+}
+
+fn read(path: &Path) -> Result<String, ConfigFileError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigFileError> {
+    toml::from_str(&read(path)?).map_err(|source| ConfigFileError::Toml {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn public_key(hex_key: &str) -> Option<PublicKeyBytes> {
+    hex::decode(hex_key).ok()?.try_into().ok()
+}
+
+fn address(text: &str) -> Option<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    text.to_socket_addrs().ok()?.next()
+}
+
+impl ClusterFile {
+    pub fn load(path: &Path) -> Result<Cluster, ConfigFileError> {
+        parse::<ClusterFile>(path)?.check(path)
+    }
+
+    /// Checks the file's content and turns it into the cluster's configuration.
+    pub fn check(&self, path: &Path) -> Result<Cluster, ConfigFileError> {
+        let invalid = |message: String| ConfigFileError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut replicas = Vec::new();
+        let mut addresses = Vec::new();
+        for (index, r) in self.replicas.iter().enumerate() {
+            if r.id != index as u64 {
+                return Err(invalid(format!(
+                    "replicas must be listed in id order 0, 1, 2, ...: entry {index} has id {}",
+                    r.id
+                )));
+            }
+            let key = public_key(&r.public_key).ok_or_else(|| {
+                invalid(format!("replica {}: public_key is not 64 hex digits", r.id))
+            })?;
+            replicas.push(key);
+            let resolve = |field: &str, text: &str| {
+                address(text).ok_or_else(|| {
+                    invalid(format!(
+                        "replica {}: {field} `{text}` is not a host:port",
+                        r.id
+                    ))
+                })
+            };
+            addresses.push(ReplicaAddresses {
+                peer: resolve("peer_address", &r.peer_address)?,
+                api: resolve("api_address", &r.api_address)?,
+                http: resolve("http_address", &r.http_address)?,
+            });
+        }
+        let clients = self
+            .clients
+            .iter()
+            .map(|c| {
+                let key = public_key(&c.public_key).ok_or_else(|| {
+                    invalid(format!("client {}: public_key is not 64 hex digits", c.id))
+                })?;
+                Ok(ClientInfo {
+                    id: ClientId(c.id),
+                    public_key: key,
+                })
+            })
+            .collect::<Result<_, ConfigFileError>>()?;
+        let config = ClusterConfig {
+            replicas,
+            clients,
+            params: self.params.to_params(),
+        };
+        config
+            .validate()
+            .map_err(|source| ConfigFileError::Cluster {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Cluster { config, addresses })
+    }
+}
+
+/// `replica-N.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaFile {
+    pub id: u64,
+    /// Relative paths are relative to this file's directory.
+    pub key_file: PathBuf,
+    pub cluster_file: PathBuf,
+}
+
+/// What a replica process needs to start.
+pub struct ReplicaSetup {
+    pub id: u64,
+    pub key: KeyPair,
+    pub cluster: Cluster,
+}
+
+/// `client.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    pub id: u64,
+    pub key_file: PathBuf,
+    pub cluster_file: PathBuf,
+}
+
+/// What a client needs to talk to the cluster.
+pub struct ClientSetup {
+    pub id: ClientId,
+    pub key: KeyPair,
+    pub cluster: Cluster,
+}
+
+fn beside(file: &Path, path: &Path) -> PathBuf {
+    match file.parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+impl ReplicaFile {
+    pub fn load(path: &Path) -> Result<ReplicaSetup, ConfigFileError> {
+        let file: ReplicaFile = parse(path)?;
+        let cluster = ClusterFile::load(&beside(path, &file.cluster_file))?;
+        let key = KeyPair::load(&beside(path, &file.key_file))?;
+        let invalid = |message: String| ConfigFileError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let Some(expected) = usize::try_from(file.id)
+            .ok()
+            .and_then(|i| cluster.config.replicas.get(i))
+        else {
+            return Err(invalid(format!(
+                "id {} is not a replica of the cluster",
+                file.id
+            )));
+        };
+        if *expected != key.public_key() {
+            return Err(invalid(format!(
+                "the key in {} is not the key of replica {} in the cluster file",
+                file.key_file.display(),
+                file.id
+            )));
+        }
+        Ok(ReplicaSetup {
+            id: file.id,
+            key,
+            cluster,
+        })
+    }
+}
+
+impl ClientFile {
+    pub fn load(path: &Path) -> Result<ClientSetup, ConfigFileError> {
+        let file: ClientFile = parse(path)?;
+        let cluster = ClusterFile::load(&beside(path, &file.cluster_file))?;
+        let key = KeyPair::load(&beside(path, &file.key_file))?;
+        let known = cluster
+            .config
+            .clients
+            .iter()
+            .any(|c| c.id == ClientId(file.id) && c.public_key == key.public_key());
+        if !known {
+            return Err(ConfigFileError::Invalid {
+                path: path.to_path_buf(),
+                message: format!(
+                    "client {} with this key is not in the cluster file: the replicas would refuse it",
+                    file.id
+                ),
+            });
+        }
+        Ok(ClientSetup {
+            id: ClientId(file.id),
+            key,
+            cluster,
+        })
+    }
+}
