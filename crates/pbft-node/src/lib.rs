@@ -2,7 +2,9 @@
 //! replicas, and the client API.
 
 pub mod config;
+pub mod http;
 pub mod link;
+pub mod local;
 pub mod runtime;
 pub mod testnet;
 
