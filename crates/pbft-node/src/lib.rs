@@ -7,6 +7,7 @@ pub mod link;
 pub mod local;
 pub mod runtime;
 pub mod testnet;
+pub mod transport;
 
 pub use link::{Inbound, Mesh, MeshLink, PeerLink};
 pub use runtime::{Counters, NodeHandle, SubmitError, start};
