@@ -114,7 +114,9 @@ async fn three_replicas_exchange_frames_both_ways_and_broadcast() {
                 t.send(ReplicaId(j), frame(&format!("{i}->{j}")));
             }
         }
-        t.link().broadcast(frame(&format!("all from {i}")));
+        // Through the runtime's interface.
+        let link: Arc<dyn PeerLink> = Arc::new(t.link());
+        link.broadcast(frame(&format!("all from {i}")));
     }
     for (j, (_, rx)) in nodes.iter_mut().enumerate() {
         let mut got: Vec<(u64, Bytes)> = Vec::new();
