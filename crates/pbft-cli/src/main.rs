@@ -1,6 +1,7 @@
 //! `pbft`: the command-line tool of the PBFT replication system.
 
 mod keygen;
+mod replica;
 mod sim;
 mod testnet;
 
@@ -27,6 +28,8 @@ enum Command {
     Keygen(keygen::KeygenArgs),
     /// Write keys and configuration files for a cluster (loopback by default, other hosts by flag).
     Testnet(testnet::TestnetArgs),
+    /// Run one replica (its transport to the others, the protocol, the key-value store, the HTTP API).
+    Replica(replica::ReplicaArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim::run(&args),
         Command::Keygen(args) => keygen::run(&args),
         Command::Testnet(args) => testnet::run(&args),
+        Command::Replica(args) => replica::run(&args),
     }
 }
 

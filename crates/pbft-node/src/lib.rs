@@ -5,6 +5,7 @@ pub mod config;
 pub mod http;
 pub mod link;
 pub mod local;
+pub mod node;
 pub mod runtime;
 pub mod testnet;
 pub mod transport;
