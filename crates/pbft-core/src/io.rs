@@ -171,3 +171,31 @@ pub enum RejectReason {
     /// match the digest it claims.
     UnexpectedBatch,
 }
+
+impl RejectReason {
+    /// A short, stable name for the kind of refusal, for metrics labels and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RejectReason::WrongView { .. } => "wrong_view",
+            RejectReason::NotFromPrimary { .. } => "not_from_primary",
+            RejectReason::PrepareFromPrimary => "prepare_from_primary",
+            RejectReason::Obsolete { .. } => "obsolete",
+            RejectReason::OutsideWatermarks { .. } => "outside_watermarks",
+            RejectReason::ConflictingDigest { .. } => "conflicting_digest",
+            RejectReason::BatchDigestMismatch => "batch_digest_mismatch",
+            RejectReason::BatchTooLarge { .. } => "batch_too_large",
+            RejectReason::RequestTooLarge { .. } => "request_too_large",
+            RejectReason::Duplicate => "duplicate",
+            RejectReason::ConflictingVote => "conflicting_vote",
+            RejectReason::NotACheckpoint => "not_a_checkpoint",
+            RejectReason::StaleRequest => "stale_request",
+            RejectReason::NotPrimary => "not_primary",
+            RejectReason::UnexpectedStateTransfer => "unexpected_state_transfer",
+            RejectReason::UnknownSender => "unknown_sender",
+            RejectReason::ChangingView => "changing_view",
+            RejectReason::InvalidViewChange(_) => "invalid_view_change",
+            RejectReason::InvalidNewView(_) => "invalid_new_view",
+            RejectReason::UnexpectedBatch => "unexpected_batch",
+        }
+    }
+}

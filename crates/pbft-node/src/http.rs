@@ -5,43 +5,21 @@
 //!   and answers with this replica's signed reply once it executed it. Requests are signed by their client
 //!   (`pbft client` does it); the replica checks the signature against the cluster's client keys. A client
 //!   accepts a result once f+1 replicas answered the same.
+//! - `GET /metrics`: the replica's metrics in the Prometheus text format.
 //!
 //! Binary fields travel as hex, so that `curl` and a shell are enough to use the API.
 
-use std::time::Duration;
-
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use pbft_crypto::Keyring;
-use pbft_types::{Request, Signed};
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::{NodeHandle, SubmitError};
+use crate::api::{ApiError, ClientApi};
 
-#[derive(Clone)]
-struct Api {
-    node: NodeHandle,
-    keyring: std::sync::Arc<Keyring>,
-    max_request: usize,
-    timeout: Duration,
-}
-
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct StatusBody {
-    pub replica: u64,
-    pub view: u64,
-    pub changing_view: bool,
-    pub last_executed: u64,
-    pub stable_checkpoint: u64,
-    pub high_watermark: u64,
-    pub batches_committed: u64,
-    pub requests_executed: u64,
-    pub view_changes: u64,
-    pub inputs_refused: u64,
-    pub messages_unauthenticated: u64,
-}
+/// The answer to `GET /v1/status`.
+pub use crate::api::StatusView as StatusBody;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SubmitBody {
@@ -77,62 +55,47 @@ fn fail(status: StatusCode, error: impl ToString) -> Failure {
     )
 }
 
-/// The API's routes, ready to serve. `max_request` bounds the encoded request; `timeout` how long a submission
-/// waits for this replica to execute it.
-pub fn router(node: NodeHandle, keyring: Keyring, max_request: usize, timeout: Duration) -> Router {
-    let api = Api {
-        node,
-        keyring: std::sync::Arc::new(keyring),
-        max_request,
-        timeout,
-    };
+/// The API's routes, ready to serve.
+pub fn router(api: ClientApi) -> Router {
     // Hex doubles the size, and the JSON around it is small.
-    let body_limit = max_request.saturating_mul(2).saturating_add(1024);
+    let body_limit = api.max_request().saturating_mul(2).saturating_add(1024);
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/requests", post(submit))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(api)
 }
 
-async fn status(State(api): State<Api>) -> Json<StatusBody> {
-    let s = api.node.status();
-    let c = api.node.counters();
-    Json(StatusBody {
-        replica: s.id.0,
-        view: s.view.0,
-        changing_view: s.changing_view,
-        last_executed: s.last_executed.0,
-        stable_checkpoint: s.low_watermark.0,
-        high_watermark: s.high_watermark.0,
-        batches_committed: c.batches_committed,
-        requests_executed: c.requests_executed,
-        view_changes: c.view_changes,
-        inputs_refused: c.inputs_refused,
-        messages_unauthenticated: c.messages_unauthenticated,
-    })
+async fn status(State(api): State<ClientApi>) -> Json<StatusBody> {
+    Json(api.status())
+}
+
+async fn metrics(State(api): State<ClientApi>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        api.render_metrics(),
+    )
 }
 
 async fn submit(
-    State(api): State<Api>,
+    State(api): State<ClientApi>,
     Json(body): Json<SubmitBody>,
 ) -> Result<Json<ReplyBody>, Failure> {
     let bytes = hex::decode(body.request.trim())
         .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("request is not hex: {e}")))?;
-    let signed = Signed::<Request>::decode(&bytes, api.max_request)
-        .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("request: {e}")))?;
-    let request = api
-        .keyring
-        .verify(signed)
-        .map_err(|e| fail(StatusCode::UNAUTHORIZED, e))?;
-    let reply = api
-        .node
-        .submit(request, api.timeout)
-        .await
-        .map_err(|e| match e {
-            SubmitError::Timeout(_) => fail(StatusCode::GATEWAY_TIMEOUT, e),
-            SubmitError::Stopped => fail(StatusCode::SERVICE_UNAVAILABLE, e),
-        })?;
+    let reply = api.submit(&bytes).await.map_err(|e| {
+        let status = match e {
+            ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        fail(status, e)
+    })?;
     let r = reply.value();
     Ok(Json(ReplyBody {
         replica: r.replica.0,

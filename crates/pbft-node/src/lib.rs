@@ -1,10 +1,13 @@
 //! The PBFT replica as a network service: the runtime that drives `pbft_core::Replica`, the transport between
 //! replicas, and the client API.
 
+pub mod api;
 pub mod config;
+pub mod grpc;
 pub mod http;
 pub mod link;
 pub mod local;
+pub mod metrics;
 pub mod node;
 pub mod runtime;
 pub mod testnet;

@@ -1,7 +1,9 @@
 //! A whole replica process: the transport to its peers, the runtime that drives the protocol, the key-value
-//! store it replicates, and the HTTP/JSON API, all started from its configuration file.
+//! store it replicates, and the client APIs (gRPC, and HTTP/JSON with the metrics), all started from its
+//! configuration file.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +12,11 @@ use pbft_core::Replica;
 use pbft_crypto::{Keyring, Signer};
 use pbft_types::{DecodeLimits, Principal, ReplicaId};
 use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
 
+use crate::api::ClientApi;
 use crate::config::ReplicaSetup;
 use crate::runtime::{NodeHandle, start};
 use crate::transport::{Transport, TransportConfig, TransportError};
@@ -27,24 +33,44 @@ pub enum NodeError {
     Config(String),
     #[error("transport: {0}")]
     Transport(#[from] TransportError),
-    #[error("HTTP API on {addr}: {source}")]
-    Http {
-        addr: std::net::SocketAddr,
+    #[error("cannot listen for the {api} API on {addr}: {source}")]
+    Listen {
+        api: &'static str,
+        addr: SocketAddr,
         source: std::io::Error,
     },
 }
 
-/// A started replica. Dropping it stops nothing by itself; `shutdown` closes its connections.
+/// A started replica. Dropping it stops nothing by itself; `shutdown` stops its APIs and closes its connections.
 pub struct RunningNode {
     pub handle: NodeHandle,
     pub transport: Transport,
-    pub http_addr: std::net::SocketAddr,
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    stop: watch::Sender<bool>,
 }
 
 impl RunningNode {
     pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
         self.transport.shutdown().await;
     }
+}
+
+async fn listen(api: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Listen { api, addr, source })
+}
+
+fn local_addr(
+    api: &'static str,
+    listener: &TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, NodeError> {
+    listener
+        .local_addr()
+        .map_err(|source| NodeError::Listen { api, addr, source })
 }
 
 /// Starts replica `setup.id` as its configuration says. Must run within a tokio runtime.
@@ -57,7 +83,7 @@ pub async fn start_replica(setup: ReplicaSetup) -> Result<RunningNode, NodeError
         .get(id.index())
         .copied()
         .ok_or_else(|| NodeError::Config(format!("no addresses for replica {id}")))?;
-    let peers: BTreeMap<ReplicaId, std::net::SocketAddr> = setup
+    let peers: BTreeMap<ReplicaId, SocketAddr> = setup
         .cluster
         .addresses
         .iter()
@@ -92,30 +118,48 @@ pub async fn start_replica(setup: ReplicaSetup) -> Result<RunningNode, NodeError
         Arc::new(transport.link()),
         inbound,
     );
-    let listener = tokio::net::TcpListener::bind(me.http)
-        .await
-        .map_err(|source| NodeError::Http {
-            addr: me.http,
-            source,
-        })?;
-    let http_addr = listener.local_addr().map_err(|source| NodeError::Http {
-        addr: me.http,
-        source,
-    })?;
-    let app = crate::http::router(
+    let http = listen("HTTP", me.http).await?;
+    let http_addr = local_addr("HTTP", &http, me.http)?;
+    let grpc = listen("gRPC", me.api).await?;
+    let grpc_addr = local_addr("gRPC", &grpc, me.api)?;
+    let peer_stats = transport.link();
+    let api = ClientApi::new(
         handle.clone(),
         keyring,
         params.max_request_size.saturating_add(1024),
         SUBMIT_TIMEOUT,
-    );
+    )
+    .with_peer_count(Arc::new(move || peer_stats.stats().peers_connected));
+    let (stop, stopped) = watch::channel(false);
+    let app = crate::http::router(api.clone());
+    let mut http_stop = stopped.clone();
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        let served = axum::serve(http, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = served {
             tracing::error!(error = %e, "the HTTP API stopped");
+        }
+    });
+    let mut grpc_stop = stopped;
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(crate::grpc::service(api))
+            .serve_with_incoming_shutdown(TcpIncoming::from(grpc), async move {
+                let _ = grpc_stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the gRPC API stopped");
         }
     });
     Ok(RunningNode {
         handle,
         transport,
         http_addr,
+        grpc_addr,
+        stop,
     })
 }

@@ -20,6 +20,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::link::{Inbound, PeerLink};
+use crate::metrics::Metrics;
 
 /// How many events may wait for the replica task before their senders have to wait.
 const EVENT_QUEUE: usize = 4096;
@@ -39,15 +40,7 @@ pub enum SubmitError {
     Stopped,
 }
 
-/// Counters of what the replica did, for metrics and status pages.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub batches_committed: u64,
-    pub requests_executed: u64,
-    pub view_changes: u64,
-    pub inputs_refused: u64,
-    pub messages_unauthenticated: u64,
-}
+pub use crate::metrics::Counters;
 
 /// The waiting clients of one replica: each request submitted through this node waits for the reply this
 /// replica signs for it.
@@ -96,7 +89,7 @@ pub struct NodeHandle {
     events: mpsc::Sender<Event>,
     waiters: Arc<Waiters>,
     status: watch::Receiver<ReplicaStatus>,
-    counters: watch::Receiver<Counters>,
+    metrics: Arc<Metrics>,
 }
 
 impl NodeHandle {
@@ -127,7 +120,11 @@ impl NodeHandle {
     }
 
     pub fn counters(&self) -> Counters {
-        *self.counters.borrow()
+        self.metrics.counters()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Waits until the replica's status satisfies `done`, or `timeout` passes; returns the last status seen.
@@ -154,16 +151,10 @@ pub fn start(
 ) -> NodeHandle {
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let (status_tx, status_rx) = watch::channel(replica.status());
-    let (counters_tx, counters_rx) = watch::channel(Counters::default());
     let waiters = Arc::new(Waiters::default());
-    let counters = Arc::new(Mutex::new(Counters::default()));
-    verify_inbound(
-        inbound,
-        keyring,
-        limits,
-        events_tx.clone(),
-        counters.clone(),
-    );
+    let metrics = Metrics::shared();
+    metrics.set_status(&replica.status());
+    verify_inbound(inbound, keyring, limits, events_tx.clone(), metrics.clone());
     let task = ReplicaTask {
         replica,
         key,
@@ -173,15 +164,14 @@ pub fn start(
         timers: HashMap::new(),
         next_generation: 0,
         status: status_tx,
-        counters,
-        counters_out: counters_tx,
+        metrics: metrics.clone(),
     };
     tokio::spawn(task.run(events_rx));
     NodeHandle {
         events: events_tx,
         waiters,
         status: status_rx,
-        counters: counters_rx,
+        metrics,
     }
 }
 
@@ -195,17 +185,17 @@ fn verify_inbound(
     keyring: Keyring,
     limits: DecodeLimits,
     events: mpsc::Sender<Event>,
-    counters: Arc<Mutex<Counters>>,
+    metrics: Arc<Metrics>,
 ) {
     let inbound = Arc::new(tokio::sync::Mutex::new(inbound));
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let keyring = Arc::new(keyring);
     for _ in 0..workers {
-        let (inbound, keyring, events, counters) = (
+        let (inbound, keyring, events, metrics) = (
             inbound.clone(),
             keyring.clone(),
             events.clone(),
-            counters.clone(),
+            metrics.clone(),
         );
         tokio::spawn(async move {
             loop {
@@ -239,10 +229,7 @@ fn verify_inbound(
                                 return;
                             }
                         }
-                        None => {
-                            let mut c = counters.lock().unwrap_or_else(PoisonError::into_inner);
-                            c.messages_unauthenticated += 1;
-                        }
+                        None => metrics.unauthenticated(),
                     }
                 }
             }
@@ -262,8 +249,7 @@ struct ReplicaTask {
     timers: HashMap<Timer, u64>,
     next_generation: u64,
     status: watch::Sender<ReplicaStatus>,
-    counters: Arc<Mutex<Counters>>,
-    counters_out: watch::Sender<Counters>,
+    metrics: Arc<Metrics>,
 }
 
 impl ReplicaTask {
@@ -274,9 +260,9 @@ impl ReplicaTask {
             while let Ok(event) = events.try_recv() {
                 self.handle(event);
             }
-            self.status.send_replace(self.replica.status());
-            let counters = *self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-            self.counters_out.send_replace(counters);
+            let status = self.replica.status();
+            self.metrics.set_status(&status);
+            self.status.send_replace(status);
         }
     }
 
@@ -324,17 +310,15 @@ impl ReplicaTask {
                 self.timers.remove(&timer);
             }
             Output::Committed(committed) => {
-                let mut c = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-                c.batches_committed += 1;
-                c.requests_executed += committed.results.iter().flatten().count() as u64;
+                self.metrics
+                    .batch_committed(committed.results.iter().flatten().count());
             }
             Output::StateInstalled { seq, digest } => {
                 tracing::info!(%seq, ?digest, "installed the state of a certified checkpoint");
             }
             Output::EnteredView(view) => {
                 tracing::info!(%view, "entered view");
-                let mut c = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-                c.view_changes += 1;
+                self.metrics.entered_view();
             }
             Output::Evidence { first, second } => {
                 tracing::warn!(
@@ -348,8 +332,8 @@ impl ReplicaTask {
             }
             Output::Rejected(rejection) => {
                 tracing::debug!(from = %rejection.from, kind = rejection.kind, reason = ?rejection.reason, "refused");
-                let mut c = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-                c.inputs_refused += 1;
+                self.metrics
+                    .refused(rejection.kind, rejection.reason.name());
             }
         }
     }

@@ -8,6 +8,7 @@ use axum::http::{Request as HttpRequest, StatusCode};
 use bytes::Bytes;
 use pbft_apps::{KvOp, KvResult, KvStore};
 use pbft_crypto::KeyPair;
+use pbft_node::api::ClientApi;
 use pbft_node::http::{ReplyBody, StatusBody, router};
 use pbft_node::local::LocalCluster;
 use pbft_types::{ClientId, Params, Request, Timestamp};
@@ -22,12 +23,12 @@ async fn call(
     replica: usize,
     request: HttpRequest<Body>,
 ) -> (StatusCode, serde_json::Value) {
-    let app = router(
+    let app = router(ClientApi::new(
         c.nodes[replica].clone(),
         c.keyring.clone(),
         64 * 1024,
         Duration::from_secs(5),
-    );
+    ));
     let response = app.oneshot(request).await.expect("the router answers");
     let status = response.status();
     let body = axum::body::to_bytes(response.into_body(), 1 << 20)

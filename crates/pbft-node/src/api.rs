@@ -1,0 +1,163 @@
+//! What a replica offers its clients, whatever the protocol they speak (gRPC in `grpc`, HTTP/JSON in `http`):
+//! submit a client-signed request and get this replica's signed reply, and read where the replica stands.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pbft_crypto::Keyring;
+use pbft_types::wire::SignedEnvelope;
+use pbft_types::{Reply, Request, Signed};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::metrics::Metrics;
+use crate::runtime::{NodeHandle, SubmitError};
+
+/// Why a submission got no reply.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// The bytes are not an encoded, signed REQUEST within the size limit.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// The request is not signed by the client it names, or names no client of the cluster.
+    #[error("request not authenticated: {0}")]
+    Unauthenticated(String),
+    /// The replica did not execute the request in time (the cluster may be changing view): retry.
+    #[error("{0}")]
+    Timeout(SubmitError),
+    #[error("{0}")]
+    Stopped(SubmitError),
+}
+
+/// Where a replica stands, as its API reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub replica: u64,
+    pub view: u64,
+    pub changing_view: bool,
+    pub last_executed: u64,
+    pub stable_checkpoint: u64,
+    pub high_watermark: u64,
+    pub batches_committed: u64,
+    pub requests_executed: u64,
+    pub view_changes: u64,
+    pub inputs_refused: u64,
+    pub messages_unauthenticated: u64,
+    pub peers_connected: u64,
+}
+
+/// Counts the peers a replica is connected to (from its transport; an in-process cluster has none to report).
+pub type PeerCount = Arc<dyn Fn() -> usize + Send + Sync>;
+
+/// The client API of one replica, shared by its gRPC and HTTP servers.
+#[derive(Clone)]
+pub struct ClientApi {
+    node: NodeHandle,
+    keyring: Arc<Keyring>,
+    max_request: usize,
+    timeout: Duration,
+    peers: Option<PeerCount>,
+}
+
+impl ClientApi {
+    /// `max_request` bounds an encoded, signed request; `timeout` is how long a submission waits for this
+    /// replica to execute it.
+    pub fn new(node: NodeHandle, keyring: Keyring, max_request: usize, timeout: Duration) -> Self {
+        ClientApi {
+            node,
+            keyring: Arc::new(keyring),
+            max_request,
+            timeout,
+            peers: None,
+        }
+    }
+
+    /// Reports connected peers through `peers`.
+    pub fn with_peer_count(mut self, peers: PeerCount) -> Self {
+        self.peers = Some(peers);
+        self
+    }
+
+    pub fn max_request(&self) -> usize {
+        self.max_request
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.node.metrics()
+    }
+
+    /// Decodes, authenticates and submits an encoded signed REQUEST; answers with this replica's signed REPLY
+    /// once it executed the request.
+    pub async fn submit(&self, bytes: &[u8]) -> Result<Signed<Reply>, ApiError> {
+        let signed = Signed::<Request>::decode(bytes, self.max_request)
+            .map_err(|e| ApiError::Malformed(e.to_string()))?;
+        self.submit_signed(signed).await
+    }
+
+    /// As `submit`, for an envelope a gRPC server already decoded.
+    pub async fn submit_envelope(
+        &self,
+        envelope: SignedEnvelope,
+    ) -> Result<Signed<Reply>, ApiError> {
+        let size = envelope.encoded_len();
+        if size > self.max_request {
+            return Err(ApiError::Malformed(format!(
+                "{size} bytes, more than the limit of {}",
+                self.max_request
+            )));
+        }
+        let signed = Signed::<Request>::from_envelope(envelope)
+            .map_err(|e| ApiError::Malformed(e.to_string()))?;
+        self.submit_signed(signed).await
+    }
+
+    async fn submit_signed(&self, signed: Signed<Request>) -> Result<Signed<Reply>, ApiError> {
+        let request = self
+            .keyring
+            .verify(signed)
+            .map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
+        let metrics = self.node.metrics();
+        metrics.submitted();
+        let started = Instant::now();
+        let reply = self
+            .node
+            .submit(request, self.timeout)
+            .await
+            .map_err(|e| match e {
+                SubmitError::Timeout(_) => ApiError::Timeout(e),
+                SubmitError::Stopped => ApiError::Stopped(e),
+            })?;
+        metrics.answered(started.elapsed());
+        Ok(reply)
+    }
+
+    pub fn status(&self) -> StatusView {
+        let s = self.node.status();
+        let c = self.node.counters();
+        let peers = self.peers.as_ref().map_or(0, |count| count());
+        self.node.metrics().set_peers_connected(peers);
+        StatusView {
+            replica: s.id.0,
+            view: s.view.0,
+            changing_view: s.changing_view,
+            last_executed: s.last_executed.0,
+            stable_checkpoint: s.low_watermark.0,
+            high_watermark: s.high_watermark.0,
+            batches_committed: c.batches_committed,
+            requests_executed: c.requests_executed,
+            view_changes: c.view_changes,
+            inputs_refused: c.inputs_refused,
+            messages_unauthenticated: c.messages_unauthenticated,
+            peers_connected: peers as u64,
+        }
+    }
+
+    /// The metrics in the Prometheus text format, with the peer count brought up to date.
+    pub fn render_metrics(&self) -> String {
+        if let Some(count) = &self.peers {
+            self.node.metrics().set_peers_connected(count());
+        }
+        self.node.metrics().render()
+    }
+}
