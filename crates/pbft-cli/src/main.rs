@@ -1,5 +1,6 @@
 //! `pbft`: the command-line tool of the PBFT replication system.
 
+mod client;
 mod keygen;
 mod replica;
 mod sim;
@@ -28,8 +29,10 @@ enum Command {
     Keygen(keygen::KeygenArgs),
     /// Write keys and configuration files for a cluster (loopback by default, other hosts by flag).
     Testnet(testnet::TestnetArgs),
-    /// Run one replica (its transport to the others, the protocol, the key-value store, the HTTP API).
+    /// Run one replica (its transport to the others, the protocol, the key-value store, the gRPC and HTTP APIs).
     Replica(replica::ReplicaArgs),
+    /// Put, get and delete keys in the replicated key-value store; read the replicas' status.
+    Client(client::ClientArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => keygen::run(&args),
         Command::Testnet(args) => testnet::run(&args),
         Command::Replica(args) => replica::run(&args),
+        Command::Client(args) => client::run(&args),
     }
 }
 

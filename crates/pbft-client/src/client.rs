@@ -208,6 +208,16 @@ impl Client {
         ]
     }
 
+    /// Gives up on the outstanding request, so that the next one can start. The replicas may still execute the
+    /// abandoned request; its result is then never seen. Returns the outputs to carry out (the timer stops).
+    pub fn abandon(&mut self) -> Vec<ClientOutput> {
+        if self.outstanding.take().is_none() {
+            return Vec::new();
+        }
+        self.backoff.reset();
+        vec![ClientOutput::CancelTimer]
+    }
+
     /// The retransmission timer fired: the request may have been lost, or the primary may be faulty. Sending it
     /// to every replica lets those that executed it resend their reply and the others forward it to the primary
     /// and start their view-change timer (PROTOCOL.md, view change). A timer that fires after completion (the

@@ -10,10 +10,15 @@
 //! - keeps one retransmission timer: `SetTimer` (re)starts it, `CancelTimer` stops it, and its expiry is reported
 //!   with [`Client::on_timeout`];
 //! - carries out the outputs in the order they are returned; `Completed` carries the accepted result.
+//!
+//! With the `net` feature, [`net::NetClient`] is such a driver over the replicas' gRPC API.
 
 mod backoff;
 mod client;
 mod replies;
 mod view_estimate;
+
+#[cfg(feature = "net")]
+pub mod net;
 
 pub use client::{Client, ClientError, ClientOutput, Destination};

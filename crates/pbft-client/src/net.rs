@@ -1,0 +1,230 @@
+//! The client over the network: the [`Client`] state machine driven by tokio, talking to the replicas' gRPC API
+//! (`service ReplicaApi` in `proto/pbft.proto`).
+//!
+//! A replica answers a submission with its own signed reply once it executed the request, so a reply travels
+//! back on the call that carried the request. The client therefore calls every replica at once, whatever replica
+//! the state machine names: the primary orders the request, the backups forward it and watch that it gets
+//! ordered, and each answers on its call. The result is accepted once f+1 distinct replicas signed matching
+//! replies. When no result comes in time, the request goes again to every replica whose call has ended.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use pbft_crypto::{KeyPair, Keyring, Signer};
+use pbft_types::wire::replica_api_client::ReplicaApiClient;
+use pbft_types::wire::{ReplicaStatus, SignedEnvelope, StatusQuery};
+use pbft_types::{ClientId, ClusterConfig, Principal, ReplicaId, Reply, Signed, View};
+use thiserror::Error;
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{Client, ClientError, ClientOutput};
+
+/// How long one call to a replica may take before it is abandoned (the replica itself gives up sooner and
+/// answers DEADLINE_EXCEEDED when it could not execute the request).
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Error)]
+pub enum NetError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(
+        "no result after {0:?}: fewer than f+1 replicas answered alike (are enough of them running?)"
+    )]
+    Timeout(Duration),
+    #[error("the cluster configuration: {0}")]
+    Config(String),
+    #[error("replica {replica}: {message}")]
+    Replica { replica: ReplicaId, message: String },
+}
+
+/// Settings of a network client.
+#[derive(Clone, Debug)]
+pub struct NetClientConfig {
+    pub config: ClusterConfig,
+    pub id: ClientId,
+    pub key: KeyPair,
+    /// The gRPC address of every replica, in replica id order.
+    pub replicas: Vec<SocketAddr>,
+    /// The first retransmission timeout; it doubles while the request waits.
+    pub retransmit_after: Duration,
+    /// How long `submit` waits for a result before it fails.
+    pub deadline: Duration,
+}
+
+/// A PBFT client over the network. One request at a time; use several clients (distinct ids) for concurrency.
+pub struct NetClient {
+    core: Client,
+    keyring: Keyring,
+    replicas: Vec<ReplicaApiClient<Channel>>,
+    deadline: Duration,
+}
+
+/// One replica's answer to one call.
+type CallResult = (ReplicaId, Result<SignedEnvelope, tonic::Status>);
+
+impl NetClient {
+    /// Prepares connections to every replica; none is opened before the first call, so a replica that is down
+    /// does not stop the client from starting.
+    pub fn new(settings: NetClientConfig) -> Result<NetClient, NetError> {
+        if settings.replicas.len() != settings.config.n() {
+            return Err(NetError::Config(format!(
+                "{} replica addresses for {} replicas",
+                settings.replicas.len(),
+                settings.config.n()
+            )));
+        }
+        let keyring =
+            Keyring::new(&settings.config).map_err(|e| NetError::Config(e.to_string()))?;
+        let replicas = settings
+            .replicas
+            .iter()
+            .map(|addr| {
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| NetError::Config(format!("address {addr}: {e}")))?
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(CALL_TIMEOUT)
+                    .tcp_nodelay(true);
+                Ok(ReplicaApiClient::new(endpoint.connect_lazy()))
+            })
+            .collect::<Result<Vec<_>, NetError>>()?;
+        let signer = Signer::new(Principal::Client(settings.id), settings.key);
+        Ok(NetClient {
+            core: Client::new(settings.config, signer, settings.retransmit_after),
+            keyring,
+            replicas,
+            deadline: settings.deadline,
+        })
+    }
+
+    pub fn id(&self) -> ClientId {
+        self.core.id()
+    }
+
+    /// The view the client believes current, learnt from replies.
+    pub fn view(&self) -> View {
+        self.core.view()
+    }
+
+    /// Submits an operation and waits for its result: the bytes f+1 distinct replicas signed alike.
+    pub async fn submit(&mut self, operation: Bytes) -> Result<Bytes, NetError> {
+        let outputs = self.core.submit(operation, wall_clock_micros())?;
+        let mut calls: JoinSet<CallResult> = JoinSet::new();
+        let mut in_flight: HashSet<ReplicaId> = HashSet::new();
+        let mut timer: Option<tokio::time::Instant> = None;
+        let deadline = tokio::time::Instant::now() + self.deadline;
+        if let Some(done) = self.carry_out(outputs, &mut calls, &mut in_flight, &mut timer) {
+            return Ok(done);
+        }
+        loop {
+            let wake = timer.map_or(deadline, |t| t.min(deadline));
+            tokio::select! {
+                joined = calls.join_next(), if !calls.is_empty() => {
+                    let Some(Ok((replica, answer))) = joined else { continue };
+                    in_flight.remove(&replica);
+                    let Ok(envelope) = answer else {
+                        // The replica is down, refused the request, or gave up waiting; the retransmission
+                        // timer will try it again.
+                        continue;
+                    };
+                    let Some(reply) = self.verify(replica, envelope) else { continue };
+                    let outputs = self.core.on_reply(reply);
+                    if let Some(done) = self.carry_out(outputs, &mut calls, &mut in_flight, &mut timer) {
+                        return Ok(done);
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        calls.abort_all();
+                        self.core.abandon();
+                        return Err(NetError::Timeout(self.deadline));
+                    }
+                    timer = None;
+                    let outputs = self.core.on_timeout();
+                    if let Some(done) = self.carry_out(outputs, &mut calls, &mut in_flight, &mut timer) {
+                        return Ok(done);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads one replica's status.
+    pub async fn status(&self, replica: ReplicaId) -> Result<ReplicaStatus, NetError> {
+        let mut api = self
+            .replicas
+            .get(replica.index())
+            .cloned()
+            .ok_or_else(|| NetError::Config(format!("no replica {replica}")))?;
+        api.get_status(StatusQuery {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| NetError::Replica {
+                replica,
+                message: status.message().to_string(),
+            })
+    }
+
+    /// A reply is used only if its signature is the replica's that answered the call.
+    fn verify(
+        &self,
+        replica: ReplicaId,
+        envelope: SignedEnvelope,
+    ) -> Option<pbft_crypto::Verified<Reply>> {
+        let signed = Signed::<Reply>::from_envelope(envelope).ok()?;
+        if signed.value().replica != replica {
+            return None;
+        }
+        self.keyring.verify(signed).ok()
+    }
+
+    /// Carries out the state machine's outputs; returns the result when the request completed.
+    fn carry_out(
+        &self,
+        outputs: Vec<ClientOutput>,
+        calls: &mut JoinSet<CallResult>,
+        in_flight: &mut HashSet<ReplicaId>,
+        timer: &mut Option<tokio::time::Instant>,
+    ) -> Option<Bytes> {
+        for output in outputs {
+            match output {
+                // Replies come back on the call that carried the request, so every replica is called (see the
+                // module documentation); a replica whose call is still open already has the request.
+                ClientOutput::Send { request, .. } => {
+                    let envelope = request.to_envelope();
+                    for (i, api) in self.replicas.iter().enumerate() {
+                        let replica = ReplicaId(i as u64);
+                        if !in_flight.insert(replica) {
+                            continue;
+                        }
+                        let mut api = api.clone();
+                        let envelope = envelope.clone();
+                        calls.spawn(async move {
+                            let answer =
+                                api.submit(envelope).await.map(tonic::Response::into_inner);
+                            (replica, answer)
+                        });
+                    }
+                }
+                ClientOutput::SetTimer(after) => *timer = Some(tokio::time::Instant::now() + after),
+                ClientOutput::CancelTimer => *timer = None,
+                ClientOutput::Completed { result, .. } => {
+                    // Calls still open have nothing left to deliver.
+                    calls.abort_all();
+                    return Some(result);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Microseconds of wall time: the timestamp hint that keeps a client's timestamps increasing across runs of
+/// short-lived processes using the same client id.
+fn wall_clock_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
