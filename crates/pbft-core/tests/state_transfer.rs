@@ -794,3 +794,47 @@ mod catching_up {
         assert_eq!(node.replica.status().last_executed, SeqNo(2));
     }
 }
+
+mod request_timer {
+    use super::*;
+
+    fn starts_a_view_change(outs: &[Out]) -> bool {
+        outs.iter()
+            .any(|o| matches!(o, Out::Send(_, ReplicaMsg::ViewChange(_))))
+    }
+
+    #[test]
+    fn a_replica_fetching_state_does_not_time_its_requests_out_and_times_them_afresh_once_caught_up()
+     {
+        let c = cluster();
+        let (mut source, digests) = executed_to(&c, 0, 2);
+        let mut node = fetching(&c, 2, digests[0]);
+        // A client's request reaches the lagging backup, which forwards it and times it.
+        let outs = node.step(Input::Request(c.request(3, 1, "late")));
+        assert!(outs.contains(&c.view_timer()), "{outs:?}");
+
+        // The timer fires while the snapshot is still on its way: the replica is behind its peers, so the
+        // primary is not to blame. It times the request again instead of asking for view 1.
+        let outs = node.step(Input::TimerFired(Timer::ViewChange));
+        assert!(!starts_a_view_change(&outs), "{outs:?}");
+        assert!(outs.contains(&c.view_timer()), "{outs:?}");
+        assert!(!node.replica.status().changing_view);
+
+        // Once the state is installed the request gets a full timeout from then.
+        let outs = transfer(
+            &c,
+            &mut source,
+            &mut node,
+            2,
+            digests[0],
+            &snapshot_of(&OPS[..2]),
+        );
+        assert!(outs.contains(&c.view_timer()), "{outs:?}");
+        assert_eq!(node.replica.status().last_executed, SeqNo(2));
+
+        // A replica that is not behind still asks for a view change when the request does not execute.
+        let outs = node.step(Input::TimerFired(Timer::ViewChange));
+        assert!(starts_a_view_change(&outs), "{outs:?}");
+        assert!(node.replica.status().changing_view);
+    }
+}

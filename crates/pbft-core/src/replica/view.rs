@@ -24,6 +24,12 @@ impl Replica {
             ViewTimer::NewView => true,
         };
         self.view_timer = ViewTimer::Off;
+        if !waited_for_new_view && self.transfer.is_some() {
+            // A replica fetching a checkpoint its peers certified is behind them: its requests wait for its own
+            // state, not for the primary. Timing them out would start a view change the others do not join and
+            // leave this replica alone in a later view. It times them again once it caught up.
+            return self.restart_request_timer();
+        }
         if waited_for_new_view {
             self.view_timeout = self.view_timeout.saturating_mul(2);
         }
@@ -54,6 +60,15 @@ impl Replica {
                 after: self.config.params.request_timeout,
             });
         }
+    }
+
+    /// Times the oldest waiting request again, from now.
+    pub(super) fn restart_request_timer(&mut self) {
+        if let ViewTimer::Request(..) = self.view_timer {
+            self.view_timer = ViewTimer::Off;
+            self.out.push(Output::CancelTimer(Timer::ViewChange));
+        }
+        self.refresh_request_timer();
     }
 
     fn stop_view_timer(&mut self) {
