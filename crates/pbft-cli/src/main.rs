@@ -1,6 +1,7 @@
 //! `pbft`: the command-line tool of the PBFT replication system.
 
 mod client;
+mod demo;
 mod keygen;
 mod replica;
 mod sim;
@@ -23,6 +24,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a 4-replica cluster on this machine, run a client workload, stop a backup and then the primary,
+    /// bring them back, and show that the cluster kept committing. Needs no arguments.
+    Demo(demo::DemoArgs),
     /// Run the deterministic simulator over many seeds and check the protocol's invariants.
     Sim(sim::SimArgs),
     /// Make an ed25519 key pair: the secret in a file, the public key on standard output.
@@ -37,6 +41,7 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Demo(args) => demo::run(&args),
         Command::Sim(args) => sim::run(&args),
         Command::Keygen(args) => keygen::run(&args),
         Command::Testnet(args) => testnet::run(&args),
