@@ -1,0 +1,437 @@
+//! End-to-end tests: real `pbft replica` processes on loopback, driven through their gRPC and HTTP APIs and
+//! attacked through their peer port. Each test owns a cluster with its own ports (see `common`), so they run in
+//! parallel; each cluster's processes are killed when the test ends, passed or failed.
+
+#![allow(clippy::unwrap_used)] // tests
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, http, metric, noise};
+use pbft_apps::{KvOp, KvResult};
+use pbft_client::net::NetError;
+use pbft_crypto::{KeyPair, Signer};
+use pbft_types::{Principal, Request, Timestamp};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+
+// Port ranges: each test uses base..base+300 (peers, gRPC, HTTP).
+const GRPC_AND_HTTP: u16 = 21000;
+const STOPPED_BACKUP: u16 = 21300;
+const STOPPED_PRIMARY: u16 = 21600;
+const WRONG_CLIENT_KEY: u16 = 21900;
+const WRONG_CERTIFICATE: u16 = 22200;
+const GARBAGE: u16 = 22500;
+const RESTART: u16 = 22800;
+
+fn status_json(cluster: &Cluster, i: usize) -> serde_json::Value {
+    let (code, body) = http(cluster.http_addr(i), "GET", "/v1/status", None);
+    assert_eq!(code, 200, "GET /v1/status of replica {i}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn wall_clock_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+#[test]
+fn commits_through_grpc_and_http() {
+    let cluster = Cluster::start(GRPC_AND_HTTP);
+    let mut client = cluster.client();
+
+    // gRPC, through the network client.
+    cluster.put(&mut client, "colour", "blue");
+    assert_eq!(cluster.get(&mut client, "colour").as_deref(), Some("blue"));
+    assert_eq!(cluster.get(&mut client, "absent"), None);
+
+    // HTTP: the CLI signs a request (it sends nothing), any HTTP client posts it to one replica.
+    let config = cluster.path().join("client-0.toml");
+    let body = cluster.pbft(&[
+        "client",
+        "--config",
+        config.to_str().unwrap(),
+        "request",
+        "put",
+        "shape",
+        "round",
+    ]);
+    let (code, answer) = http(cluster.http_addr(2), "POST", "/v1/requests", Some(&body));
+    assert_eq!(code, 200, "POST /v1/requests: {answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["replica"], 2, "{answer}");
+    let result = hex::decode(answer["result"].as_str().unwrap()).unwrap();
+    assert_eq!(KvResult::decode(&result).unwrap(), KvResult::Done);
+    assert!(answer["reply"].as_str().is_some_and(|r| !r.is_empty()));
+    // What went in through HTTP comes out through gRPC.
+    assert_eq!(cluster.get(&mut client, "shape").as_deref(), Some("round"));
+
+    // Status over HTTP: every replica executed the four requests in view 0 (the last reply came from f+1 of them,
+    // so poll the others).
+    for i in 0..cluster.n {
+        cluster.wait_status(i, "done executing", |s| s.requests_executed >= 4);
+        let status = status_json(&cluster, i);
+        assert_eq!(status["replica"], i as u64, "{status}");
+        assert_eq!(status["view"], 0, "{status}");
+        assert_eq!(status["peers_connected"], 3, "{status}");
+        assert!(status["last_executed"].as_u64().unwrap() >= 1, "{status}");
+    }
+
+    // Prometheus metrics.
+    let (code, metrics) = http(cluster.http_addr(0), "GET", "/metrics", None);
+    assert_eq!(code, 200);
+    assert!(
+        metric(&metrics, "pbft_batches_committed_total").unwrap() >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "pbft_requests_executed_total").unwrap() >= 4.0,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "pbft_view"), Some(0.0), "{metrics}");
+    assert_eq!(
+        metric(&metrics, "pbft_peers_connected"),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pbft_submit_latency_seconds_bucket"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn survives_a_stopped_backup() {
+    let mut cluster = Cluster::start(STOPPED_BACKUP);
+    let mut client = cluster.client();
+    cluster.put(&mut client, "before", "1");
+
+    cluster.kill(3);
+    for i in 0..5 {
+        cluster.put(&mut client, &format!("k{i}"), &i.to_string());
+    }
+    assert_eq!(cluster.get(&mut client, "k4").as_deref(), Some("4"));
+    assert_eq!(cluster.get(&mut client, "before").as_deref(), Some("1"));
+    for i in 0..3 {
+        let status = cluster.wait_status(i, "done executing", |s| s.requests_executed >= 8);
+        assert_eq!(
+            status.view, 0,
+            "no view change is needed for a backup: {status:?}"
+        );
+    }
+}
+
+#[test]
+fn survives_a_stopped_primary() {
+    let mut cluster = Cluster::start(STOPPED_PRIMARY);
+    let mut client = cluster.client();
+    cluster.put(&mut client, "before", "1");
+
+    cluster.kill(0);
+    let start = Instant::now();
+    cluster.put(&mut client, "after", "2");
+    let first_after = start.elapsed();
+    for i in 0..3 {
+        cluster.put(&mut client, &format!("k{i}"), &i.to_string());
+    }
+    assert_eq!(cluster.get(&mut client, "before").as_deref(), Some("1"));
+    assert_eq!(cluster.get(&mut client, "after").as_deref(), Some("2"));
+    for i in 1..4 {
+        cluster.wait_status(i, "in a new view", |s| s.view >= 1 && !s.changing_view);
+    }
+    eprintln!("first commit after the primary stopped took {first_after:?}");
+}
+
+#[test]
+fn rejects_a_client_with_a_wrong_key() {
+    let cluster = Cluster::start(WRONG_CLIENT_KEY);
+
+    // gRPC: the replicas answer UNAUTHENTICATED, so no reply ever verifies and the client's deadline expires.
+    let mut impostor = cluster.impostor(Duration::from_millis(1500));
+    let start = Instant::now();
+    let op = KvOp::Put {
+        key: b"stolen".to_vec().into(),
+        value: b"x".to_vec().into(),
+    };
+    match cluster.submit(&mut impostor, op) {
+        Err(NetError::Timeout(_)) => {}
+        other => panic!("a client with a wrong key got {other:?}"),
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // HTTP: a request that claims client 0 but is signed with another key is refused with 401.
+    let signer = Signer::new(
+        Principal::Client(cluster.setup.id),
+        KeyPair::from_seed([0x77; 32]),
+    );
+    let forged = signer.sign(Request {
+        client: cluster.setup.id,
+        timestamp: Timestamp(wall_clock_micros()),
+        operation: KvOp::Put {
+            key: b"stolen".to_vec().into(),
+            value: b"y".to_vec().into(),
+        }
+        .encode(),
+    });
+    let body = format!(
+        "{{\"request\": \"{}\"}}",
+        hex::encode(forged.into_signed().encode())
+    );
+    let (code, answer) = http(cluster.http_addr(1), "POST", "/v1/requests", Some(&body));
+    assert_eq!(code, 401, "{answer}");
+    // Not hex at all: a bad request, not an authentication failure.
+    let (code, answer) = http(
+        cluster.http_addr(1),
+        "POST",
+        "/v1/requests",
+        Some("{\"request\": \"not hex\"}"),
+    );
+    assert_eq!(code, 400, "{answer}");
+
+    // The genuine client is unaffected, and nothing of the impostor's was executed.
+    let mut client = cluster.client();
+    assert_eq!(cluster.get(&mut client, "stolen"), None);
+    cluster.put(&mut client, "mine", "ok");
+    assert_eq!(cluster.get(&mut client, "mine").as_deref(), Some("ok"));
+}
+
+/// A self-signed certificate for the ed25519 key with this seed, as a replica makes one.
+fn identity(seed: [u8; 32]) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    // PKCS#8 v1 of an ed25519 key (RFC 8410): a fixed prefix, then the 32-byte seed.
+    let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
+    der.extend_from_slice(&seed);
+    let pkcs8 = PrivatePkcs8KeyDer::from(der);
+    let key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["replica-0".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.der().clone(), PrivateKeyDer::Pkcs8(pkcs8))
+}
+
+/// Accepts whatever certificate the replica presents (these tests attack the replica, not the other way round).
+#[derive(Debug)]
+struct AnyServer(rustls::crypto::WebPkiSupportedAlgorithms);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.3 only".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS 1.3 connection to a replica's peer port, presenting `identity` as client certificate (or none).
+fn tls_connect(
+    addr: SocketAddr,
+    identity: Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>,
+) -> Tls {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(AnyServer(provider.signature_verification_algorithms));
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match identity {
+        Some((cert, key)) => builder.with_client_auth_cert(vec![cert], key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let connection =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("replica-0").unwrap())
+            .unwrap();
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    while tls.conn.is_handshaking() {
+        if tls.conn.complete_io(&mut tls.sock).is_err() {
+            break;
+        }
+    }
+    tls
+}
+
+/// Whether the replica closed (or refused) the connection, rather than keeping it open: a replica never writes
+/// on a connection it accepted, so an accepted one just times out here.
+fn closed_by_replica(tls: &mut Tls) -> bool {
+    let mut buf = [0u8; 64];
+    match tls.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+    }
+}
+
+fn wait_for_log(cluster: &Cluster, i: usize, needle: &str) {
+    let start = Instant::now();
+    while !cluster.log(i).contains(needle) {
+        assert!(
+            start.elapsed() < common::PATIENCE,
+            "replica {i} never logged {needle:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn rejects_a_peer_with_a_wrong_certificate() {
+    let cluster = Cluster::start(WRONG_CERTIFICATE);
+    let mut client = cluster.client();
+    cluster.put(&mut client, "before", "1");
+
+    // A well-formed certificate, properly signed, for a key that is not a replica's.
+    let mut tls = tls_connect(cluster.peer_addr(0), Some(identity([0x42; 32])));
+    let _ = tls.write_all(&[0, 0, 0, 4, 1, 2, 3, 4]);
+    let _ = tls.flush();
+    assert!(
+        closed_by_replica(&mut tls),
+        "the replica kept a stranger's connection"
+    );
+    wait_for_log(&cluster, 0, "dialer refused");
+
+    // No certificate at all.
+    let mut tls = tls_connect(cluster.peer_addr(1), None);
+    let _ = tls.write_all(&[0, 0, 0, 4, 1, 2, 3, 4]);
+    let _ = tls.flush();
+    assert!(
+        closed_by_replica(&mut tls),
+        "the replica kept an anonymous connection"
+    );
+    wait_for_log(&cluster, 1, "dialer refused");
+
+    // The replicas carry on, with their real peers still connected.
+    cluster.put(&mut client, "after", "2");
+    assert_eq!(cluster.get(&mut client, "after").as_deref(), Some("2"));
+    for i in 0..cluster.n {
+        let status = cluster.wait_status(i, "connected", |s| s.peers_connected == 3);
+        assert_eq!(status.view, 0, "{status:?}");
+    }
+}
+
+#[test]
+fn survives_a_peer_sending_garbage() {
+    let mut cluster = Cluster::start(GARBAGE);
+    let mut client = cluster.client();
+    cluster.put(&mut client, "before", "1");
+
+    // Random bytes on plain TCP, where a TLS handshake is expected; one of them looks like a TLS record header.
+    for (seed, i) in [(1u64, 0usize), (2, 1), (3, 2), (4, 3)] {
+        let mut tcp = TcpStream::connect(cluster.peer_addr(i)).unwrap();
+        let mut bytes = noise(seed, 4096);
+        if seed == 4 {
+            // A handshake record header announcing exactly the bytes that follow.
+            bytes.splice(0..5, [0x16, 0x03, 0x01, 0x0f, 0xfb]);
+        }
+        let _ = tcp.write_all(&bytes);
+    }
+    for i in 0..cluster.n {
+        wait_for_log(&cluster, i, "handshake failed");
+    }
+
+    // A faulty replica 3: it authenticates with its own key, then sends a frame that does not decode, then a
+    // frame length over the limit. (The honest process of replica 3 is stopped meanwhile: two processes with one
+    // identity would keep replacing each other's connection.)
+    cluster.kill(3);
+    let key = KeyPair::load(&cluster.path().join("replica-3.key")).unwrap();
+    let mut tls = tls_connect(cluster.peer_addr(0), Some(identity(key.seed())));
+    let mut frame = vec![0, 0, 0, 200];
+    frame.extend(noise(5, 200));
+    eprintln!(
+        "DEBUG handshaking={} peer_certs={:?}",
+        tls.conn.is_handshaking(),
+        tls.conn.peer_certificates().map(|c| c.len())
+    );
+    tls.write_all(&frame).unwrap();
+    tls.flush().unwrap();
+    let start = Instant::now();
+    while status_json(&cluster, 0)["messages_unauthenticated"].as_u64() == Some(0) {
+        assert!(
+            start.elapsed() < common::PATIENCE,
+            "replica 0 did not count the undecodable frame"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = tls.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+    let _ = tls.flush();
+    assert!(
+        closed_by_replica(&mut tls),
+        "the replica kept a connection that announced an oversized frame"
+    );
+    wait_for_log(&cluster, 0, "connection dropped");
+    drop(tls);
+
+    // The cluster keeps committing; replica 3, back to its honest self, reconnects and catches up.
+    for i in 0..3 {
+        cluster.put(&mut client, &format!("after{i}"), "2");
+    }
+    assert_eq!(cluster.get(&mut client, "after2").as_deref(), Some("2"));
+    cluster.spawn(3);
+    cluster.wait_connected();
+    cluster.put(&mut client, "back", "3");
+    let target = cluster.status(0).unwrap().last_executed;
+    cluster.wait_status(3, "caught up", |s| s.last_executed >= target);
+}
+
+#[test]
+fn a_restarted_replica_catches_up() {
+    let mut cluster = Cluster::start(RESTART);
+    let mut client = cluster.client();
+    cluster.put(&mut client, "before", "1");
+
+    cluster.kill(3);
+    for i in 0..5 {
+        cluster.put(&mut client, &format!("down{i}"), "x");
+    }
+    cluster.spawn(3);
+    cluster.wait_connected();
+    for i in 0..5 {
+        cluster.put(&mut client, &format!("up{i}"), "y");
+    }
+    let target = (0..3)
+        .map(|i| cluster.status(i).unwrap().last_executed)
+        .max()
+        .unwrap();
+    let status = cluster.wait_status(3, "caught up", |s| s.last_executed >= target);
+    eprintln!(
+        "replica 3 caught up to {} (others at {target})",
+        status.last_executed
+    );
+}
