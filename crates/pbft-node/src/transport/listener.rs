@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use pbft_types::{PublicKeyBytes, ReplicaId};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -26,6 +26,10 @@ use super::{Counters, Inbound, Shared};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept` (for example when out of file descriptors) before trying again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Connections allowed to be in their handshake at once. Only n-1 peers ever need one; the rest of the room is
+/// for reconnections. Anything beyond is closed at once, so that a flood of connections that never authenticate
+/// cannot exhaust memory or file descriptors, whatever its rate.
+pub(crate) const MAX_HANDSHAKES: usize = 64;
 
 /// Accepts and serves inbound connections.
 pub(crate) struct Listener {
@@ -59,13 +63,19 @@ impl Listener {
     pub(crate) async fn run(self, socket: TcpListener, mut stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut connections = JoinSet::new();
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         loop {
             tokio::select! {
                 () = stopped(&mut stop) => break,
                 accepted = socket.accept() => match accepted {
                     Ok((tcp, addr)) => {
+                        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                            Counters::add(&this.shared.counters.garbage_connections, 1);
+                            tracing::debug!(%addr, "too many connections in their handshake: closed");
+                            continue;
+                        };
                         let span = tracing::info_span!("inbound", me = %this.shared.me, %addr);
-                        connections.spawn(this.clone().serve(tcp, addr).instrument(span));
+                        connections.spawn(this.clone().serve(tcp, addr, permit).instrument(span));
                     }
                     Err(e) => {
                         tracing::warn!(me = %this.shared.me, "accept failed: {e}");
@@ -78,7 +88,13 @@ impl Listener {
         connections.shutdown().await;
     }
 
-    async fn serve(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr) {
+    /// `handshake` is this connection's place among those in their handshake, given up once it authenticated.
+    async fn serve(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        handshake: OwnedSemaphorePermit,
+    ) {
         let counters = &self.shared.counters;
         let _ = tcp.set_nodelay(true);
         let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await
@@ -110,6 +126,7 @@ impl Listener {
             tracing::warn!("dialer refused: no replica key, or this replica's own");
             return;
         };
+        drop(handshake);
         tracing::info!(from = %from, "peer connected");
         self.receive(stream, from)
             .instrument(tracing::info_span!("from", peer = %from, %addr))

@@ -466,3 +466,34 @@ fn a_certificate_carries_the_replica_key() {
     let garbage = rustls::pki_types::CertificateDer::from(vec![0x30, 0x03, 1, 2, 3]);
     assert!(tls::ed25519_key(&garbage).is_err());
 }
+
+#[tokio::test]
+async fn connections_beyond_the_handshake_cap_are_closed_at_once_and_peers_still_connect() {
+    // Replicas 0 and 1 run; the connections that never start their handshake hold replica 0's room.
+    let (keys, replicas) = cluster(4);
+    let mut nodes = start_all(&keys[..2], &replicas).await;
+    let addr = nodes[0].0.local_addr();
+    let link = nodes[0].0.link();
+    let mut idle = Vec::new();
+    for _ in 0..listener::MAX_HANDSHAKES {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // Give the listener time to take them all in before the one too many.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    closed_by_peer(&mut extra).await;
+    eventually("the refused connection counted", || {
+        link.stats().garbage_connections >= 1
+    })
+    .await;
+    // Once the idle ones are gone, a replica authenticates again: a raw TLS connection as replica 3.
+    drop(idle);
+    let mut conn = raw_tls(3, &keys, 0, addr).await;
+    conn.write_all(&[0, 0, 0, 2, b'o', b'k']).await.unwrap();
+    conn.flush().await.unwrap();
+    let inbound = recv(&mut nodes[0].1).await;
+    assert_eq!((inbound.from, inbound.frame), (ReplicaId(3), frame("ok")));
+    for (t, _) in nodes {
+        t.shutdown().await;
+    }
+}
