@@ -26,6 +26,7 @@ const WRONG_CLIENT_KEY: u16 = 21900;
 const WRONG_CERTIFICATE: u16 = 22200;
 const GARBAGE: u16 = 22500;
 const RESTART: u16 = 22800;
+const PYTHON: u16 = 23100;
 
 fn status_json(cluster: &Cluster, i: usize) -> serde_json::Value {
     let (code, body) = http(cluster.http_addr(i), "GET", "/v1/status", None);
@@ -433,5 +434,71 @@ fn a_restarted_replica_catches_up() {
     eprintln!(
         "replica 3 caught up to {} (others at {target})",
         status.last_executed
+    );
+}
+
+/// The Python client of `examples/python` against a real cluster. It needs an interpreter with the packages of
+/// `examples/python/requirements.txt`, named by PBFT_PYTHON; without it the test is skipped, except in CI.
+#[test]
+fn python_client_submits_and_reads() {
+    let Some(python) = std::env::var_os("PBFT_PYTHON") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "PBFT_PYTHON is not set in CI: .ci/run must make the Python venv and export PBFT_PYTHON"
+        );
+        eprintln!(
+            "python_client_submits_and_reads NOT RUN: set PBFT_PYTHON to a Python with examples/python/requirements.txt"
+        );
+        return;
+    };
+    let cluster = Cluster::start(PYTHON);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/python/pbft_client.py");
+    let mut child = std::process::Command::new(&python)
+        .arg(&script)
+        .arg("--testnet")
+        .arg(cluster.path())
+        .args(["--key", "from-python", "--value", "hello"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the Python client did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        status.success(),
+        "python client failed ({status}):\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("put from-python = hello: done"), "{stdout}");
+    assert!(stdout.contains("get from-python: hello"), "{stdout}");
+    // What Python wrote, Rust reads.
+    let mut client = cluster.client();
+    assert_eq!(
+        cluster.get(&mut client, "from-python").as_deref(),
+        Some("hello")
     );
 }
