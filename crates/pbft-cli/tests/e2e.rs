@@ -27,6 +27,7 @@ const WRONG_CERTIFICATE: u16 = 22200;
 const GARBAGE: u16 = 22500;
 const RESTART: u16 = 22800;
 const PYTHON: u16 = 23100;
+const IMPOSTOR_LISTENER: u16 = 23400;
 
 fn status_json(cluster: &Cluster, i: usize) -> serde_json::Value {
     let (code, body) = http(cluster.http_addr(i), "GET", "/v1/status", None);
@@ -345,6 +346,75 @@ fn rejects_a_peer_with_a_wrong_certificate() {
         let status = cluster.wait_status(i, "connected", |s| s.peers_connected == 3);
         assert_eq!(status.view, 0, "{status:?}");
     }
+}
+
+/// Something else listens at replica 3's peer address, with a certificate for another key: the other replicas
+/// must refuse it as replica 3 and send it nothing.
+#[test]
+fn refuses_to_send_to_an_impostor_listener() {
+    let mut cluster = Cluster::start(IMPOSTOR_LISTENER);
+    let mut client = cluster.client();
+    cluster.put(&mut client, "before", "1");
+    cluster.kill(3);
+
+    let listener = std::net::TcpListener::bind(cluster.peer_addr(3)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let (cert, key) = identity([0x33; 32]);
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap(),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let impostor = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // (connections accepted, bytes of plaintext received)
+            let (mut accepted, mut plaintext) = (0usize, 0usize);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((tcp, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                accepted += 1;
+                tcp.set_nonblocking(false).unwrap();
+                tcp.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                let connection = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut tls = rustls::StreamOwned::new(connection, tcp);
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = tls.read(&mut buf) {
+                    plaintext += n;
+                }
+            }
+            (accepted, plaintext)
+        })
+    };
+
+    // The replicas keep dialing "replica 3" and refuse it each time, while they commit without it.
+    for i in 0..3 {
+        cluster.put(&mut client, &format!("k{i}"), "x");
+    }
+    for i in 0..3 {
+        wait_for_log(
+            &cluster,
+            i,
+            "presented a key that is not its configured key",
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (accepted, plaintext) = impostor.join().unwrap();
+    assert!(accepted >= 1, "no replica dialed the impostor");
+    assert_eq!(
+        plaintext, 0,
+        "a replica sent data to a listener with the wrong key"
+    );
+    assert_eq!(cluster.get(&mut client, "k2").as_deref(), Some("x"));
 }
 
 #[test]
