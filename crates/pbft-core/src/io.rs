@@ -82,6 +82,9 @@ pub enum Output {
     CancelTimer(Timer),
     /// Batch `seq` committed and executed.
     Committed(Committed),
+    /// Remember this across a crash (see `journal`). Every `Persist` of a step must be durable before any `Send`
+    /// or `Reply` of that step is carried out.
+    Persist(crate::journal::JournalEntry),
     /// The replica installed the certified state of checkpoint `seq` fetched from a peer, skipping the
     /// execution of every batch up to it.
     StateInstalled {

@@ -4,6 +4,7 @@
 
 mod checkpointing;
 mod normal_case;
+mod recovery;
 mod status;
 mod transfer;
 mod view;
@@ -23,9 +24,12 @@ use crate::checkpoint::{Checkpoints, Stable, checkpoint_digest};
 use crate::client_table::ClientTable;
 use crate::held::Held;
 use crate::io::{Dest, Input, Output, RejectReason, Rejection, Timer};
+use crate::journal::JournalEntry;
 use crate::log::Log;
 use crate::pending::Pending;
 use crate::state_transfer::Transfer;
+
+pub use recovery::RecoveryError;
 
 /// What a replica reports about itself, for status pages, metrics and the simulator's checkers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,6 +204,10 @@ impl Replica {
 
     fn send(&mut self, to: Dest, msg: ReplicaMsg) {
         self.out.push(Output::Send { to, msg });
+    }
+
+    fn persist(&mut self, entry: JournalEntry) {
+        self.out.push(Output::Persist(entry));
     }
 
     fn reject(&mut self, from: Principal, kind: &'static str, reason: RejectReason) {

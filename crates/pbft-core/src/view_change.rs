@@ -77,7 +77,7 @@ pub fn validate_view_change(
 ) -> Result<(), InvalidViewChange> {
     let params = &config.params;
     let stable = vc.stable_seq;
-    if stable.0 % params.checkpoint_interval != 0 {
+    if !stable.0.is_multiple_of(params.checkpoint_interval) {
         return Err(InvalidViewChange::NotACheckpoint(stable));
     }
     checkpoint_certificate(config, stable, &vc.checkpoint_proof())?;

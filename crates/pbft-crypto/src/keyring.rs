@@ -3,12 +3,12 @@ use std::collections::HashMap;
 use ed25519_dalek::{Signature, VerifyingKey};
 use pbft_types::{
     BatchData, Body, Checkpoint, ClientId, ClusterConfig, Commit, FetchBatch, FetchState,
-    NestedSignature, NewView, PrePrepare, Prepare, Principal, PublicKeyBytes, ReplicaId,
-    ReplicaMsg, Request, Signed, StateChunk, Status, ViewChange,
+    NestedSignature, NewView, PrePrepare, Prepare, PreparedProof, Principal, PublicKeyBytes,
+    ReplicaId, ReplicaMsg, Request, Signed, StateChunk, Status, ViewChange,
 };
 use thiserror::Error;
 
-use crate::verified::Verified;
+use crate::verified::{Verified, VerifiedPrepared};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum KeyError {
@@ -231,7 +231,7 @@ impl Keyring {
     }
 
     /// The client requests of a batch: all of them authentic, or an error naming the first that is not.
-    fn verify_requests(
+    pub fn verify_requests(
         &self,
         batch: Vec<Signed<Request>>,
     ) -> Result<Vec<Verified<Request>>, AuthError> {
@@ -245,6 +245,19 @@ impl Keyring {
                 })
             })
             .collect()
+    }
+
+    /// A prepared certificate on its own (as a replica keeps it on disk): every signature in it checked.
+    pub fn verify_prepared(&self, proof: PreparedProof) -> Result<VerifiedPrepared, AuthError> {
+        let pre_prepare = self.verify(proof.pre_prepare)?;
+        let prepares = self
+            .verify_batch(proof.prepares)
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(VerifiedPrepared {
+            pre_prepare,
+            prepares,
+        })
     }
 
     /// Authenticates a message that arrived on the connection of replica `sender`: the replica's own signature

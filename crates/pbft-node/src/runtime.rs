@@ -313,6 +313,8 @@ impl ReplicaTask {
                 self.metrics
                     .batch_committed(committed.results.iter().flatten().count());
             }
+            // Not kept yet: the node has no durable storage (the next change gives it one).
+            Output::Persist(_) => {}
             Output::StateInstalled { seq, digest } => {
                 tracing::info!(%seq, ?digest, "installed the state of a certified checkpoint");
             }

@@ -424,6 +424,8 @@ impl Simulation {
     fn replica_output(&mut self, id: ReplicaId, output: Output) {
         let now = self.queue.now();
         match output {
+            // The simulated replicas do not crash and restart from disk yet: their journal is not kept.
+            Output::Persist(_) => {}
             Output::Send { to, msg } => {
                 self.trace(|| format!("r{id} -> {to:?} {}", trace::describe(&msg)));
                 let bytes = Bytes::from(msg.encode());

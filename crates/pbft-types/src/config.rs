@@ -161,7 +161,7 @@ impl ClusterConfig {
         if p.checkpoint_interval == 0 {
             return Err(ConfigError::ZeroCheckpointInterval);
         }
-        if p.window == 0 || p.window % p.checkpoint_interval != 0 {
+        if p.window == 0 || !p.window.is_multiple_of(p.checkpoint_interval) {
             return Err(ConfigError::WindowNotMultipleOfInterval {
                 window: p.window,
                 interval: p.checkpoint_interval,

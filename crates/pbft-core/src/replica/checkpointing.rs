@@ -8,6 +8,7 @@ use pbft_types::{Checkpoint, Digest, Principal, ReplicaId, ReplicaMsg, SeqNo};
 use super::Replica;
 use crate::checkpoint::{Taken, checkpoint_digest};
 use crate::io::{Dest, RejectReason};
+use crate::journal::JournalEntry;
 use crate::quorum::Insert;
 use crate::state_transfer::encode_snapshot;
 
@@ -44,7 +45,7 @@ impl Replica {
             return self.reject(from, "CHECKPOINT", self.outside(seq));
         }
         let interval = self.config.params.checkpoint_interval;
-        if seq.0 % interval != 0 {
+        if !seq.0.is_multiple_of(interval) {
             return self.reject(from, "CHECKPOINT", RejectReason::NotACheckpoint);
         }
         // Votes above the window are how a replica learns it is behind; a few per replica are enough.
@@ -63,8 +64,23 @@ impl Replica {
     pub(super) fn try_stabilize(&mut self) {
         if let Some(seq) = self.checkpoints.newly_stable(self.quorum()) {
             self.checkpoints.make_stable(seq);
+            self.persist_stable();
             self.discard_below(seq);
             self.propose(false);
+        }
+    }
+
+    /// Journals the stable checkpoint with the snapshot this replica holds for it.
+    pub(super) fn persist_stable(&mut self) {
+        let stable = self.checkpoints.stable().clone();
+        if let Some(taken) = self.checkpoints.taken(stable.seq) {
+            let snapshot = taken.snapshot.clone();
+            self.persist(JournalEntry::Stable {
+                seq: stable.seq,
+                digest: stable.digest,
+                proof: stable.proof,
+                snapshot,
+            });
         }
     }
 

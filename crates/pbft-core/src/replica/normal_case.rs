@@ -10,6 +10,7 @@ use super::Replica;
 use crate::app::ExecContext;
 use crate::client_table::Freshness;
 use crate::io::{Batch, Committed, Dest, Output, RejectReason, Timer};
+use crate::journal::JournalEntry;
 use crate::quorum::Insert;
 
 impl Replica {
@@ -120,9 +121,13 @@ impl Replica {
         };
         self.batches.insert(seq, digest, batch.clone());
         if let Some(slot) = self.log.slot_mut(seq) {
-            slot.pre_prepare = Some(header);
-            slot.batch = Some(batch);
+            slot.pre_prepare = Some(header.clone());
+            slot.batch = Some(batch.clone());
         }
+        self.persist(JournalEntry::Accepted {
+            header,
+            batch: Some(batch),
+        });
         self.send(Dest::AllReplicas, msg);
         self.advance(seq);
     }
@@ -202,9 +207,13 @@ impl Replica {
         let Some(slot) = self.log.slot_mut(seq) else {
             return;
         };
-        slot.pre_prepare = Some(header);
-        slot.batch = Some(batch);
+        slot.pre_prepare = Some(header.clone());
+        slot.batch = Some(batch.clone());
         slot.prepares.insert(prepare.clone());
+        self.persist(JournalEntry::Accepted {
+            header,
+            batch: Some(batch),
+        });
         self.send(
             Dest::AllReplicas,
             ReplicaMsg::Prepare(prepare.into_signed()),
@@ -241,7 +250,13 @@ impl Replica {
         self.batches.insert(seq, digest, batch.clone());
         self.account_for(&batch);
         if let Some(slot) = self.log.slot_mut(seq) {
-            slot.batch = Some(batch);
+            slot.batch = Some(batch.clone());
+            if let Some(header) = slot.pre_prepare.clone() {
+                self.persist(JournalEntry::Accepted {
+                    header,
+                    batch: Some(batch),
+                });
+            }
         }
         self.advance(seq);
     }
@@ -327,6 +342,7 @@ impl Replica {
                 to: Dest::AllReplicas,
                 msg: ReplicaMsg::Commit(commit.into_signed()),
             });
+            self.persist(JournalEntry::Prepared(certificate.clone()));
             self.prepared.insert(seq, certificate);
         }
         let Some(slot) = self.log.slot_mut(seq) else {
@@ -349,10 +365,15 @@ impl Replica {
                 break;
             };
             let (view, digest, batch) = (header.view, header.digest, batch.clone());
+            let header = header.clone();
             let certificate = slot.commits.matching(&digest).cloned().collect();
             let prepared = slot.prepares.matching(&digest).cloned().collect();
             let results = batch.iter().map(|r| self.execute_request(seq, r)).collect();
             self.last_executed = seq;
+            self.persist(JournalEntry::Executed {
+                header,
+                batch: batch.clone(),
+            });
             self.view_timeout = self.config.params.view_change_timeout;
             self.out.push(Output::Committed(Committed {
                 seq,
@@ -363,7 +384,7 @@ impl Replica {
                 certificate,
                 prepared,
             }));
-            if seq.0 % self.config.params.checkpoint_interval == 0 {
+            if seq.0.is_multiple_of(self.config.params.checkpoint_interval) {
                 self.take_checkpoint(seq);
             }
         }

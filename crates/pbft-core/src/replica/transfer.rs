@@ -182,6 +182,8 @@ impl Replica {
             self.discard_below(seq);
         }
         self.record_checkpoint(seq, digest, snapshot);
+        // The installed state is this replica's new starting point after a crash.
+        self.persist_stable();
         self.execute_committed();
         // The requests still waiting were timed while this replica was behind; from its new state they get a
         // full timeout to be ordered, as at a replica that was never behind.
@@ -190,7 +192,7 @@ impl Replica {
 
     /// Restores the application from `snapshot` if the result has the certified digest; otherwise puts the
     /// previous state back and returns `None`.
-    fn restore_checked(
+    pub(super) fn restore_checked(
         &mut self,
         seq: SeqNo,
         digest: Digest,

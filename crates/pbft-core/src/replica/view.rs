@@ -11,6 +11,7 @@ use pbft_types::{
 use super::{Replica, ViewTimer};
 use crate::batches::matches;
 use crate::io::{Batch, Dest, Output, RejectReason, Timer};
+use crate::journal::JournalEntry;
 use crate::view_change::{NewViewPlan, compute_plan, validate_new_view, validate_view_change};
 
 impl Replica {
@@ -86,6 +87,10 @@ impl Replica {
         }
         self.view = target;
         self.changing = true;
+        self.persist(JournalEntry::View {
+            view: target,
+            changing: true,
+        });
         self.stop_view_timer();
         if self.batch_timer_set {
             self.batch_timer_set = false;
@@ -253,6 +258,10 @@ impl Replica {
         let view = nv.view;
         self.view = view;
         self.changing = false;
+        self.persist(JournalEntry::View {
+            view,
+            changing: false,
+        });
         self.new_view = Some(nv);
         self.stop_view_timer();
         // VIEW-CHANGEs for this view stay (this replica's own is resent to peers that lag behind); older go.
@@ -265,6 +274,8 @@ impl Replica {
                 .checkpoints
                 .adopt_stable(plan.stable_seq, digest, plan.stable_proof)
         {
+            // Journalled only if this replica holds the state at it; otherwise once it fetched it.
+            self.persist_stable();
             self.discard_below(plan.stable_seq);
         }
         let primary = self.is_primary();
@@ -293,6 +304,10 @@ impl Replica {
                     digest,
                     replica: self.id,
                 })
+            });
+            self.persist(JournalEntry::Accepted {
+                header: pre_prepare.clone(),
+                batch: batch.clone(),
             });
             let Some(slot) = self.log.slot_mut(seq) else {
                 continue;

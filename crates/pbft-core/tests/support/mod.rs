@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pbft_core::{
-    Dest, ExecContext, Input, Output, RejectReason, Rejection, Replica, RestoreError, StateMachine,
-    Timer,
+    Dest, ExecContext, Input, JournalEntry, Output, RecoveryError, RejectReason, Rejection,
+    Replica, RestoreError, StateMachine, Timer,
 };
 use pbft_crypto::{KeyPair, Keyring, Signer, Verified, batch_digest};
 use pbft_types::{
@@ -161,6 +161,7 @@ impl From<Output> for Out {
                 Out::Evidence(first.into_signed(), second.into_signed())
             }
             Output::Rejected(r) => Out::Rejected(r),
+            Output::Persist(_) => unreachable!("Node::step sets journal entries aside"),
         }
     }
 }
@@ -206,16 +207,21 @@ pub struct Node {
     pub id: ReplicaId,
     pub replica: Replica,
     journal: Arc<Mutex<Vec<Bytes>>>,
+    /// Every `Output::Persist` so far, in order: what the replica's driver would have kept on disk.
+    pub persisted: Vec<JournalEntry>,
 }
 
 impl Node {
-    /// Feeds one input and returns every output, in order.
+    /// Feeds one input and returns every output, in order, but the journal entries, which go to `persisted`.
     pub fn step(&mut self, input: Input) -> Vec<Out> {
-        self.replica
-            .step(input)
-            .into_iter()
-            .map(Out::from)
-            .collect()
+        let mut outs = Vec::new();
+        for output in self.replica.step(input) {
+            match output {
+                Output::Persist(entry) => self.persisted.push(entry),
+                other => outs.push(Out::from(other)),
+            }
+        }
+        outs
     }
 
     /// The journal's entries: the operations the application executed, in order, or those of the snapshot it
@@ -335,7 +341,40 @@ impl Cluster {
             id: replica_id,
             replica,
             journal,
+            persisted: Vec::new(),
         }
+    }
+
+    /// Replica `id` after a crash: a fresh replica (restorable application at its initial state) recovered from
+    /// `journal`, each entry encoded and decoded again as a driver's disk would give it back. Returns the node
+    /// and the outputs of the recovery.
+    pub fn recovered_node(
+        &self,
+        id: u64,
+        journal: &[JournalEntry],
+    ) -> Result<(Node, Vec<Out>), RecoveryError> {
+        let limits = pbft_types::DecodeLimits {
+            max_message_size: self.config.params.max_message_size,
+            max_batch_size: self.config.params.max_batch_size,
+        };
+        let decoded = journal
+            .iter()
+            .map(|e| {
+                JournalEntry::decode(&e.encode(), &self.keyring, limits)
+                    .expect("a journal entry decodes and verifies")
+            })
+            .collect();
+        let mut node = self.node_with(id, true);
+        let (replica, outputs) = node.replica.recover(decoded)?;
+        node.replica = replica;
+        let mut outs = Vec::new();
+        for output in outputs {
+            match output {
+                Output::Persist(entry) => node.persisted.push(entry),
+                other => outs.push(Out::from(other)),
+            }
+        }
+        Ok((node, outs))
     }
 
     /// A request of client `client`, signed with its key and authenticated by the keyring.

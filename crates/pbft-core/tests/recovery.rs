@@ -1,0 +1,223 @@
+//! Crash recovery from the journal (`Output::Persist`): a recovered replica has the state it had, never
+//! contradicts a message it sent, and never goes back to a view it left.
+
+mod support;
+
+use pbft_core::{Input, JournalEntry, RecoveryError, Timer};
+use pbft_types::{Digest, ReplicaMsg, SeqNo, View};
+
+use support::{Cluster, Out, digest_of, small_params};
+
+/// n = 4 with the small parameters (K = 2, L = 4); the replica under test is backup 3 unless said otherwise.
+fn cluster() -> Cluster {
+    Cluster::new(4, small_params())
+}
+
+fn view_changes(outs: &[Out]) -> Vec<(View, usize)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Out::Send(_, ReplicaMsg::ViewChange(vc)) => {
+                Some((vc.value().new_view, vc.value().prepared.len()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn sends_status(outs: &[Out]) -> bool {
+    outs.iter()
+        .any(|o| matches!(o, Out::Send(_, ReplicaMsg::Status(_))))
+}
+
+#[test]
+fn a_recovered_backup_has_executed_what_it_had() {
+    let c = cluster();
+    let mut node = c.restorable_node(3);
+    for seq in 1..=3 {
+        let batch = [c.request(seq, 1, &format!("op{seq}"))];
+        c.run_slot(&mut node, seq, &batch);
+    }
+    let executed = node
+        .persisted
+        .iter()
+        .filter(|e| matches!(e, JournalEntry::Executed { .. }))
+        .count();
+    assert_eq!(executed, 3, "one Executed entry per batch");
+    let status_before = node.replica.status();
+
+    let (recovered, outs) = c
+        .recovered_node(3, &node.persisted)
+        .expect("the journal recovers");
+    assert_eq!(recovered.executed_ops(), node.executed_ops());
+    assert_eq!(recovered.replica.status().last_executed, SeqNo(3));
+    assert_eq!(recovered.replica.status().view, status_before.view);
+    assert!(sends_status(&outs), "it asks its peers for what it missed");
+}
+
+#[test]
+fn after_a_stable_checkpoint_recovery_starts_from_its_snapshot() {
+    let c = cluster();
+    let mut node = c.restorable_node(3);
+    let mut digests = Vec::new();
+    for seq in 1..=3 {
+        let batch = [c.request(seq, 1, &format!("op{seq}"))];
+        let outs = c.run_slot(&mut node, seq, &batch);
+        digests.extend(support::sent_checkpoints(&outs));
+    }
+    let (seq, d) = digests[0];
+    assert_eq!(seq, SeqNo(2));
+    for voter in [0, 1] {
+        node.step(c.deliver(voter, c.checkpoint(voter, 2, d)));
+    }
+    assert_eq!(node.replica.status().low_watermark, SeqNo(2));
+    let stable = node
+        .persisted
+        .iter()
+        .filter(|e| matches!(e, JournalEntry::Stable { seq: SeqNo(2), .. }))
+        .count();
+    assert_eq!(
+        stable, 1,
+        "the stable checkpoint is journalled with its snapshot"
+    );
+
+    // What a store keeps: the stable checkpoint, and the entries above it.
+    let kept: Vec<JournalEntry> = node
+        .persisted
+        .iter()
+        .filter(|e| e.seq().is_none_or(|s| s > SeqNo(2)))
+        .cloned()
+        .collect();
+    let (recovered, _) = c.recovered_node(3, &kept).expect("the journal recovers");
+    let status = recovered.replica.status();
+    assert_eq!(status.low_watermark, SeqNo(2));
+    assert_eq!(status.last_executed, SeqNo(3));
+    assert_eq!(recovered.executed_ops(), node.executed_ops());
+    assert_eq!(recovered.replica.stable_checkpoint().digest, d);
+}
+
+#[test]
+fn a_recovered_backup_refuses_a_conflicting_pre_prepare_for_what_it_prepared() {
+    let c = cluster();
+    let mut node = c.node(3);
+    let first = [c.request(1, 1, "a")];
+    node.step(c.deliver(0, c.pre_prepare(0, 0, 1, &first)));
+    let (mut recovered, _) = c.recovered_node(3, &node.persisted).expect("recovers");
+
+    // The primary now signs another batch for (view 0, seq 1): the recovered backup knows its first choice, so
+    // this is evidence against the primary, not a second PREPARE.
+    let second = [c.request(2, 1, "b")];
+    let outs = recovered.step(c.deliver(0, c.pre_prepare(0, 0, 1, &second)));
+    assert!(
+        outs.iter().any(|o| matches!(o, Out::Evidence(..))),
+        "{outs:?}"
+    );
+    assert!(
+        !outs.iter().any(|o| matches!(
+            o,
+            Out::Send(_, ReplicaMsg::Prepare(p)) if p.value().digest == digest_of(&second)
+        )),
+        "it must not prepare a second batch for the same sequence number: {outs:?}"
+    );
+}
+
+#[test]
+fn a_replica_that_was_changing_view_asks_for_the_same_view_again_and_refuses_the_old_one() {
+    let c = cluster();
+    let mut node = c.node(3);
+    let batch = [c.request(1, 1, "a")];
+    // Prepared at 1 in view 0, then the primary goes quiet and the request times out.
+    node.step(c.deliver(0, c.pre_prepare(0, 0, 1, &batch)));
+    let digest = digest_of(&batch);
+    for r in [1, 2] {
+        node.step(c.deliver(r, c.prepare(r, 0, 1, digest)));
+    }
+    let outs = node.step(Input::TimerFired(Timer::ViewChange));
+    assert_eq!(view_changes(&outs), vec![(View(1), 1)]);
+
+    let (mut recovered, outs) = c.recovered_node(3, &node.persisted).expect("recovers");
+    // The same view asked for, with the prepared certificate still in it.
+    assert_eq!(view_changes(&outs), vec![(View(1), 1)]);
+    let status = recovered.replica.status();
+    assert_eq!((status.view, status.changing_view), (View(1), true));
+    // Normal-case messages of the view it left are refused.
+    let outs = recovered.step(c.deliver(1, c.commit(1, 0, 1, digest)));
+    assert!(
+        outs.iter().all(|o| matches!(o, Out::Rejected(_))),
+        "{outs:?}"
+    );
+}
+
+#[test]
+fn a_prepared_certificate_survives_and_travels_in_the_next_view_change() {
+    let c = cluster();
+    let mut node = c.node(3);
+    let batch = [c.request(1, 1, "a")];
+    node.step(c.deliver(0, c.pre_prepare(0, 0, 1, &batch)));
+    let digest = digest_of(&batch);
+    for r in [1, 2] {
+        node.step(c.deliver(r, c.prepare(r, 0, 1, digest)));
+    }
+    let (mut recovered, outs) = c.recovered_node(3, &node.persisted).expect("recovers");
+    assert!(view_changes(&outs).is_empty(), "it was not changing view");
+    // It holds the request, so its timer runs; when it fires the VIEW-CHANGE carries the certificate.
+    let outs = recovered.step(Input::TimerFired(Timer::ViewChange));
+    assert_eq!(view_changes(&outs), vec![(View(1), 1)]);
+}
+
+#[test]
+fn a_recovered_primary_never_assigns_a_sequence_number_twice() {
+    let c = cluster();
+    let mut primary = c.node(0);
+    let outs = primary.step(Input::Request(c.request(1, 1, "a")));
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Out::Send(_, ReplicaMsg::PrePrepare { header, .. }) if header.value().seq == SeqNo(1)
+    )));
+    let (mut recovered, _) = c.recovered_node(0, &primary.persisted).expect("recovers");
+    // Batch 1 is still in flight, so the next request waits for the batch timer.
+    recovered.step(Input::Request(c.request(2, 1, "b")));
+    let outs = recovered.step(Input::TimerFired(Timer::Batch));
+    let assigned: Vec<SeqNo> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Out::Send(_, ReplicaMsg::PrePrepare { header, .. }) => Some(header.value().seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(assigned, vec![SeqNo(2)]);
+}
+
+#[test]
+fn a_journal_with_a_gap_or_a_snapshot_that_does_not_match_is_refused() {
+    let c = cluster();
+    let mut node = c.restorable_node(3);
+    for seq in 1..=3 {
+        let batch = [c.request(seq, 1, &format!("op{seq}"))];
+        c.run_slot(&mut node, seq, &batch);
+    }
+    // Without the entry for batch 2, batch 3 cannot be executed again.
+    let gap: Vec<JournalEntry> = node
+        .persisted
+        .iter()
+        .filter(|e| !matches!(e, JournalEntry::Executed { header, .. } if header.seq == SeqNo(2)))
+        .cloned()
+        .collect();
+    assert_eq!(
+        c.recovered_node(3, &gap).err(),
+        Some(RecoveryError::Gap {
+            last: SeqNo(1),
+            next: SeqNo(3)
+        })
+    );
+
+    let forged = vec![JournalEntry::Stable {
+        seq: SeqNo(2),
+        digest: Digest([1; 32]),
+        proof: Vec::new(),
+        snapshot: bytes::Bytes::from_static(b"not the state at 2"),
+    }];
+    assert_eq!(
+        c.recovered_node(3, &forged).err(),
+        Some(RecoveryError::BadSnapshot { seq: SeqNo(2) })
+    );
+}
