@@ -146,6 +146,8 @@ impl Cluster {
             .arg("replica")
             .arg("--config")
             .arg(self.path().join(format!("replica-{i}.toml")))
+            // Anything a replica writes relative to its working directory stays in this test's directory.
+            .current_dir(self.path())
             .env(
                 "RUST_LOG",
                 std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
