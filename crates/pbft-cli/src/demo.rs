@@ -266,8 +266,8 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<(), String> {
         .workers;
 
     println!(
-        "\nScene 3: replica 3 comes back with empty memory (durable storage is not built yet). It learns \
-         from its peers what it missed: their log, or a snapshot of a checkpoint that 2f+1 replicas signed."
+        "\nScene 3: replica 3 comes back. It recovers what it had from its journal on disk, then learns from \
+         its peers what it missed: their log, or a snapshot of a checkpoint that 2f+1 replicas signed."
     );
     cluster.start(3)?;
     let caught_up = catch_up(&mut cluster, 3).await?;

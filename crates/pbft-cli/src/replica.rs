@@ -50,10 +50,19 @@ pub fn run(args: &ReplicaArgs) -> ExitCode {
             http = %node.http_addr,
             "replica running; Ctrl-C stops it"
         );
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            eprintln!("error: cannot wait for Ctrl-C: {e}");
-        }
+        let code = tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => {
+                if let Err(e) = interrupted {
+                    eprintln!("error: cannot wait for Ctrl-C: {e}");
+                }
+                ExitCode::SUCCESS
+            }
+            reason = node.handle.failed() => {
+                eprintln!("error: {reason}");
+                ExitCode::FAILURE
+            }
+        };
         node.shutdown().await;
-        ExitCode::SUCCESS
+        code
     })
 }

@@ -217,6 +217,8 @@ pub struct ReplicaFile {
     /// Relative paths are relative to this file's directory.
     pub key_file: PathBuf,
     pub cluster_file: PathBuf,
+    /// Where the replica keeps its journal (created if missing). The replica recovers from it after a crash.
+    pub data_dir: PathBuf,
 }
 
 /// What a replica process needs to start.
@@ -224,6 +226,8 @@ pub struct ReplicaSetup {
     pub id: u64,
     pub key: KeyPair,
     pub cluster: Cluster,
+    /// Where its journal lives.
+    pub data_dir: PathBuf,
 }
 
 /// `client.toml`.
@@ -278,6 +282,7 @@ impl ReplicaFile {
             id: file.id,
             key,
             cluster,
+            data_dir: beside(path, &file.data_dir),
         })
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod durable;
 pub mod grpc;
 pub mod http;
 pub mod link;

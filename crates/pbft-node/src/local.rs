@@ -66,6 +66,8 @@ impl LocalCluster {
                 limits,
                 link,
                 inbox,
+                None,
+                Vec::new(),
             ));
         }
         let clients = client_keys

@@ -18,6 +18,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::api::ClientApi;
 use crate::config::ReplicaSetup;
+use crate::durable::{DurableError, Journal};
 use crate::runtime::{NodeHandle, start};
 use crate::transport::{Transport, TransportConfig, TransportError};
 
@@ -31,6 +32,10 @@ const SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum NodeError {
     #[error("cluster configuration: {0}")]
     Config(String),
+    #[error("{0}")]
+    Journal(#[from] DurableError),
+    #[error("recovering from the journal: {0}")]
+    Recovery(String),
     #[error("transport: {0}")]
     Transport(#[from] TransportError),
     #[error("cannot listen for the {api} API on {addr}: {source}")]
@@ -92,6 +97,29 @@ pub async fn start_replica(setup: ReplicaSetup) -> Result<RunningNode, NodeError
         .filter(|(r, _)| *r != id)
         .collect();
     let params = &config.params;
+    let keyring = Keyring::new(&config).map_err(|e| NodeError::Config(e.to_string()))?;
+    let limits = DecodeLimits {
+        max_message_size: params.max_message_size,
+        max_batch_size: params.max_batch_size,
+    };
+    // The journal first: a replica that cannot trust its own disk must not join the cluster.
+    let (journal, entries) = Journal::open(&setup.data_dir, &config, id, &keyring, limits)?;
+    let recovering = !entries.is_empty();
+    let signer = Signer::new(Principal::Replica(id), setup.key.clone());
+    let replica = Replica::new(config.clone(), id, signer, Box::new(KvStore::new()))
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+    let (replica, initial) = replica
+        .recover(entries)
+        .map_err(|e| NodeError::Recovery(e.to_string()))?;
+    if recovering {
+        let status = replica.status();
+        tracing::info!(
+            view = %status.view,
+            executed = %status.last_executed,
+            stable = %status.low_watermark,
+            "recovered from the journal"
+        );
+    }
     let (transport, inbound) = Transport::start(TransportConfig {
         me: id,
         key: setup.key.clone(),
@@ -102,14 +130,6 @@ pub async fn start_replica(setup: ReplicaSetup) -> Result<RunningNode, NodeError
         queue_depth: QUEUE_DEPTH,
     })
     .await?;
-    let keyring = Keyring::new(&config).map_err(|e| NodeError::Config(e.to_string()))?;
-    let limits = DecodeLimits {
-        max_message_size: params.max_message_size,
-        max_batch_size: params.max_batch_size,
-    };
-    let signer = Signer::new(Principal::Replica(id), setup.key.clone());
-    let replica = Replica::new(config.clone(), id, signer, Box::new(KvStore::new()))
-        .map_err(|e| NodeError::Config(e.to_string()))?;
     let handle = start(
         replica,
         setup.key.clone(),
@@ -117,6 +137,8 @@ pub async fn start_replica(setup: ReplicaSetup) -> Result<RunningNode, NodeError
         limits,
         Arc::new(transport.link()),
         inbound,
+        Some(journal),
+        initial,
     );
     let http = listen("HTTP", me.http).await?;
     let http_addr = local_addr("HTTP", &http, me.http)?;

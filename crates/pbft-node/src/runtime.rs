@@ -5,6 +5,10 @@
 //! Decoding and signature checking, the expensive part, happen before the replica task, on several tasks at
 //! once and in batches (`verify_inbound`). Every channel is bounded: a replica that cannot keep up slows its
 //! senders down instead of buffering without limit.
+//!
+//! Log before send: the replica task handles every event already queued, then makes the journal entries they
+//! produced durable in one synced write, and only then sends their messages and replies. A write that fails
+//! stops the replica (a crash, which PBFT tolerates), rather than letting it send what it could not remember.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,6 +23,7 @@ use pbft_types::{
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::durable::Journal;
 use crate::link::{Inbound, PeerLink};
 use crate::metrics::Metrics;
 
@@ -90,9 +95,20 @@ pub struct NodeHandle {
     waiters: Arc<Waiters>,
     status: watch::Receiver<ReplicaStatus>,
     metrics: Arc<Metrics>,
+    failure: watch::Receiver<Option<String>>,
 }
 
 impl NodeHandle {
+    /// Waits until the replica stops because of a fault of its own (its journal could not be written), and
+    /// says why. Never returns for a replica that keeps running.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.failure.clone();
+        match failure.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     /// Submits an authenticated request and waits for this replica's signed reply to it (the client needs f+1
     /// matching ones from distinct replicas; this is one of them).
     pub async fn submit(
@@ -141,6 +157,10 @@ impl NodeHandle {
 
 /// Starts the replica task and the verifier tasks for messages from peers. `inbound` carries frames whose sender
 /// the link authenticated; `link` carries what the replica sends. Returns the handle clients go through.
+///
+/// `journal` keeps what the replica must remember across a crash (none: it forgets everything when it stops);
+/// `initial` are the outputs `Replica::recover` returned, carried out first.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     replica: Replica,
     key: KeyPair,
@@ -148,6 +168,8 @@ pub fn start(
     limits: DecodeLimits,
     link: Arc<dyn PeerLink>,
     inbound: mpsc::Receiver<Inbound>,
+    journal: Option<Journal>,
+    initial: Vec<Output>,
 ) -> NodeHandle {
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let (status_tx, status_rx) = watch::channel(replica.status());
@@ -155,7 +177,8 @@ pub fn start(
     let metrics = Metrics::shared();
     metrics.set_status(&replica.status());
     verify_inbound(inbound, keyring, limits, events_tx.clone(), metrics.clone());
-    let task = ReplicaTask {
+    let (failure_tx, failure_rx) = watch::channel(None);
+    let mut task = ReplicaTask {
         replica,
         key,
         link,
@@ -165,13 +188,20 @@ pub fn start(
         next_generation: 0,
         status: status_tx,
         metrics: metrics.clone(),
+        journal,
+        deferred: Vec::new(),
+        failure: failure_tx,
     };
+    for output in initial {
+        task.carry_out(output);
+    }
     tokio::spawn(task.run(events_rx));
     NodeHandle {
         events: events_tx,
         waiters,
         status: status_rx,
         metrics,
+        failure: failure_rx,
     }
 }
 
@@ -250,15 +280,26 @@ struct ReplicaTask {
     next_generation: u64,
     status: watch::Sender<ReplicaStatus>,
     metrics: Arc<Metrics>,
+    journal: Option<Journal>,
+    /// Journal entries, messages and replies of the events handled since the last write: the messages and
+    /// replies leave once the entries are durable.
+    deferred: Vec<Output>,
+    failure: watch::Sender<Option<String>>,
 }
 
 impl ReplicaTask {
     async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+        if let Err(reason) = self.flush() {
+            return self.fail(reason);
+        }
         while let Some(event) = events.recv().await {
             self.handle(event);
-            // Whatever else is already queued is handled before the status is published.
+            // Whatever else is already queued is handled before the journal is written and the status published.
             while let Ok(event) = events.try_recv() {
                 self.handle(event);
+            }
+            if let Err(reason) = self.flush() {
+                return self.fail(reason);
             }
             let status = self.replica.status();
             self.metrics.set_status(&status);
@@ -283,7 +324,35 @@ impl ReplicaTask {
         }
     }
 
+    /// Writes the deferred journal entries, then sends the deferred messages and replies.
+    fn flush(&mut self) -> Result<(), String> {
+        let deferred = std::mem::take(&mut self.deferred);
+        if let Some(journal) = &mut self.journal {
+            journal
+                .persist(&deferred)
+                .map_err(|e| format!("the journal could not be written: {e}"))?;
+        }
+        for output in deferred {
+            self.carry_out_now(output);
+        }
+        Ok(())
+    }
+
+    fn fail(self, reason: String) {
+        tracing::error!(%reason, "the replica stops");
+        self.failure.send_replace(Some(reason));
+    }
+
     fn carry_out(&mut self, output: Output) {
+        match output {
+            Output::Send { .. } | Output::Reply(_) | Output::Persist(_) => {
+                self.deferred.push(output)
+            }
+            other => self.carry_out_now(other),
+        }
+    }
+
+    fn carry_out_now(&mut self, output: Output) {
         match output {
             Output::Send { to, msg } => {
                 let frame = Bytes::from(msg.encode());
@@ -313,7 +382,7 @@ impl ReplicaTask {
                 self.metrics
                     .batch_committed(committed.results.iter().flatten().count());
             }
-            // Not kept yet: the node has no durable storage (the next change gives it one).
+            // Written by `flush` before anything else of its step.
             Output::Persist(_) => {}
             Output::StateInstalled { seq, digest } => {
                 tracing::info!(%seq, ?digest, "installed the state of a certified checkpoint");

@@ -134,6 +134,7 @@ pub fn write(spec: &TestnetSpec, out: &Path) -> Result<Testnet, TestnetError> {
             id: i as u64,
             key_file: key_name.into(),
             cluster_file: "cluster.toml".into(),
+            data_dir: format!("data/replica-{i}").into(),
         };
         std::fs::write(&path, toml_text(&file)).map_err(io(&path))?;
         replica_files.push(path);

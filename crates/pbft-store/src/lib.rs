@@ -1,7 +1,8 @@
 //! The durable state of one replica, in a redb database file.
 //!
-//! The store knows nothing of the protocol: it keeps opaque records, each filed under a sequence number, and at
-//! most one stable checkpoint (also opaque, with its sequence number). What makes it fit for PBFT:
+//! The store knows nothing of the protocol: it keeps opaque records, each filed under a sequence number, at most
+//! one stable checkpoint (also opaque, with its sequence number), and named values that each write replaces
+//! (such as the current view). What makes it fit for PBFT:
 //!
 //! - **One sync per group.** `write` applies a whole `WriteBatch` in one redb transaction, committed durably
 //!   (fsync) before it returns: the driver groups everything a step of the protocol must remember, and sends the
@@ -13,6 +14,7 @@
 //! - **Refusing bad state.** A file made for another cluster or another replica, of an unknown format, or whose
 //!   records fail their checksum is refused with an error that says so; the replica must not run on it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -40,6 +42,8 @@ pub struct Recovered {
     pub stable: Option<Record>,
     /// Every record above the stable checkpoint, in the order they were written.
     pub records: Vec<Record>,
+    /// The named values, by name.
+    pub values: BTreeMap<String, Vec<u8>>,
 }
 
 /// Writes that become durable together.
@@ -47,6 +51,7 @@ pub struct Recovered {
 pub struct WriteBatch {
     records: Vec<Record>,
     stable: Option<Record>,
+    values: BTreeMap<String, Vec<u8>>,
 }
 
 impl WriteBatch {
@@ -67,8 +72,13 @@ impl WriteBatch {
         }
     }
 
+    /// Sets the value named `name`, replacing the one stored.
+    pub fn set(&mut self, name: &str, bytes: Vec<u8>) {
+        self.values.insert(name.to_string(), bytes);
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.stable.is_none()
+        self.records.is_empty() && self.stable.is_none() && self.values.is_empty()
     }
 }
 
@@ -104,6 +114,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("records");
 /// The stable checkpoint, under its sequence number (one entry at most).
 const STABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("stable");
+const VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("values");
 
 /// Bytes of SHA-256 kept in front of every stored value, to detect a corrupted page.
 const CHECK: usize = 8;
@@ -178,6 +189,7 @@ impl Store {
             }
             tx.open_table(RECORDS).map_err(|e| fail(e.to_string()))?;
             tx.open_table(STABLE).map_err(|e| fail(e.to_string()))?;
+            tx.open_table(VALUES).map_err(|e| fail(e.to_string()))?;
         }
         tx.commit().map_err(|e| fail(e.to_string()))
     }
@@ -253,9 +265,19 @@ impl Store {
             records.push((counter, Record { seq, bytes }));
         }
         records.sort_by_key(|(counter, _)| *counter);
+
+        let values_table = tx.open_table(VALUES).map_err(|e| corrupt(e.to_string()))?;
+        let mut values = BTreeMap::new();
+        for entry in values_table.iter().map_err(|e| corrupt(e.to_string()))? {
+            let (name, value) = entry.map_err(|e| corrupt(e.to_string()))?;
+            let bytes = unsealed(value.value())
+                .ok_or_else(|| corrupt(format!("value {} fails its checksum", name.value())))?;
+            values.insert(name.value().to_string(), bytes);
+        }
         Ok(Recovered {
             stable,
             records: records.into_iter().map(|(_, r)| r).collect(),
+            values,
         })
     }
 
@@ -281,6 +303,12 @@ impl Store {
                     .insert((record.seq, next), sealed(&record.bytes).as_slice())
                     .map_err(|e| fail(e.to_string()))?;
                 next += 1;
+            }
+            let mut values = tx.open_table(VALUES).map_err(|e| fail(e.to_string()))?;
+            for (name, bytes) in &batch.values {
+                values
+                    .insert(name.as_str(), sealed(bytes).as_slice())
+                    .map_err(|e| fail(e.to_string()))?;
             }
             if let Some(stable) = &batch.stable {
                 let mut table = tx.open_table(STABLE).map_err(|e| fail(e.to_string()))?;

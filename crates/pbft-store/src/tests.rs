@@ -40,6 +40,16 @@ fn a_new_store_is_empty_and_records_come_back_in_write_order() {
         recovered.records,
         records(&[(5, "pre-prepare 5"), (3, "prepare 3"), (4, "commit 4")])
     );
+    // Named values: the last one set wins.
+    let mut b = WriteBatch::new();
+    b.set("view", b"1".to_vec());
+    store.write(&b).expect("written");
+    let mut b = WriteBatch::new();
+    b.set("view", b"2".to_vec());
+    store.write(&b).expect("written");
+    drop(store);
+    let (mut store, recovered) = Store::open(&path, ME).expect("reopened");
+    assert_eq!(recovered.values.get("view"), Some(&b"2".to_vec()));
     // Records written after a reopen come after the old ones.
     store.write(&batch(&[(1, "late")])).expect("written");
     drop(store);

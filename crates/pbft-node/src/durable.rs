@@ -1,0 +1,104 @@
+//! The replica's journal on disk: the core's `Output::Persist` entries kept in a `pbft_store::Store`, and read
+//! back, verified, to recover the replica after a crash.
+
+use std::path::Path;
+
+use pbft_core::{JournalEntry, JournalError, Output};
+use pbft_crypto::Keyring;
+use pbft_store::{Identity, Store, StoreError, WriteBatch};
+use pbft_types::{ClusterConfig, DecodeLimits, ReplicaId};
+use sha2::{Digest as _, Sha256};
+use thiserror::Error;
+
+/// The name under which the store keeps the latest `JournalEntry::View`.
+const VIEW: &str = "view";
+
+#[derive(Debug, Error)]
+pub enum DurableError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {error}; refusing to start on it")]
+    Entry { path: String, error: JournalError },
+    #[error("cannot create {path}: {error}")]
+    Directory { path: String, error: std::io::Error },
+}
+
+/// A replica's journal, open.
+#[derive(Debug)]
+pub struct Journal {
+    store: Store,
+}
+
+/// What identifies a cluster for its replicas' databases: the replicas' keys (in order) and the parameters that
+/// shape durable state (the checkpoint interval and the window). Clients may come and go.
+pub fn cluster_identity(config: &ClusterConfig) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(b"pbft/cluster/v1");
+    hash.update((config.replicas.len() as u64).to_be_bytes());
+    for key in &config.replicas {
+        hash.update(key);
+    }
+    hash.update(config.params.checkpoint_interval.to_be_bytes());
+    hash.update(config.params.window.to_be_bytes());
+    hash.finalize().into()
+}
+
+impl Journal {
+    /// Opens (or creates) the journal of replica `id` in `dir` and returns its entries, verified, in the order
+    /// `Replica::recover` takes them.
+    pub fn open(
+        dir: &Path,
+        config: &ClusterConfig,
+        id: ReplicaId,
+        keyring: &Keyring,
+        limits: DecodeLimits,
+    ) -> Result<(Journal, Vec<JournalEntry>), DurableError> {
+        std::fs::create_dir_all(dir).map_err(|error| DurableError::Directory {
+            path: dir.display().to_string(),
+            error,
+        })?;
+        let path = dir.join(format!("replica-{}.redb", id.0));
+        let identity = Identity {
+            cluster: cluster_identity(config),
+            replica: id.0,
+        };
+        let (store, recovered) = Store::open(&path, identity)?;
+        let decode = |bytes: &[u8]| {
+            JournalEntry::decode(bytes, keyring, limits).map_err(|error| DurableError::Entry {
+                path: path.display().to_string(),
+                error,
+            })
+        };
+        let mut entries = Vec::with_capacity(recovered.records.len() + 2);
+        if let Some(stable) = &recovered.stable {
+            entries.push(decode(&stable.bytes)?);
+        }
+        if let Some(view) = recovered.values.get(VIEW) {
+            entries.push(decode(view)?);
+        }
+        for record in &recovered.records {
+            entries.push(decode(&record.bytes)?);
+        }
+        Ok((Journal { store }, entries))
+    }
+
+    /// Makes the journal entries among `outputs` durable, in one synced write.
+    pub fn persist(&mut self, outputs: &[Output]) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::new();
+        for output in outputs {
+            let Output::Persist(entry) = output else {
+                continue;
+            };
+            match entry {
+                JournalEntry::View { .. } => batch.set(VIEW, entry.encode()),
+                JournalEntry::Stable { seq, .. } => batch.stable(seq.0, entry.encode()),
+                _ => {
+                    if let Some(seq) = entry.seq() {
+                        batch.record(seq.0, entry.encode());
+                    }
+                }
+            }
+        }
+        self.store.write(&batch)
+    }
+}
