@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use crate::metrics::Metrics;
 use crate::runtime::{NodeHandle, SubmitError};
+use crate::transport::TransportStats;
 
 /// Why a submission got no reply.
 #[derive(Debug, Error)]
@@ -45,10 +46,14 @@ pub struct StatusView {
     pub inputs_refused: u64,
     pub messages_unauthenticated: u64,
     pub peers_connected: u64,
+    /// Connections refused because the other side did not authenticate as a replica of the cluster.
+    pub peer_auth_failures: u64,
+    /// Connections dropped because the other side sent something no replica sends.
+    pub peer_garbage_connections: u64,
 }
 
-/// Counts the peers a replica is connected to (from its transport; an in-process cluster has none to report).
-pub type PeerCount = Arc<dyn Fn() -> usize + Send + Sync>;
+/// Reads the replica transport's counters (an in-process cluster has no transport to report on).
+pub type PeerStats = Arc<dyn Fn() -> TransportStats + Send + Sync>;
 
 /// The client API of one replica, shared by its gRPC and HTTP servers.
 #[derive(Clone)]
@@ -57,7 +62,7 @@ pub struct ClientApi {
     keyring: Arc<Keyring>,
     max_request: usize,
     timeout: Duration,
-    peers: Option<PeerCount>,
+    peers: Option<PeerStats>,
 }
 
 impl ClientApi {
@@ -73,8 +78,8 @@ impl ClientApi {
         }
     }
 
-    /// Reports connected peers through `peers`.
-    pub fn with_peer_count(mut self, peers: PeerCount) -> Self {
+    /// Reports on the replica's connections through `peers`.
+    pub fn with_peer_stats(mut self, peers: PeerStats) -> Self {
         self.peers = Some(peers);
         self
     }
@@ -135,8 +140,7 @@ impl ClientApi {
     pub fn status(&self) -> StatusView {
         let s = self.node.status();
         let c = self.node.counters();
-        let peers = self.peers.as_ref().map_or(0, |count| count());
-        self.node.metrics().set_peers_connected(peers);
+        let peers = self.transport_stats();
         StatusView {
             replica: s.id.0,
             view: s.view.0,
@@ -149,15 +153,22 @@ impl ClientApi {
             view_changes: c.view_changes,
             inputs_refused: c.inputs_refused,
             messages_unauthenticated: c.messages_unauthenticated,
-            peers_connected: peers as u64,
+            peers_connected: peers.peers_connected as u64,
+            peer_auth_failures: peers.auth_failures,
+            peer_garbage_connections: peers.garbage_connections,
         }
     }
 
     /// The metrics in the Prometheus text format, with the peer count brought up to date.
     pub fn render_metrics(&self) -> String {
-        if let Some(count) = &self.peers {
-            self.node.metrics().set_peers_connected(count());
-        }
+        self.transport_stats();
         self.node.metrics().render()
+    }
+
+    /// The transport's counters, also brought up to date in the metrics.
+    fn transport_stats(&self) -> TransportStats {
+        let stats = self.peers.as_ref().map(|read| read()).unwrap_or_default();
+        self.node.metrics().set_transport(&stats);
+        stats
     }
 }

@@ -55,6 +55,8 @@ impl ReplicaApi for GrpcApi {
             requests_executed: s.requests_executed,
             view_changes: s.view_changes,
             peers_connected: s.peers_connected,
+            peer_auth_failures: s.peer_auth_failures,
+            peer_garbage_connections: s.peer_garbage_connections,
         }))
     }
 }

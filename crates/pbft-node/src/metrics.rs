@@ -13,6 +13,8 @@ use prometheus_client::registry::Registry;
 
 use pbft_core::ReplicaStatus;
 
+use crate::transport::TransportStats;
+
 /// Labels of a refused input: which message kind, and why.
 type RefusalLabels = [(&'static str, &'static str); 2];
 
@@ -42,6 +44,9 @@ pub struct Metrics {
     high_watermark: Gauge,
     changing_view: Gauge,
     peers_connected: Gauge,
+    peer_auth_failures: Gauge,
+    peer_garbage_connections: Gauge,
+    frames_dropped: Gauge,
     batch_size: Histogram,
     submit_latency: Histogram,
 }
@@ -62,6 +67,8 @@ impl Metrics {
         let messages_unauthenticated = Counter::default();
         let refused = Family::<RefusalLabels, Counter>::default();
         let refused_total = Counter::default();
+        let (peer_auth_failures, peer_garbage_connections, frames_dropped) =
+            (Gauge::default(), Gauge::default(), Gauge::default());
         let (
             view,
             last_executed,
@@ -143,6 +150,22 @@ impl Metrics {
             peers_connected.clone(),
         );
         registry.register(
+            "peer_auth_failures",
+            "Connections refused since start: the other side did not authenticate as a replica of the cluster",
+            peer_auth_failures.clone(),
+        );
+        registry.register(
+            "peer_garbage_connections",
+            "Connections dropped since start: the other side sent something no replica sends, or never finished \
+             its handshake",
+            peer_garbage_connections.clone(),
+        );
+        registry.register(
+            "frames_dropped",
+            "Frames to peers dropped since start (a full queue, a lost connection)",
+            frames_dropped.clone(),
+        );
+        registry.register(
             "batch_size_requests",
             "Requests per committed batch",
             batch_size.clone(),
@@ -167,6 +190,9 @@ impl Metrics {
             high_watermark,
             changing_view,
             peers_connected,
+            peer_auth_failures,
+            peer_garbage_connections,
+            frames_dropped,
             batch_size,
             submit_latency,
         }
@@ -215,9 +241,14 @@ impl Metrics {
         self.changing_view.set(i64::from(status.changing_view));
     }
 
-    pub fn set_peers_connected(&self, peers: usize) {
+    pub fn set_transport(&self, stats: &TransportStats) {
         self.peers_connected
-            .set(i64::try_from(peers).unwrap_or(i64::MAX));
+            .set(i64::try_from(stats.peers_connected).unwrap_or(i64::MAX));
+        self.peer_auth_failures
+            .set(gauge_value(stats.auth_failures));
+        self.peer_garbage_connections
+            .set(gauge_value(stats.garbage_connections));
+        self.frames_dropped.set(gauge_value(stats.frames_dropped));
     }
 
     pub fn counters(&self) -> Counters {

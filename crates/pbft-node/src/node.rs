@@ -151,7 +151,7 @@ pub async fn start_replica(setup: ReplicaSetup) -> Result<RunningNode, NodeError
         params.max_request_size.saturating_add(1024),
         SUBMIT_TIMEOUT,
     )
-    .with_peer_count(Arc::new(move || peer_stats.stats().peers_connected));
+    .with_peer_stats(Arc::new(move || peer_stats.stats()));
     let (stop, stopped) = watch::channel(false);
     let app = crate::http::router(api.clone());
     let mut http_stop = stopped.clone();
