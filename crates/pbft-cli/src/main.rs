@@ -1,5 +1,6 @@
 //! `pbft`: the command-line tool of the PBFT replication system.
 
+mod bench;
 mod client;
 mod demo;
 mod keygen;
@@ -35,6 +36,8 @@ enum Command {
     Testnet(testnet::TestnetArgs),
     /// Run one replica (its transport to the others, the protocol, the key-value store, the gRPC and HTTP APIs).
     Replica(replica::ReplicaArgs),
+    /// Measure a cluster under load: throughput, latency percentiles, CPU and bytes per request (JSON, CSV, SVG).
+    Bench(bench::BenchArgs),
     /// Put, get and delete keys in the replicated key-value store; read the replicas' status.
     Client(client::ClientArgs),
 }
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Testnet(args) => testnet::run(&args),
         Command::Replica(args) => replica::run(&args),
         Command::Client(args) => client::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }
 
