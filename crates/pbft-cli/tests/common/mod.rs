@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use pbft_apps::{KvOp, KvResult};
 use pbft_client::net::{NetClient, NetClientConfig, NetError};
 use pbft_crypto::KeyPair;
-use pbft_node::config::{ClientFile, ClientSetup};
+use pbft_node::config::{ClientFile, ClientSetup, ParamsFile};
+use pbft_node::testnet::TestnetSpec;
 use pbft_types::ReplicaId;
 use pbft_types::wire::ReplicaStatus;
 use tempfile::TempDir;
@@ -56,23 +57,12 @@ impl Cluster {
         cluster
     }
 
-    /// The testnet files only; no replica started.
+    /// The testnet files only (written by `pbft testnet`, with 2 clients and the default parameters); no replica
+    /// started.
     pub fn create(base_port: u16) -> Cluster {
         let n = 4;
-        for port in [0, 100, 200]
-            .into_iter()
-            .flat_map(|offset| (0..n as u16).map(move |i| base_port + offset + i))
-        {
-            if let Err(e) = TcpListener::bind(("127.0.0.1", port)) {
-                panic!(
-                    "port {port} of this test's range is not free ({e}): is another test or cluster using it?"
-                );
-            }
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("pbft-e2e-")
-            .tempdir()
-            .unwrap();
+        check_ports_free(base_port, n);
+        let dir = temp_dir();
         let out = Command::new(PBFT)
             .args([
                 "testnet",
@@ -92,6 +82,27 @@ impl Cluster {
             "pbft testnet failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        Cluster::in_dir(dir, base_port, n)
+    }
+
+    /// The testnet files only, with `clients` clients and the protocol parameters `params` (which `pbft testnet`
+    /// does not expose); no replica started.
+    pub fn create_with(base_port: u16, clients: usize, params: ParamsFile) -> Cluster {
+        let n = 4;
+        check_ports_free(base_port, n);
+        let dir = temp_dir();
+        let spec = TestnetSpec {
+            replicas: n,
+            clients,
+            hosts: Vec::new(),
+            base_port,
+            params,
+        };
+        pbft_node::testnet::write(&spec, dir.path()).unwrap();
+        Cluster::in_dir(dir, base_port, n)
+    }
+
+    fn in_dir(dir: TempDir, base_port: u16, n: usize) -> Cluster {
         let setup = ClientFile::load(&dir.path().join("client-0.toml")).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -226,6 +237,13 @@ impl Cluster {
         net_client(&self.setup, self.setup.key.clone(), OP_DEADLINE)
     }
 
+    /// A network client for client `j` of the testnet (`client-j.toml`), with the given deadline per operation.
+    pub fn client_n(&self, j: usize, deadline: Duration) -> NetClient {
+        let setup = ClientFile::load(&self.path().join(format!("client-{j}.toml"))).unwrap();
+        let _guard = self.rt.enter();
+        net_client(&setup, setup.key.clone(), deadline)
+    }
+
     /// A network client that claims to be client 0 but signs with another key.
     pub fn impostor(&self, deadline: Duration) -> NetClient {
         let _guard = self.rt.enter();
@@ -289,6 +307,26 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+fn check_ports_free(base_port: u16, n: usize) {
+    for port in [0, 100, 200]
+        .into_iter()
+        .flat_map(|offset| (0..n as u16).map(move |i| base_port + offset + i))
+    {
+        if let Err(e) = TcpListener::bind(("127.0.0.1", port)) {
+            panic!(
+                "port {port} of this test's range is not free ({e}): is another test or cluster using it?"
+            );
+        }
+    }
+}
+
+fn temp_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("pbft-e2e-")
+        .tempdir()
+        .unwrap()
 }
 
 fn net_client(setup: &ClientSetup, key: KeyPair, deadline: Duration) -> NetClient {
