@@ -309,7 +309,7 @@ fn kill_one_replica_at_random_instants() {
 
 /// The acceptance check: 20 rounds. `cargo test -p pbft-cli --test durability -- --ignored`.
 #[test]
-#[ignore = "20 rounds of kill -9 take about two minutes"]
+#[ignore = "20 rounds of kill -9 take about a minute"]
 fn kill_one_replica_at_random_instants_20_rounds() {
     kill_one_at_random(KILL_ONE_LONG, 20);
 }
