@@ -435,11 +435,10 @@ fn a_replica_down_for_many_checkpoints_catches_up_under_load() {
     laggard(LAGGARD, false);
 }
 
-/// Fails: a replica restored to the last stable checkpoint by state transfer, with nothing in its log, sends no
-/// STATUS (it has no unfinished work), so the batches executed above that checkpoint are never resent to it and it
-/// stays behind until new requests arrive. Run it with `--ignored` once that is fixed in the core.
+/// A replica restored to the last stable checkpoint by state transfer, with nothing in its log, has nothing
+/// unfinished of its own: it catches up above the checkpoint because its peers answer its STATUS with theirs, and
+/// once f+1 of them report being ahead it keeps asking until it is not behind.
 #[test]
-#[ignore = "known bug: a replica restored by state transfer does not catch up above the checkpoint while idle"]
 fn a_replica_down_for_many_checkpoints_catches_up_when_idle() {
     laggard(LAGGARD_IDLE, true);
 }

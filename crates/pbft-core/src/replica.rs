@@ -92,6 +92,9 @@ pub struct Replica {
     transfer: Option<Transfer>,
     batch_timer_set: bool,
     status_timer_set: bool,
+    /// The last executed sequence number each peer reported in a STATUS of this replica's view: how a replica
+    /// learns that it is behind when nothing else would tell it (an idle cluster sends no new messages).
+    peers_executed: BTreeMap<ReplicaId, SeqNo>,
     transfer_timer_set: bool,
     out: Vec<Output>,
 }
@@ -141,6 +144,7 @@ impl Replica {
             transfer: None,
             batch_timer_set: false,
             status_timer_set: false,
+            peers_executed: BTreeMap::new(),
             transfer_timer_set: false,
             out: Vec::new(),
             config,

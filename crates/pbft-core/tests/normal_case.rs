@@ -1400,6 +1400,8 @@ mod status {
                 to_replica(3, c.pre_prepare(0, 0, 3, &requests[2..3])),
                 to_replica(3, c.commit(0, 0, 3, d[2])),
                 to_replica(3, c.checkpoint(0, 2, cp)),
+                // Replica 3 is behind: the primary's own STATUS tells it so.
+                to_replica(3, c.status(0, 0, 0, 2)),
             ]
         );
         // A peer that executed 2 and holds checkpoint 2 as stable needs only slot 3.
@@ -1433,6 +1435,7 @@ mod status {
                 to_replica(3, c.commit(1, 0, 2, d2)),
                 to_replica(3, c.prepare(1, 0, 3, d3)),
                 to_replica(3, c.checkpoint(1, 2, cp)),
+                to_replica(3, c.status(1, 0, 0, 2)),
             ]
         );
         assert_eq!(
@@ -1568,5 +1571,42 @@ mod seven {
         let done = executed(&outs);
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].certificate.len(), c.quorum());
+    }
+}
+
+mod catching_up_when_idle {
+    use super::*;
+
+    /// Replica 3 restarted with nothing unfinished while the others are ahead and idle: nothing would tell it. A
+    /// peer that receives its STATUS answers with its own, and once f+1 peers report being ahead, replica 3
+    /// keeps asking (its status timer runs) until it has caught up.
+    #[test]
+    fn a_replica_that_f_plus_1_peers_report_ahead_keeps_asking_until_it_caught_up() {
+        // Checkpoints far apart, so that an unstable checkpoint does not keep the replica asking by itself.
+        let params = Params {
+            checkpoint_interval: 64,
+            window: 128,
+            ..one_per_batch()
+        };
+        let c = Cluster::new(4, params);
+        let mut lagging = c.node(3);
+        assert_eq!(lagging.step(Input::TimerFired(Timer::Status)), vec![]);
+        // One peer's claim is not enough: it could be a faulty replica's.
+        assert_eq!(lagging.step(c.deliver(1, c.status(1, 0, 0, 2))), vec![]);
+        // A second one is: at least one correct replica executed beyond it.
+        assert_eq!(
+            lagging.step(c.deliver(2, c.status(2, 0, 0, 2))),
+            vec![c.status_timer()]
+        );
+        assert_eq!(
+            lagging.step(Input::TimerFired(Timer::Status)),
+            vec![to_all(c.status(3, 0, 0, 0)), c.status_timer()]
+        );
+        // Once it executed as far as they reported, it stops asking.
+        let requests: Vec<_> = (1..=2).map(|i| c.request(i, 1, "op")).collect();
+        c.run_slot(&mut lagging, 1, &requests[0..1]);
+        c.run_slot(&mut lagging, 2, &requests[1..2]);
+        assert_eq!(lagging.replica.status().last_executed, SeqNo(2));
+        assert_eq!(lagging.step(Input::TimerFired(Timer::Status)), vec![]);
     }
 }

@@ -16,6 +16,17 @@ impl Replica {
             || !self.waiting.is_empty()
             || self.transfer.is_some()
             || self.changing
+            || self.behind_peers()
+    }
+
+    /// Whether f+1 peers (so at least one correct one) reported having executed beyond this replica, in its view.
+    /// A faulty peer's claim alone never counts.
+    pub(super) fn behind_peers(&self) -> bool {
+        let mut reported: Vec<SeqNo> = self.peers_executed.values().copied().collect();
+        reported.sort_unstable_by(|a, b| b.cmp(a));
+        reported
+            .get(self.config.weak_quorum() - 1)
+            .is_some_and(|seq| *seq > self.last_executed)
     }
 
     pub(super) fn arm_status_timer(&mut self) {
@@ -66,6 +77,9 @@ impl Replica {
     /// A peer says what it has; resend it this replica's own messages that it lacks. Each replica resends only
     /// what it signed itself (the primary its PRE-PREPAREs), so nothing relayed needs another signature.
     pub(super) fn on_status(&mut self, from: ReplicaId, status: &Status) {
+        if status.view == self.view {
+            self.peers_executed.insert(from, status.executed);
+        }
         let behind = status.view < self.view
             || (status.view == self.view && status.changing_view && !self.changing);
         if behind {
@@ -103,6 +117,11 @@ impl Replica {
         }
         for msg in resend {
             self.send(to, msg);
+        }
+        // A peer behind this replica may not know it (a restarted replica in an idle cluster has nothing
+        // unfinished): this replica's own STATUS tells it, and it keeps asking until it caught up.
+        if self.last_executed > status.executed {
+            self.send_status_to(to);
         }
     }
 }

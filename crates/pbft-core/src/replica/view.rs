@@ -87,6 +87,7 @@ impl Replica {
         }
         self.view = target;
         self.changing = true;
+        self.peers_executed.clear();
         self.persist(JournalEntry::View {
             view: target,
             changing: true,
@@ -258,6 +259,7 @@ impl Replica {
         let view = nv.view;
         self.view = view;
         self.changing = false;
+        self.peers_executed.clear();
         self.persist(JournalEntry::View {
             view,
             changing: false,
