@@ -543,9 +543,11 @@ async fn wait_ready(monitor: &NetClient, n: usize, started: bool) -> Result<(), 
     }
 }
 
-/// A base port whose peer, gRPC and HTTP ports for `n` replicas are all free now.
+/// A base port whose peer, gRPC and HTTP ports for `n` replicas are all free now: from 28000 to 32767, above the
+/// ports the tests and the demo use and below Linux's ephemeral range (32768 on), so that no outgoing connection
+/// takes one of them between this check and the replicas' start.
 fn free_base_port(n: usize) -> Result<u16, String> {
-    for base in (30000u16..60000).step_by(300) {
+    for base in (28000u16..32400).step_by(300) {
         let all_free = (0..n as u16)
             .flat_map(|i| [base + i, base + 100 + i, base + 200 + i])
             .map(|p| TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], p))))
@@ -555,7 +557,7 @@ fn free_base_port(n: usize) -> Result<u16, String> {
             return Ok(base);
         }
     }
-    Err("no free range of loopback ports between 30000 and 60000".into())
+    Err("no free range of loopback ports between 28000 and 32767".into())
 }
 
 /// The replicas' counters and the processes' usage at one instant.
