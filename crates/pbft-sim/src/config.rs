@@ -6,6 +6,9 @@ use pbft_crypto::KeyError;
 use pbft_types::{ConfigError, Params};
 use thiserror::Error;
 
+use crate::byzantine::{Byzantine, Fault, FaultyReplica, draw_faults};
+use crate::network::Partition;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SimError {
     #[error("invalid simulation: {0}")]
@@ -50,6 +53,15 @@ pub struct SimConfig {
     pub drain: Duration,
     /// The protocol's parameters, identical on every replica.
     pub params: Params,
+    /// Byzantine replicas, drawn from the seed (see [`SimConfig::faults`]).
+    pub byzantine: Byzantine,
+    /// Whether up to f replicas crash and restart (from an empty state) before the heal time.
+    pub crash: bool,
+    /// The faulty replicas, given explicitly instead of drawn from `byzantine` and `crash`. Tests use it; more
+    /// than f are allowed here, to show that the checkers then see a violation or a stall.
+    pub faulty: Option<Vec<FaultyReplica>>,
+    /// Partitions besides the one `partition` draws.
+    pub partitions: Vec<Partition>,
 }
 
 /// Parameters sized for simulation: a small checkpoint interval and window, so that checkpoints, garbage collection
@@ -91,6 +103,10 @@ impl SimConfig {
             key_space: 4,
             drain: Duration::from_millis(100),
             params: simulation_params(),
+            byzantine: Byzantine::None,
+            crash: false,
+            faulty: None,
+            partitions: Vec::new(),
         }
     }
 
@@ -130,7 +146,49 @@ impl SimConfig {
                 "the retransmission timeout and the liveness bound must be positive".to_string(),
             );
         }
+        let f = (self.replicas - 1) / 3;
+        if let Byzantine::Listed(list) = &self.byzantine
+            && list.len() > f
+        {
+            return invalid(format!(
+                "{} Byzantine strategies listed, but {} replicas tolerate only f = {f} faulty ones",
+                list.len(),
+                self.replicas
+            ));
+        }
+        if let Some(faulty) = &self.faulty {
+            let mut ids: Vec<_> = faulty.iter().map(|x| x.replica).collect();
+            ids.sort();
+            ids.dedup();
+            if ids.len() != faulty.len() || ids.iter().any(|r| r.index() >= self.replicas) {
+                return invalid(format!(
+                    "the faulty replicas {ids:?} must be distinct replicas of the {}",
+                    self.replicas
+                ));
+            }
+            for x in faulty {
+                if let Fault::Crash { at, restart } = x.fault
+                    && at >= restart
+                {
+                    return invalid(format!("replica {} restarts before it crashes", x.replica));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The faulty replicas of this run: the explicit ones, or those drawn from the seed.
+    pub fn faults(&self) -> Vec<FaultyReplica> {
+        match &self.faulty {
+            Some(faulty) => faulty.clone(),
+            None => draw_faults(
+                self.replicas,
+                &self.byzantine,
+                self.crash,
+                self.heal_at,
+                self.seed,
+            ),
+        }
     }
 
     /// The command that replays this run. Only what `pbft sim` has flags for is spelled out: a config that
@@ -143,6 +201,12 @@ impl SimConfig {
         );
         if self.partition {
             command.push_str(" --partition");
+        }
+        if self.byzantine != Byzantine::None {
+            command.push_str(&format!(" --byzantine {}", self.byzantine));
+        }
+        if self.crash {
+            command.push_str(" --crash random");
         }
         command
     }

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod boundary;
+pub mod byzantine;
 pub mod check;
 pub mod config;
 pub mod network;
@@ -24,6 +25,7 @@ pub mod trace;
 pub mod violation;
 pub mod workload;
 
+pub use byzantine::{Byzantine, Fault, FaultyReplica, Strategy};
 pub use check::history::HistoryEntry;
 pub use config::{SimConfig, SimError, simulation_params};
 pub use network::{Endpoint, Network, NetworkConfig, NetworkStats, Partition};
