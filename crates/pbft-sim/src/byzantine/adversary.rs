@@ -34,7 +34,10 @@ const MEMORY: usize = 256;
 const VOTES_PER_STEP: usize = 16;
 const VOTED_MEMORY: usize = 4096;
 /// The least simulated time between two unprompted bursts (floods, spontaneous bad messages).
-const FLOOD_EVERY: Duration = Duration::from_millis(1);
+const FLOOD_EVERY: Duration = Duration::from_millis(2);
+/// Replays are rate-limited too: a replayed STATUS makes every correct replica resend up to its whole window to
+/// the replayer, whose every step would otherwise replay more, without bound in simulated time.
+const REPLAY_EVERY: Duration = Duration::from_millis(5);
 const SPONTANEOUS_EVERY: Duration = Duration::from_millis(50);
 
 /// An equivocating primary's second batch for one (view, seq).
@@ -64,6 +67,7 @@ pub struct Adversary {
     checkpointed: HashSet<(SeqNo, Digest)>,
     variants: BTreeMap<(View, SeqNo), Variant>,
     last_view_change: Option<ViewChange>,
+    /// When the last burst of junk or of replays went out.
     last_flood: Option<Duration>,
     last_spontaneous: Option<Duration>,
 }
@@ -335,15 +339,16 @@ impl Adversary {
                     Self::send(out, Dest::AllReplicas, vote);
                 }
             }
-            Strategy::Replay => {
-                if self.rng.random_bool(0.3) && !self.sent.is_empty() {
+            Strategy::Replay if self.last_flood.is_none_or(|t| now >= t + REPLAY_EVERY) => {
+                self.last_flood = Some(now);
+                if !self.sent.is_empty() {
                     for _ in 0..self.rng.random_range(1..=3) {
                         let i = self.rng.random_range(0..self.sent.len());
                         let old = self.sent[i].clone();
                         Self::send(out, Dest::AllReplicas, old);
                     }
                 }
-                if self.rng.random_bool(0.2) && !self.requests.is_empty() {
+                if self.rng.random_bool(0.5) && !self.requests.is_empty() {
                     let i = self.rng.random_range(0..self.requests.len());
                     let old = self.requests[i].clone();
                     Self::send(out, Dest::AllReplicas, ReplicaMsg::Request(old));
