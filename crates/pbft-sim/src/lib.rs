@@ -6,6 +6,10 @@
 //! checkers of [`check`] test the invariants of PROTOCOL.md; the first step that breaks one ends the run, and its
 //! report carries the violation and the command that replays it.
 //!
+//! Up to f replicas may be faulty ([`byzantine`]): Byzantine strategies that rewrite what the real core sends,
+//! Twins (two copies of one replica), or crashes with a restart from an empty state. The checkers then look only
+//! at the correct replicas, and liveness is still owed once the network heals, whatever the faulty ones keep doing.
+//!
 //! ```no_run
 //! use pbft_sim::{SimConfig, run_one};
 //! let report = run_one(SimConfig::new(7, 4)).expect("a valid configuration");

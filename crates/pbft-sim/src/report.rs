@@ -56,7 +56,7 @@ impl fmt::Display for SimReport {
         write!(
             f,
             "seed {}: n={} clients={} requests {}/{} batches {} simulated {:.3}s messages {} (dropped {}, rejected {}, \
-             refused by replicas {}) max log {} checkpoint {} views {} faulty: {}",
+             refused by replicas {}) max log {} checkpoint {} views {} recovery {} faulty: {}",
             self.seed,
             self.replicas,
             self.clients,
@@ -71,6 +71,10 @@ impl fmt::Display for SimReport {
             self.max_log_slots,
             self.max_stable_checkpoint,
             self.view_changes,
+            match self.recovery {
+                Some(r) => format!("{:.3}s", r.as_secs_f64()),
+                None => "none".to_string(),
+            },
             self.faults,
         )?;
         for v in &self.violations {
