@@ -4,8 +4,16 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Args;
-use pbft_sim::{SimConfig, SimReport, Simulation, Summary, run_seeds};
+use clap::{Args, ValueEnum};
+use pbft_sim::{Byzantine, SimConfig, SimReport, Simulation, Summary, run_seeds};
+
+/// When replicas crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CrashSchedule {
+    None,
+    /// Up to f replicas (drawn per seed) crash at a random time and restart later, before the faults heal.
+    Random,
+}
 
 #[derive(Debug, Args)]
 pub struct SimArgs {
@@ -41,6 +49,25 @@ pub struct SimArgs {
     #[arg(long)]
     partition: bool,
 
+    /// Byzantine replicas: a comma-separated list of strategies, one faulty replica each (at most f), or
+    /// "random": f faulty replicas with strategies drawn from each seed (fewer when --crash takes some of the
+    /// budget). Which replicas are faulty is drawn from the seed too (the primary of view 0 half the time).
+    /// Strategies: silent, mute-primary, equivocate, forge (corrupted signatures, refused at the boundary),
+    /// corrupt (wrong digests, checkpoints, state chunks and results signed with the replica's own key),
+    /// stale-view, future-view, out-of-window, replay, bad-view-change, bad-new-view, vote-all, flood, twins (two
+    /// copies with the same key, each seeing a different half of the cluster). Faulty replicas keep misbehaving
+    /// after the network heals; the checkers look only at the correct ones.
+    #[arg(long, default_value = "none", value_parser = parse_byzantine)]
+    byzantine: Byzantine,
+
+    /// Crash schedule. "random": up to f replicas (together with the Byzantine ones, at most f faulty in all)
+    /// crash at a random time and restart before the faults heal. The simulator has no durable storage, so a
+    /// restarted replica comes back with an empty state (view 0, nothing logged) and catches up by state
+    /// transfer; having forgotten its own votes it could contradict them, so it is counted as faulty for the whole
+    /// run and no checker looks at it.
+    #[arg(long, value_enum, default_value = "none")]
+    crash: CrashSchedule,
+
     /// Threads to run seeds on (each seed's run is deterministic whatever the number).
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -71,9 +98,15 @@ impl SimArgs {
             drop: self.drop,
             duplicate: self.duplicate,
             partition: self.partition,
+            byzantine: self.byzantine.clone(),
+            crash: self.crash == CrashSchedule::Random,
             ..SimConfig::new(self.seed_range().start, replicas)
         }
     }
+}
+
+fn parse_byzantine(s: &str) -> Result<Byzantine, String> {
+    s.parse()
 }
 
 pub fn run(args: &SimArgs) -> ExitCode {
@@ -98,12 +131,17 @@ pub fn run(args: &SimArgs) -> ExitCode {
             }
         }
         println!(
-            "n={replicas} clients={} requests={} drop={} duplicate={}{}: {}, wall {:.1}s",
+            "n={replicas} clients={} requests={} drop={} duplicate={}{}{}{}: {}, wall {:.1}s",
             config.clients,
             config.requests,
             config.drop,
             config.duplicate,
             if config.partition { " partition" } else { "" },
+            match &config.byzantine {
+                Byzantine::None => String::new(),
+                b => format!(" byzantine={b}"),
+            },
+            if config.crash { " crash=random" } else { "" },
             Summary::of(&reports),
             wall.as_secs_f64()
         );
@@ -194,6 +232,10 @@ mod tests {
             "--duplicate",
             "0.2",
             "--partition",
+            "--byzantine",
+            "equivocate,twins",
+            "--crash",
+            "random",
         ]);
         let config = args.config(7);
         assert_eq!(
@@ -207,6 +249,14 @@ mod tests {
             (9, 7, 3, 11, true)
         );
         assert_eq!((config.drop, config.duplicate), (0.1, 0.2));
+        assert_eq!(
+            config.byzantine,
+            Byzantine::Listed(vec![
+                pbft_sim::Strategy::Equivocate,
+                pbft_sim::Strategy::Twins
+            ])
+        );
+        assert!(config.crash);
         // The replay command, parsed back, gives the same configuration.
         let replay = config.replay_command();
         let words: Vec<&str> = replay
@@ -220,5 +270,17 @@ mod tests {
     #[test]
     fn several_cluster_sizes_in_one_run() {
         assert_eq!(parse(&["--replicas", "4,7,10"]).replicas, vec![4, 7, 10]);
+    }
+
+    #[test]
+    fn random_byzantine_round_trips_and_bad_names_are_refused() {
+        let args = parse(&["--byzantine", "random", "--seed", "4"]);
+        assert_eq!(args.byzantine, Byzantine::Random);
+        let replay = args.config(4).replay_command();
+        assert!(replay.contains("--byzantine random"), "{replay}");
+        assert!(
+            Wrapper::try_parse_from(["sim", "--byzantine", "sneaky"]).is_err(),
+            "an unknown strategy is refused"
+        );
     }
 }

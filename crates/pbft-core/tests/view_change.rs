@@ -1019,6 +1019,79 @@ mod new_view_refusals {
         );
     }
 
+    /// A VIEW-CHANGE in V is checked as thoroughly as one received alone: every way it can fail to prove its
+    /// checkpoint or its certificates makes the whole NEW-VIEW invalid (a faulty one in V could otherwise move
+    /// min-s or put a batch into O that never prepared).
+    #[test]
+    fn every_kind_of_invalid_view_change_in_v_is_refused() {
+        let f = Fixture::new();
+        let c = &f.c;
+        let cp = Digest([7; 32]);
+        let d = Digest([1; 32]);
+        let in_v = |vc: Signed<ViewChange>, reason: InvalidViewChange| {
+            f.refused_v(
+                vec![f.vc1.clone(), f.vc0.clone(), vc],
+                InvalidNewView::InvalidViewChange {
+                    replica: ReplicaId(2),
+                    reason,
+                },
+            );
+        };
+        let vc2 = |stable, proof, prepared| c.signed_view_change(2, 1, stable, proof, prepared);
+        in_v(
+            vc2(3, c.checkpoint_proof(3, cp, &[0, 1, 2]), vec![]),
+            InvalidViewChange::NotACheckpoint(SeqNo(3)),
+        );
+        in_v(
+            vc2(2, c.checkpoint_proof(2, cp, &[0, 1]), vec![]),
+            InvalidViewChange::CheckpointProofTooSmall {
+                seq: SeqNo(2),
+                got: 2,
+                needed: 3,
+            },
+        );
+        let mut mismatched = c.checkpoint_proof(2, cp, &[0, 1]);
+        mismatched.push(c.signed_checkpoint(2, 4, cp));
+        in_v(
+            vc2(2, mismatched, vec![]),
+            InvalidViewChange::CheckpointProofMismatch { seq: SeqNo(2) },
+        );
+        in_v(
+            vc2(0, c.checkpoint_proof(0, cp, &[0, 1, 2]), vec![]),
+            InvalidViewChange::UnexpectedCheckpointProof,
+        );
+        // The window is 4: a certificate for seq 5 is beyond the sender's high watermark.
+        in_v(
+            vc2(0, vec![], vec![c.prepared_proof(0, 5, d, &[1, 2])]),
+            bad_prepared(5, "sequence outside the sender's watermarks"),
+        );
+        in_v(
+            vc2(0, vec![], vec![c.prepared_proof(1, 1, d, &[2, 3])]),
+            bad_prepared(1, "PRE-PREPARE not from an earlier view"),
+        );
+        in_v(
+            vc2(0, vec![], vec![c.prepared_proof(0, 1, d, &[0, 1])]),
+            bad_prepared(1, "a PREPARE from the primary"),
+        );
+        let mut not_primary = c.prepared_proof(0, 1, d, &[1, 2]);
+        not_primary.pre_prepare = c.signed_pre_prepare(2, 0, 1, d);
+        in_v(
+            vc2(0, vec![], vec![not_primary]),
+            bad_prepared(1, "PRE-PREPARE not signed by the primary of its view"),
+        );
+        in_v(
+            vc2(
+                0,
+                vec![],
+                vec![
+                    c.prepared_proof(0, 1, d, &[1, 2]),
+                    c.prepared_proof(0, 1, Digest([2; 32]), &[1, 2]),
+                ],
+            ),
+            InvalidViewChange::DuplicatePrepared(SeqNo(1)),
+        );
+    }
+
     #[test]
     fn o_must_be_exactly_what_v_implies() {
         let f = Fixture::new();

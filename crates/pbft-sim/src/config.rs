@@ -6,6 +6,9 @@ use pbft_crypto::KeyError;
 use pbft_types::{ConfigError, Params};
 use thiserror::Error;
 
+use crate::byzantine::{Byzantine, Fault, FaultyReplica, draw_faults};
+use crate::network::Partition;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SimError {
     #[error("invalid simulation: {0}")]
@@ -50,6 +53,15 @@ pub struct SimConfig {
     pub drain: Duration,
     /// The protocol's parameters, identical on every replica.
     pub params: Params,
+    /// Byzantine replicas, drawn from the seed (see [`SimConfig::faults`]).
+    pub byzantine: Byzantine,
+    /// Whether up to f replicas crash and restart (from an empty state) before the heal time.
+    pub crash: bool,
+    /// The faulty replicas, given explicitly instead of drawn from `byzantine` and `crash`. Tests use it; more
+    /// than f are allowed here, to show that the checkers then see a violation or a stall.
+    pub faulty: Option<Vec<FaultyReplica>>,
+    /// Partitions besides the one `partition` draws.
+    pub partitions: Vec<Partition>,
 }
 
 /// Parameters sized for simulation: a small checkpoint interval and window, so that checkpoints, garbage collection
@@ -71,9 +83,34 @@ pub fn simulation_params() -> Params {
     }
 }
 
+/// An upper bound on the encoded size of a signed message without a batch (PREPARE, COMMIT, CHECKPOINT, the
+/// header of a PRE-PREPARE): the body, the 64-byte signature and the protobuf framing.
+const SIGNED_VOTE_BOUND: usize = 192;
+
+/// An upper bound on the size of the largest NEW-VIEW of an n-replica cluster with this window: V holds q
+/// VIEW-CHANGEs, each with a checkpoint proof of q CHECKPOINTs and up to `window` prepared certificates of q
+/// signed messages each (the PRE-PREPARE and q - 1 PREPAREs), and O holds up to `window` PRE-PREPAREs.
+///
+/// It grows as q^2 x window: with the simulator's window of 16 a NEW-VIEW of n = 10 is about 100 KB. A message
+/// limit below it makes view change impossible once the log is full (every NEW-VIEW is refused at the
+/// boundary, found by `pbft sim --replicas 10 --byzantine random --crash random`, seed 138), so the simulator sizes
+/// its limit from it.
+pub fn new_view_size_bound(n: usize, window: u64) -> usize {
+    let f = n.saturating_sub(1) / 3;
+    let q = (n + f + 1).div_ceil(2);
+    let window = window as usize;
+    let view_change = SIGNED_VOTE_BOUND * (q + window * q) + 64;
+    q * (view_change + 16) + window * SIGNED_VOTE_BOUND + 64
+}
+
 impl SimConfig {
-    /// The defaults of `pbft sim` for `replicas` replicas and one seed.
+    /// The defaults of `pbft sim` for `replicas` replicas and one seed. The message size limit is raised above
+    /// 64 KiB when the cluster's largest NEW-VIEW needs it.
     pub fn new(seed: u64, replicas: usize) -> SimConfig {
+        let mut params = simulation_params();
+        params.max_message_size = params
+            .max_message_size
+            .max(new_view_size_bound(replicas, params.window));
         SimConfig {
             seed,
             replicas,
@@ -90,7 +127,11 @@ impl SimConfig {
             think_time: Duration::from_millis(1),
             key_space: 4,
             drain: Duration::from_millis(100),
-            params: simulation_params(),
+            params,
+            byzantine: Byzantine::None,
+            crash: false,
+            faulty: None,
+            partitions: Vec::new(),
         }
     }
 
@@ -130,7 +171,49 @@ impl SimConfig {
                 "the retransmission timeout and the liveness bound must be positive".to_string(),
             );
         }
+        let f = (self.replicas - 1) / 3;
+        if let Byzantine::Listed(list) = &self.byzantine
+            && list.len() > f
+        {
+            return invalid(format!(
+                "{} Byzantine strategies listed, but {} replicas tolerate only f = {f} faulty ones",
+                list.len(),
+                self.replicas
+            ));
+        }
+        if let Some(faulty) = &self.faulty {
+            let mut ids: Vec<_> = faulty.iter().map(|x| x.replica).collect();
+            ids.sort();
+            ids.dedup();
+            if ids.len() != faulty.len() || ids.iter().any(|r| r.index() >= self.replicas) {
+                return invalid(format!(
+                    "the faulty replicas {ids:?} must be distinct replicas of the {}",
+                    self.replicas
+                ));
+            }
+            for x in faulty {
+                if let Fault::Crash { at, restart } = x.fault
+                    && at >= restart
+                {
+                    return invalid(format!("replica {} restarts before it crashes", x.replica));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The faulty replicas of this run: the explicit ones, or those drawn from the seed.
+    pub fn faults(&self) -> Vec<FaultyReplica> {
+        match &self.faulty {
+            Some(faulty) => faulty.clone(),
+            None => draw_faults(
+                self.replicas,
+                &self.byzantine,
+                self.crash,
+                self.heal_at,
+                self.seed,
+            ),
+        }
     }
 
     /// The command that replays this run. Only what `pbft sim` has flags for is spelled out: a config that
@@ -143,6 +226,19 @@ impl SimConfig {
         );
         if self.partition {
             command.push_str(" --partition");
+        }
+        if self.byzantine != Byzantine::None {
+            command.push_str(&format!(" --byzantine {}", self.byzantine));
+        }
+        if self.crash {
+            command.push_str(" --crash random");
+        }
+        if let Some(faulty) = &self.faulty {
+            command.push_str(&format!(
+                "  # not replayable from the command line: the faulty replicas were set by hand ({}); rerun the \
+                 test that set them, with PBFT_TRACE=1",
+                crate::byzantine::describe(faulty)
+            ));
         }
         command
     }
@@ -171,6 +267,96 @@ mod tests {
              --duplicate 0.05 --partition"
         );
         assert_eq!(c.params.window % c.params.checkpoint_interval, 0);
+    }
+
+    /// The largest NEW-VIEW, built for real (q VIEW-CHANGEs, each with a full window of prepared certificates and
+    /// a checkpoint proof, and a full O), fits within the bound and so within the simulator's message limit.
+    #[test]
+    fn the_largest_new_view_fits_in_a_message() {
+        use pbft_crypto::KeyPair;
+        use pbft_types::{
+            Checkpoint, Digest, NewView, PrePrepare, Prepare, PreparedProof, ReplicaId, ReplicaMsg,
+            SeqNo, View, ViewChange,
+        };
+        for n in [4usize, 7, 10, 13] {
+            let config = SimConfig::new(1, n);
+            let window = config.params.window;
+            let f = (n - 1) / 3;
+            let q = (n + f + 1).div_ceil(2);
+            let keys: Vec<KeyPair> = (0..n)
+                .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
+                .collect();
+            // Views and sequence numbers as large as they get, so that their varints are as long as they get.
+            let (view, stable) = (View(u64::MAX - 1), SeqNo(u64::MAX - 2 * window));
+            let digest = Digest([0xff; 32]);
+            let checkpoints: Vec<_> = (0..q)
+                .map(|i| {
+                    keys[i].sign(Checkpoint {
+                        seq: stable,
+                        digest,
+                        replica: ReplicaId(i as u64),
+                    })
+                })
+                .collect();
+            let prepared: Vec<PreparedProof> = (1..=window)
+                .map(|k| {
+                    let seq = SeqNo(stable.0 + k);
+                    let old = View(view.0 - 1);
+                    PreparedProof {
+                        pre_prepare: keys[0].sign(PrePrepare {
+                            view: old,
+                            seq,
+                            digest,
+                            replica: ReplicaId(u64::MAX),
+                        }),
+                        prepares: (1..q)
+                            .map(|i| {
+                                keys[i].sign(Prepare {
+                                    view: old,
+                                    seq,
+                                    digest,
+                                    replica: ReplicaId(u64::MAX),
+                                })
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            let view_changes = (0..q)
+                .map(|i| {
+                    keys[i].sign(ViewChange {
+                        new_view: view,
+                        stable_seq: stable,
+                        checkpoint_proof: checkpoints.clone(),
+                        prepared: prepared.clone(),
+                        replica: ReplicaId(u64::MAX),
+                    })
+                })
+                .collect();
+            let pre_prepares = (1..=window)
+                .map(|k| {
+                    keys[0].sign(PrePrepare {
+                        view,
+                        seq: SeqNo(stable.0 + k),
+                        digest,
+                        replica: ReplicaId(u64::MAX),
+                    })
+                })
+                .collect();
+            let new_view = ReplicaMsg::NewView(keys[0].sign(NewView {
+                view,
+                view_changes,
+                pre_prepares,
+                replica: ReplicaId(u64::MAX),
+            }));
+            let size = new_view.encode().len();
+            assert!(
+                size <= new_view_size_bound(n, window) && size <= config.params.max_message_size,
+                "n = {n}: a NEW-VIEW of {size} bytes, bound {}, limit {}",
+                new_view_size_bound(n, window),
+                config.params.max_message_size
+            );
+        }
     }
 
     #[test]

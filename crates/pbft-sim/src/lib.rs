@@ -6,6 +6,10 @@
 //! checkers of [`check`] test the invariants of PROTOCOL.md; the first step that breaks one ends the run, and its
 //! report carries the violation and the command that replays it.
 //!
+//! Up to f replicas may be faulty ([`byzantine`]): Byzantine strategies that rewrite what the real core sends,
+//! Twins (two copies of one replica), or crashes with a restart from an empty state. The checkers then look only
+//! at the correct replicas, and liveness is still owed once the network heals, whatever the faulty ones keep doing.
+//!
 //! ```no_run
 //! use pbft_sim::{SimConfig, run_one};
 //! let report = run_one(SimConfig::new(7, 4)).expect("a valid configuration");
@@ -13,6 +17,7 @@
 //! ```
 
 pub mod boundary;
+pub mod byzantine;
 pub mod check;
 pub mod config;
 pub mod network;
@@ -24,6 +29,7 @@ pub mod trace;
 pub mod violation;
 pub mod workload;
 
+pub use byzantine::{Byzantine, Fault, FaultyReplica, Strategy};
 pub use check::history::HistoryEntry;
 pub use config::{SimConfig, SimError, simulation_params};
 pub use network::{Endpoint, Network, NetworkConfig, NetworkStats, Partition};

@@ -36,6 +36,13 @@ pub struct SimReport {
     pub violations: Vec<Violation>,
     /// The command that replays this run.
     pub replay: String,
+    /// The highest view a correct replica entered: how many view changes the run took.
+    pub view_changes: u64,
+    /// How long after the heal time the last request completed (zero if all completed before it); `None` if
+    /// some request never completed.
+    pub recovery: Option<Duration>,
+    /// The faulty replicas, in words.
+    pub faults: String,
 }
 
 impl SimReport {
@@ -49,7 +56,7 @@ impl fmt::Display for SimReport {
         write!(
             f,
             "seed {}: n={} clients={} requests {}/{} batches {} simulated {:.3}s messages {} (dropped {}, rejected {}, \
-             refused by replicas {}) max log {} checkpoint {}",
+             refused by replicas {}) max log {} checkpoint {} views {} recovery {} faulty: {}",
             self.seed,
             self.replicas,
             self.clients,
@@ -63,6 +70,12 @@ impl fmt::Display for SimReport {
             self.inputs_refused,
             self.max_log_slots,
             self.max_stable_checkpoint,
+            self.view_changes,
+            match self.recovery {
+                Some(r) => format!("{:.3}s", r.as_secs_f64()),
+                None => "none".to_string(),
+            },
+            self.faults,
         )?;
         for v in &self.violations {
             write!(f, "\n  violation: {v}")?;
@@ -87,6 +100,12 @@ pub struct Summary {
     pub simulated_time: Duration,
     pub messages_sent: u64,
     pub messages_dropped: u64,
+    /// View changes, added over the runs (each run's highest view).
+    pub view_changes: u64,
+    /// The longest and the mean time from the heal time to the last completed request, over the runs that
+    /// completed every request.
+    pub recovery_max: Duration,
+    pub recovery_mean: Duration,
 }
 
 impl Summary {
@@ -102,6 +121,12 @@ impl Summary {
             s.simulated_time += r.simulated_time;
             s.messages_sent += r.messages_sent;
             s.messages_dropped += r.messages_dropped;
+            s.view_changes += r.view_changes;
+        }
+        let recoveries: Vec<Duration> = reports.iter().filter_map(|r| r.recovery).collect();
+        s.recovery_max = recoveries.iter().max().copied().unwrap_or_default();
+        if !recoveries.is_empty() {
+            s.recovery_mean = recoveries.iter().sum::<Duration>() / recoveries.len() as u32;
         }
         s
     }
@@ -112,7 +137,7 @@ impl fmt::Display for Summary {
         write!(
             f,
             "{} seeds, {} failed ({} violations), requests committed {}/{}, batches {}, simulated {:.1}s, messages {} \
-             ({} dropped)",
+             ({} dropped), view changes {}, recovery after heal max {:.3}s mean {:.3}s",
             self.seeds,
             self.failed,
             self.violations,
@@ -122,6 +147,9 @@ impl fmt::Display for Summary {
             self.simulated_time.as_secs_f64(),
             self.messages_sent,
             self.messages_dropped,
+            self.view_changes,
+            self.recovery_max.as_secs_f64(),
+            self.recovery_mean.as_secs_f64(),
         )
     }
 }
@@ -149,6 +177,9 @@ mod tests {
             history_hash: Digest::default(),
             violations,
             replay: format!("replay {seed}"),
+            view_changes: 1,
+            recovery: Some(Duration::from_millis(seed)),
+            faults: "none".to_string(),
         }
     }
 

@@ -70,6 +70,9 @@ fn run_guarded(config: SimConfig) -> Result<SimReport, SimError> {
                 history_hash: Digest::default(),
                 violations: vec![Violation::Driver(format!("the run panicked: {message}"))],
                 replay: config.replay_command(),
+                view_changes: 0,
+                recovery: None,
+                faults: crate::byzantine::describe(&config.faults()),
             })
         }
     }

@@ -12,13 +12,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use pbft_apps::KvStore;
 use pbft_client::{Client, ClientOutput, Destination};
-use pbft_core::{Dest, Input, Output, Replica, Timer};
+use pbft_core::{Dest, Input, Output, Replica, ReplicaStatus, Timer};
 use pbft_crypto::{KeyPair, Keyring, Signer};
 use pbft_types::{ClientId, ClientInfo, ClusterConfig, DecodeLimits, Principal, ReplicaId};
 use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::boundary::Boundary;
+use crate::byzantine::{Action, Adversary, Fault, FaultyReplica, Strategy, draw_sides, fault_rng};
 use crate::check::Checker;
 use crate::check::history::HistoryEntry;
 use crate::config::{SimConfig, SimError};
@@ -40,15 +41,15 @@ type Tamper = Box<dyn FnMut(ReplicaId, &mut Vec<Output>)>;
 
 #[derive(Clone, Debug)]
 enum Event {
-    /// Bytes from replica `from` reach replica `to`.
+    /// Bytes from replica `from` reach node `to` (a replica, or one copy of a twin).
     ReplicaMessage {
-        to: ReplicaId,
+        to: usize,
         from: ReplicaId,
         bytes: Bytes,
     },
-    /// A client's request reaches replica `to`.
+    /// A client's request reaches node `to`.
     Request {
-        to: ReplicaId,
+        to: usize,
         bytes: Bytes,
     },
     /// A reply reaches client number `to`.
@@ -56,11 +57,19 @@ enum Event {
         to: usize,
         bytes: Bytes,
     },
-    /// A replica's timer expires, if it was not restarted or cancelled since (`generation` tells).
+    /// A node's timer expires, if it was not restarted or cancelled since (`generation` tells).
     ReplicaTimer {
-        replica: ReplicaId,
+        node: usize,
         timer: Timer,
         generation: u64,
+    },
+    /// A node crashes: it loses everything it has not sent, and its timers.
+    Crash {
+        node: usize,
+    },
+    /// A crashed node restarts from an empty state.
+    Restart {
+        node: usize,
     },
     ClientTimer {
         client: usize,
@@ -72,8 +81,18 @@ enum Event {
     },
 }
 
+/// A replica as the simulator runs it. Nodes 0..n are replicas 0..n; a Twins run appends the second copies.
 struct ReplicaNode {
+    id: ReplicaId,
     replica: Replica,
+    /// Faulty replicas are left out of every check.
+    faulty: bool,
+    /// The strategy of a Byzantine replica (none for twins, which run two correct cores).
+    adversary: Option<Adversary>,
+    /// Whether this node is one copy of a twin: it exchanges messages only with the nodes of its side.
+    twin: bool,
+    side: u8,
+    crashed: bool,
     /// The driver signs the replica's replies with it.
     key: KeyPair,
     /// The generation of each running timer. Restarting a timer gives it a new generation, so the expiry
@@ -106,6 +125,11 @@ pub struct Simulation {
     violations: Vec<Violation>,
     trace: Option<TraceSink>,
     tamper: Option<Tamper>,
+    faults: Vec<FaultyReplica>,
+    /// The highest view a correct replica entered.
+    max_view: u64,
+    /// When the last request completed.
+    last_completion: Duration,
 }
 
 /// Runs one seed to its end.
@@ -138,11 +162,12 @@ impl Simulation {
         cluster.validate()?;
         let keyring = Keyring::new(&cluster)?;
 
-        let partitions = if config.partition {
+        let mut partitions = if config.partition {
             vec![draw_partition(&cluster, &config, &mut rng)]
         } else {
             Vec::new()
         };
+        partitions.extend(config.partitions.iter().cloned());
         let network = Network::new(NetworkConfig {
             drop: config.drop,
             duplicate: config.duplicate,
@@ -152,20 +177,51 @@ impl Simulation {
             partitions,
         });
 
-        let replicas = replica_keys
-            .into_iter()
+        let faults = config.faults();
+        let twins: Vec<ReplicaId> = faults
+            .iter()
+            .filter(|x| x.fault == Fault::Byzantine(Strategy::Twins))
+            .map(|x| x.replica)
+            .collect();
+        let sides = draw_sides(
+            config.replicas,
+            &twins,
+            &mut fault_rng(config.seed, 1 << 20),
+        );
+        let mut replicas = replica_keys
+            .iter()
             .enumerate()
             .map(|(i, key)| {
                 let id = ReplicaId(i as u64);
-                let signer = Signer::new(Principal::Replica(id), key.clone());
-                let replica = Replica::new(cluster.clone(), id, signer, Box::new(KvStore::new()))?;
-                Ok(ReplicaNode {
-                    replica,
-                    key,
-                    timers: BTreeMap::new(),
-                })
+                let fault = faults.iter().find(|x| x.replica == id).map(|x| &x.fault);
+                let adversary = match fault {
+                    Some(Fault::Byzantine(strategy)) if *strategy != Strategy::Twins => {
+                        Some(Adversary::new(
+                            *strategy,
+                            id,
+                            key.clone(),
+                            cluster.clone(),
+                            config.seed,
+                            config.heal_at,
+                        ))
+                    }
+                    _ => None,
+                };
+                let mut node = new_node(&cluster, id, key.clone())?;
+                node.faulty = fault.is_some();
+                node.adversary = adversary;
+                node.twin = twins.contains(&id);
+                node.side = sides[i];
+                Ok(node)
             })
             .collect::<Result<Vec<_>, SimError>>()?;
+        for &id in &twins {
+            let mut copy = new_node(&cluster, id, replica_keys[id.index()].clone())?;
+            copy.faulty = true;
+            copy.twin = true;
+            copy.side = 1;
+            replicas.push(copy);
+        }
         let clients = client_keys
             .into_iter()
             .enumerate()
@@ -208,7 +264,17 @@ impl Simulation {
             violations: Vec::new(),
             trace: None,
             tamper: None,
+            faults,
+            max_view: 0,
+            last_completion: Duration::ZERO,
         };
+        for x in sim.faults.clone() {
+            if let Fault::Crash { at, restart } = x.fault {
+                let node = x.replica.index();
+                sim.queue.schedule(at, Event::Crash { node });
+                sim.queue.schedule(restart, Event::Restart { node });
+            }
+        }
         for client in 0..sim.clients.len() {
             if sim.clients[client].remaining > 0 {
                 let start = sim.think_time();
@@ -314,6 +380,10 @@ impl Simulation {
             history_hash: self.checker.history().head(),
             violations: self.violations.clone(),
             replay: self.config.replay_command(),
+            view_changes: self.max_view,
+            recovery: (self.completed == self.requests_total())
+                .then(|| self.last_completion.saturating_sub(self.config.heal_at)),
+            faults: crate::byzantine::describe(&self.faults),
         }
     }
 
@@ -323,9 +393,22 @@ impl Simulation {
             .iter()
             .map(|node| {
                 let s = node.replica.status();
+                let mark = match (&node.adversary, node.twin, node.crashed, node.faulty) {
+                    (Some(a), _, _, _) => format!(" {}", a.strategy()),
+                    (None, true, _, _) => format!(" twin side {}", node.side),
+                    (None, false, true, _) => " crashed".to_string(),
+                    (None, false, false, true) => " restarted".to_string(),
+                    _ => String::new(),
+                };
                 format!(
-                    "[{} view {} executed {} h {} slots {} pending {}]",
-                    s.id, s.view, s.last_executed, s.low_watermark, s.log_slots, s.pending_requests
+                    "[{}{mark} view {}{} executed {} h {} slots {} pending {}]",
+                    s.id,
+                    s.view,
+                    if s.changing_view { " (changing)" } else { "" },
+                    s.last_executed,
+                    s.low_watermark,
+                    s.log_slots,
+                    s.pending_requests
                 )
             })
             .collect::<Vec<_>>()
@@ -356,38 +439,54 @@ impl Simulation {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::ReplicaMessage { to, from, bytes } => match self
-                .boundary
-                .replica_msg(from, &bytes)
-            {
-                Ok(msg) => {
-                    self.trace(|| format!("r{to} <- r{from} {}", trace::describe_verified(&msg)));
-                    self.step_replica(to, Input::Message { from, msg });
+            Event::ReplicaMessage { to, from, bytes } => {
+                if self.replicas.get(to).is_none_or(|n| n.crashed) {
+                    return;
                 }
-                Err(e) => self.trace(|| format!("r{to} <- r{from} dropped at the boundary: {e}")),
-            },
-            Event::Request { to, bytes } => match self.boundary.request(&bytes) {
-                Ok(request) => {
-                    self.trace(|| {
-                        format!("r{to} <- client {} t {}", request.client, request.timestamp)
-                    });
-                    self.step_replica(to, Input::Request(request));
+                let id = self.replicas[to].id;
+                match self.boundary.replica_msg(from, &bytes) {
+                    Ok(msg) => {
+                        self.trace(|| {
+                            format!("r{id} <- r{from} {}", trace::describe_verified(&msg))
+                        });
+                        self.step_replica(to, Input::Message { from, msg });
+                    }
+                    Err(e) => {
+                        self.trace(|| format!("r{id} <- r{from} dropped at the boundary: {e}"))
+                    }
                 }
-                Err(e) => self.trace(|| format!("r{to} <- request dropped at the boundary: {e}")),
-            },
+            }
+            Event::Request { to, bytes } => {
+                if self.replicas.get(to).is_none_or(|n| n.crashed) {
+                    return;
+                }
+                let id = self.replicas[to].id;
+                match self.boundary.request(&bytes) {
+                    Ok(request) => {
+                        self.trace(|| {
+                            format!("r{id} <- client {} t {}", request.client, request.timestamp)
+                        });
+                        self.step_replica(to, Input::Request(request));
+                    }
+                    Err(e) => {
+                        self.trace(|| format!("r{id} <- request dropped at the boundary: {e}"))
+                    }
+                }
+            }
             Event::Reply { to, bytes } => self.deliver_reply(to, &bytes),
             Event::ReplicaTimer {
-                replica,
+                node,
                 timer,
                 generation,
             } => {
-                let Some(node) = self.replicas.get_mut(replica.index()) else {
+                let Some(n) = self.replicas.get_mut(node) else {
                     return;
                 };
-                if node.timers.get(&timer) == Some(&generation) {
-                    node.timers.remove(&timer);
-                    self.trace(|| format!("r{replica} timer {timer:?} fires"));
-                    self.step_replica(replica, Input::TimerFired(timer));
+                if !n.crashed && n.timers.get(&timer) == Some(&generation) {
+                    n.timers.remove(&timer);
+                    let id = n.id;
+                    self.trace(|| format!("r{id} timer {timer:?} fires"));
+                    self.step_replica(node, Input::TimerFired(timer));
                 }
             }
             Event::ClientTimer { client, generation } => {
@@ -402,48 +501,112 @@ impl Simulation {
                 }
             }
             Event::Submit { client } => self.submit(client),
+            Event::Crash { node } => {
+                if let Some(n) = self.replicas.get_mut(node) {
+                    n.crashed = true;
+                    n.timers.clear();
+                    let id = n.id;
+                    self.trace(|| format!("r{id} CRASHES"));
+                }
+            }
+            Event::Restart { node } => {
+                let Some(n) = self.replicas.get(node) else {
+                    return;
+                };
+                let (id, key) = (n.id, n.key.clone());
+                match new_node(&self.cluster, id, key) {
+                    Ok(fresh) => {
+                        let n = &mut self.replicas[node];
+                        n.replica = fresh.replica;
+                        n.timers.clear();
+                        n.crashed = false;
+                        self.trace(|| format!("r{id} RESTARTS from an empty state"));
+                    }
+                    Err(e) => self.violations.push(Violation::Driver(format!(
+                        "replica {id} could not restart: {e}"
+                    ))),
+                }
+            }
         }
     }
 
-    fn step_replica(&mut self, id: ReplicaId, input: Input) {
-        let Some(node) = self.replicas.get_mut(id.index()) else {
+    fn step_replica(&mut self, node: usize, input: Input) {
+        let now = self.queue.now();
+        let Some(n) = self.replicas.get_mut(node) else {
             return;
         };
-        let mut outputs = node.replica.step(input);
+        if let Some(adversary) = &mut n.adversary {
+            adversary.observe(&input);
+        }
+        let mut outputs = n.replica.step(input);
+        let id = n.id;
         if let Some(tamper) = &mut self.tamper {
             tamper(id, &mut outputs);
         }
-        for output in outputs {
-            self.replica_output(id, output);
+        let n = &mut self.replicas[node];
+        let status = n.replica.status();
+        let actions: Vec<Action> = match &mut n.adversary {
+            Some(adversary) => adversary.act(now, &status, outputs),
+            None => outputs.into_iter().map(Action::Output).collect(),
+        };
+        for action in actions {
+            match action {
+                Action::Output(output) => self.replica_output(node, output),
+                Action::Raw { to, bytes } => {
+                    self.trace(|| format!("r{id} -> {to:?} {} bytes of junk", bytes.len()));
+                    self.send_to_replicas(node, to, bytes);
+                }
+            }
         }
-        let status = self.replicas[id.index()].replica.status();
-        let checked = self.checker.status(&status);
-        self.violation(checked);
+        if !self.replicas[node].faulty {
+            let checked = self
+                .checker
+                .status(&status)
+                .and_then(|()| check_pending(&status, self.config.clients));
+            self.violation(checked);
+        }
     }
 
-    fn replica_output(&mut self, id: ReplicaId, output: Output) {
+    /// Whether nodes `a` and `b` can exchange messages: a copy of a twin talks only to the nodes of its side.
+    fn linked(&self, a: usize, b: usize) -> bool {
+        let (x, y) = (&self.replicas[a], &self.replicas[b]);
+        !(x.twin || y.twin) || x.side == y.side
+    }
+
+    /// Sends `bytes` from node `from` to the nodes that `to` names and that it is linked to.
+    fn send_to_replicas(&mut self, from: usize, to: Dest, bytes: Bytes) {
+        let id = self.replicas[from].id;
+        let targets: Vec<usize> = (0..self.replicas.len())
+            .filter(|&j| {
+                let target = self.replicas[j].id;
+                let named = match to {
+                    Dest::AllReplicas => target != id,
+                    Dest::Replica(r) => target == r,
+                };
+                named && self.linked(from, j)
+            })
+            .collect();
+        for target in targets {
+            let event = Event::ReplicaMessage {
+                to: target,
+                from: id,
+                bytes: bytes.clone(),
+            };
+            let endpoint = Endpoint::Replica(self.replicas[target].id);
+            self.send(Endpoint::Replica(id), endpoint, event);
+        }
+    }
+
+    fn replica_output(&mut self, node: usize, output: Output) {
         let now = self.queue.now();
+        let id = self.replicas[node].id;
+        let faulty = self.replicas[node].faulty;
         match output {
             // The simulated replicas do not crash and restart from disk yet: their journal is not kept.
             Output::Persist(_) => {}
             Output::Send { to, msg } => {
                 self.trace(|| format!("r{id} -> {to:?} {}", trace::describe(&msg)));
-                let bytes = Bytes::from(msg.encode());
-                let targets: Vec<ReplicaId> = match to {
-                    Dest::AllReplicas => self.cluster.replica_ids().filter(|r| *r != id).collect(),
-                    Dest::Replica(r) => vec![r],
-                };
-                for target in targets {
-                    if !self.cluster.is_replica(target) {
-                        continue;
-                    }
-                    let event = Event::ReplicaMessage {
-                        to: target,
-                        from: id,
-                        bytes: bytes.clone(),
-                    };
-                    self.send(Endpoint::Replica(id), Endpoint::Replica(target), event);
-                }
+                self.send_to_replicas(node, to, Bytes::from(msg.encode()));
             }
             Output::Reply(reply) => {
                 if reply.replica != id {
@@ -458,7 +621,7 @@ impl Simulation {
                 let Some(to) = self.client_index(client) else {
                     return;
                 };
-                let bytes = Bytes::from(self.replicas[id.index()].key.sign(reply).encode());
+                let bytes = Bytes::from(self.replicas[node].key.sign(reply).encode());
                 self.send(
                     Endpoint::Replica(id),
                     Endpoint::Client(client),
@@ -467,11 +630,11 @@ impl Simulation {
             }
             Output::SetTimer { timer, after } => {
                 let generation = self.generation();
-                self.replicas[id.index()].timers.insert(timer, generation);
+                self.replicas[node].timers.insert(timer, generation);
                 self.queue.schedule(
                     now + after,
                     Event::ReplicaTimer {
-                        replica: id,
+                        node,
                         timer,
                         generation,
                     },
@@ -479,11 +642,13 @@ impl Simulation {
             }
             Output::StateInstalled { seq, digest } => {
                 self.trace(|| format!("r{id} INSTALLED state of n{seq} {digest:?}"));
-                let checked = self.checker.installed(id, seq);
-                self.violation(checked);
+                if !faulty {
+                    let checked = self.checker.installed(id, seq);
+                    self.violation(checked);
+                }
             }
             Output::CancelTimer(timer) => {
-                self.replicas[id.index()].timers.remove(&timer);
+                self.replicas[node].timers.remove(&timer);
             }
             Output::Committed(committed) => {
                 self.trace(|| {
@@ -495,11 +660,16 @@ impl Simulation {
                         committed.batch.len()
                     )
                 });
-                let checked = self.checker.committed(id, &committed);
-                self.violation(checked);
+                if !faulty {
+                    let checked = self.checker.committed(id, &committed);
+                    self.violation(checked);
+                }
             }
             Output::EnteredView(view) => {
                 self.trace(|| format!("r{id} ENTERED view {view}"));
+                if !faulty {
+                    self.max_view = self.max_view.max(view.0);
+                }
             }
             Output::Evidence { first, second } => {
                 self.trace(|| {
@@ -510,7 +680,8 @@ impl Simulation {
                 });
             }
             // Refusals are normal on a network that duplicates and reorders (a duplicate, a message below the
-            // low watermark); they are counted, and any that matters shows up as a broken invariant.
+            // low watermark) and with faulty replicas; they are counted, and any that matters shows up as a broken
+            // invariant.
             Output::Rejected(rejection) => {
                 self.core_rejections += 1;
                 self.trace(|| {
@@ -605,16 +776,20 @@ impl Simulation {
                     });
                     self.checker.issued(request.value(), now);
                     let bytes = Bytes::from(request.encode());
-                    let targets: Vec<ReplicaId> = match to {
-                        Destination::Replica(r) => vec![r],
-                        Destination::All => self.cluster.replica_ids().collect(),
-                    };
+                    // Every copy of a twin gets what is sent to its replica.
+                    let targets: Vec<usize> = (0..self.replicas.len())
+                        .filter(|&j| match to {
+                            Destination::Replica(r) => self.replicas[j].id == r,
+                            Destination::All => true,
+                        })
+                        .collect();
                     for target in targets {
                         let event = Event::Request {
                             to: target,
                             bytes: bytes.clone(),
                         };
-                        self.send(Endpoint::Client(id), Endpoint::Replica(target), event);
+                        let endpoint = Endpoint::Replica(self.replicas[target].id);
+                        self.send(Endpoint::Client(id), endpoint, event);
                     }
                 }
                 ClientOutput::SetTimer(after) => {
@@ -627,6 +802,7 @@ impl Simulation {
                 ClientOutput::Completed { timestamp, result } => {
                     self.trace(|| format!("client {client} completed t {timestamp}"));
                     self.completed += 1;
+                    self.last_completion = now;
                     let checked = self.checker.completed(id, timestamp, &result);
                     self.violation(checked);
                     if self.clients[client].remaining > 0 {
@@ -637,6 +813,37 @@ impl Simulation {
             }
         }
     }
+}
+
+/// A replica with an empty state, as at the start or after a crash: there is no durable storage in the simulator.
+fn new_node(cluster: &ClusterConfig, id: ReplicaId, key: KeyPair) -> Result<ReplicaNode, SimError> {
+    let signer = Signer::new(Principal::Replica(id), key.clone());
+    let replica = Replica::new(cluster.clone(), id, signer, Box::new(KvStore::new()))?;
+    Ok(ReplicaNode {
+        id,
+        replica,
+        faulty: false,
+        adversary: None,
+        twin: false,
+        side: 0,
+        crashed: false,
+        key,
+        timers: BTreeMap::new(),
+    })
+}
+
+/// Bounded resources: a replica holds at most one waiting request per client.
+fn check_pending(status: &ReplicaStatus, clients: usize) -> Result<(), Violation> {
+    if status.pending_requests > clients {
+        return Err(Violation::UnboundedLog {
+            replica: status.id,
+            detail: format!(
+                "holds {} waiting requests, more than one per client ({clients})",
+                status.pending_requests
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn client_id(index: usize) -> ClientId {

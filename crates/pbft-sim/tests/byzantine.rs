@@ -1,0 +1,252 @@
+//! Every Byzantine strategy, with n = 4 (one faulty replica) and n = 7 (two), over a few seeds on a lossy network
+//! that heals: no checker may fire and every request must complete. And with f + 1 faulty replicas the checkers
+//! must see a violation or a stall, so that a passing run means something.
+//!
+//! PBFT_TRACE=1 prints the trace of every run, to see why a seed fails.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use pbft_sim::{Fault, FaultyReplica, Partition, SimConfig, SimReport, Simulation, Strategy};
+use pbft_types::ReplicaId;
+
+fn byzantine(replica: u64, strategy: Strategy) -> FaultyReplica {
+    FaultyReplica {
+        replica: ReplicaId(replica),
+        fault: Fault::Byzantine(strategy),
+    }
+}
+
+fn run(config: SimConfig) -> SimReport {
+    let mut sim = Simulation::new(config).expect("a valid configuration");
+    if std::env::var_os("PBFT_TRACE").is_some() {
+        sim.trace_to(|line| eprintln!("{line}"));
+    }
+    sim.run()
+}
+
+fn config(seed: u64, n: usize, faulty: Vec<FaultyReplica>) -> SimConfig {
+    SimConfig {
+        faulty: Some(faulty),
+        // Fewer requests than `pbft sim` runs, to keep the suite fast in a debug build.
+        requests: 12,
+        ..SimConfig::new(seed, n)
+    }
+}
+
+fn assert_passes(config: SimConfig) -> SimReport {
+    let faults = config.faulty.clone();
+    let report = run(config);
+    assert!(
+        report.passed(),
+        "faulty {faults:?}:\n{report}\n(explicit faults: replay with this test and PBFT_TRACE=1)"
+    );
+    report
+}
+
+/// The faulty replicas for a strategy: where it hurts most. Strategies that act as primary get the primary of
+/// view 0; bad-new-view gets the primary of view 1, and view 0's primary is cut off (n = 4) or silent (n = 7)
+/// so that a view change makes it the new primary.
+fn scenario(seed: u64, n: usize, strategy: Strategy) -> SimConfig {
+    let mut c = match (strategy, n) {
+        (Strategy::BadNewView, 4) => {
+            let mut c = config(seed, 4, vec![byzantine(1, strategy)]);
+            c.partitions.push(Partition {
+                isolated: BTreeSet::from([ReplicaId(0)]),
+                start: Duration::from_millis(100),
+                end: Duration::from_millis(1500),
+            });
+            c
+        }
+        (Strategy::BadNewView, _) => config(
+            seed,
+            n,
+            vec![byzantine(0, Strategy::Silent), byzantine(1, strategy)],
+        ),
+        (_, 4) => config(seed, 4, vec![byzantine(seed % 2 * 2, strategy)]),
+        (_, _) => config(
+            seed,
+            n,
+            vec![byzantine(0, strategy), byzantine(3, strategy)],
+        ),
+    };
+    c.partition = seed % 3 == 0;
+    c
+}
+
+fn each_seed(strategy: Strategy) {
+    for seed in 1..=3 {
+        assert_passes(scenario(seed, 4, strategy));
+    }
+    for seed in 1..=2 {
+        assert_passes(scenario(seed, 7, strategy));
+    }
+}
+
+#[test]
+fn silent() {
+    each_seed(Strategy::Silent);
+}
+
+#[test]
+fn mute_primary() {
+    each_seed(Strategy::MutePrimary);
+}
+
+#[test]
+fn equivocating_primary() {
+    each_seed(Strategy::Equivocate);
+}
+
+#[test]
+fn forged_signatures() {
+    each_seed(Strategy::Forge);
+}
+
+#[test]
+fn corrupted_digests_checkpoints_chunks_and_results() {
+    each_seed(Strategy::Corrupt);
+}
+
+#[test]
+fn stale_views() {
+    each_seed(Strategy::StaleView);
+}
+
+#[test]
+fn future_views() {
+    each_seed(Strategy::FutureView);
+}
+
+#[test]
+fn sequence_numbers_outside_the_watermarks() {
+    each_seed(Strategy::OutOfWindow);
+}
+
+#[test]
+fn replayed_messages_and_requests() {
+    each_seed(Strategy::Replay);
+}
+
+#[test]
+fn invalid_view_changes() {
+    each_seed(Strategy::BadViewChange);
+}
+
+#[test]
+fn invalid_new_views() {
+    each_seed(Strategy::BadNewView);
+}
+
+#[test]
+fn votes_for_everything() {
+    each_seed(Strategy::VoteAll);
+}
+
+#[test]
+fn junk_flood() {
+    each_seed(Strategy::Flood);
+}
+
+#[test]
+fn twins() {
+    each_seed(Strategy::Twins);
+}
+
+#[test]
+fn a_silent_primary_forces_a_view_change_that_the_report_counts() {
+    let report = assert_passes(config(5, 4, vec![byzantine(0, Strategy::Silent)]));
+    assert!(report.view_changes >= 1, "{report}");
+    assert!(report.recovery.is_some());
+}
+
+#[test]
+fn crashed_replicas_restart_empty_and_the_rest_completes() {
+    for seed in 1..=2 {
+        let faulty = vec![FaultyReplica {
+            replica: ReplicaId(seed % 4),
+            fault: Fault::Crash {
+                at: Duration::from_millis(300),
+                restart: Duration::from_millis(1200),
+            },
+        }];
+        assert_passes(config(seed, 4, faulty));
+    }
+}
+
+#[test]
+fn random_faults_drawn_from_the_seed_pass() {
+    for seed in 0..4 {
+        for n in [4, 7] {
+            let c = SimConfig {
+                byzantine: pbft_sim::Byzantine::Random,
+                crash: seed % 2 == 1,
+                requests: 12,
+                ..SimConfig::new(seed, n)
+            };
+            let report = run(c.clone());
+            assert!(report.passed(), "{report}");
+            assert!(report.replay.contains("--byzantine random"), "{report}");
+        }
+    }
+}
+
+/// Beyond f the guarantees are gone, and the checkers must notice: an equivocating primary and a replica that
+/// votes for both of its batches make the two halves of a 4-replica cluster commit different batches.
+#[test]
+fn f_plus_one_colluding_replicas_break_agreement_and_the_checkers_see_it() {
+    let mut caught = 0;
+    for seed in 1..=4 {
+        let c = SimConfig {
+            drop: 0.0,
+            duplicate: 0.0,
+            ..config(
+                seed,
+                4,
+                vec![
+                    byzantine(0, Strategy::Equivocate),
+                    byzantine(1, Strategy::VoteAll),
+                ],
+            )
+        };
+        let report = run(c);
+        eprintln!("{report}");
+        caught += usize::from(!report.passed());
+    }
+    assert!(
+        caught >= 3,
+        "f + 1 colluders went unnoticed in {} of 4 seeds",
+        4 - caught
+    );
+}
+
+/// Twins beyond f: two twins among 4 replicas give each half of the cluster a quorum of its own.
+#[test]
+fn f_plus_one_twins_are_caught() {
+    let mut caught = 0;
+    for seed in 1..=4 {
+        let report = run(config(
+            seed,
+            4,
+            vec![byzantine(0, Strategy::Twins), byzantine(1, Strategy::Twins)],
+        ));
+        eprintln!("{report}");
+        caught += usize::from(!report.passed());
+    }
+    assert!(caught >= 1, "f + 1 twins went unnoticed in every seed");
+}
+
+/// Seed 138 of `pbft sim --replicas 10 --byzantine random --crash random`: three crashes before the heal time
+/// leave every correct replica with a full window of prepared certificates, and the NEW-VIEW that carries them
+/// (about 100 KB) was refused at the boundary by the 64 KiB message limit, so no view change could ever complete.
+/// The simulator now sizes its limit from the largest NEW-VIEW (`new_view_size_bound`).
+#[test]
+fn a_full_new_view_of_ten_replicas_gets_through() {
+    let report = run(SimConfig {
+        byzantine: pbft_sim::Byzantine::Random,
+        crash: true,
+        ..SimConfig::new(138, 10)
+    });
+    assert!(report.passed(), "{report}");
+    assert!(report.view_changes >= 1, "{report}");
+}
