@@ -11,7 +11,8 @@ use pbft_sim::{Byzantine, SimConfig, SimReport, Simulation, Summary, run_seeds};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum CrashSchedule {
     None,
-    /// Up to f replicas (drawn per seed) crash at a random time and restart later, before the faults heal.
+    /// Up to f replicas (drawn per seed) crash at a random time and restart from their disk later, before the
+    /// faults heal; one seed in four also crashes every replica at once.
     Random,
 }
 
@@ -60,11 +61,12 @@ pub struct SimArgs {
     #[arg(long, default_value = "none", value_parser = parse_byzantine)]
     byzantine: Byzantine,
 
-    /// Crash schedule. "random": up to f replicas (together with the Byzantine ones, at most f faulty in all)
-    /// crash at a random time and restart before the faults heal. The simulator has no durable storage, so a
-    /// restarted replica comes back with an empty state (view 0, nothing logged) and catches up by state
-    /// transfer; having forgotten its own votes it could contradict them, so it is counted as faulty for the whole
-    /// run and no checker looks at it.
+    /// Crash schedule. "random": up to f replicas (together with the Byzantine ones, at most f down or faulty at
+    /// once) crash at a random time and restart before the faults heal, and one seed in four also crashes the
+    /// whole cluster at once. A crash loses what the replica did not persist (timers, queued requests, peers'
+    /// votes); it restarts from its simulated disk (its journal: view, accepted PRE-PREPAREs, prepared
+    /// certificates, executed batches, stable checkpoint), as the node does, and catches up from its peers. Once
+    /// recovered it is checked like every correct replica.
     #[arg(long, value_enum, default_value = "none")]
     crash: CrashSchedule,
 

@@ -9,7 +9,7 @@ mod status;
 mod transfer;
 mod view;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use pbft_crypto::{Signer, Verified, VerifiedMsg, VerifiedPrepared};
@@ -95,6 +95,9 @@ pub struct Replica {
     /// The last executed sequence number each peer reported in a STATUS of this replica's view: how a replica
     /// learns that it is behind when nothing else would tell it (an idle cluster sends no new messages).
     peers_executed: BTreeMap<ReplicaId, SeqNo>,
+    /// Peers whose STATUS showed them behind this replica: they get its STATUS when the status timer fires next.
+    /// Answering at once could echo forever with a peer that answers in kind; the timer paces it.
+    owed_status: BTreeSet<ReplicaId>,
     transfer_timer_set: bool,
     out: Vec<Output>,
 }
@@ -145,6 +148,7 @@ impl Replica {
             batch_timer_set: false,
             status_timer_set: false,
             peers_executed: BTreeMap::new(),
+            owed_status: BTreeSet::new(),
             transfer_timer_set: false,
             out: Vec::new(),
             config,

@@ -1400,8 +1400,6 @@ mod status {
                 to_replica(3, c.pre_prepare(0, 0, 3, &requests[2..3])),
                 to_replica(3, c.commit(0, 0, 3, d[2])),
                 to_replica(3, c.checkpoint(0, 2, cp)),
-                // Replica 3 is behind: the primary's own STATUS tells it so.
-                to_replica(3, c.status(0, 0, 0, 2)),
             ]
         );
         // A peer that executed 2 and holds checkpoint 2 as stable needs only slot 3.
@@ -1435,7 +1433,6 @@ mod status {
                 to_replica(3, c.commit(1, 0, 2, d2)),
                 to_replica(3, c.prepare(1, 0, 3, d3)),
                 to_replica(3, c.checkpoint(1, 2, cp)),
-                to_replica(3, c.status(1, 0, 0, 2)),
             ]
         );
         assert_eq!(
@@ -1608,5 +1605,36 @@ mod catching_up_when_idle {
         c.run_slot(&mut lagging, 2, &requests[1..2]);
         assert_eq!(lagging.replica.status().last_executed, SeqNo(2));
         assert_eq!(lagging.step(Input::TimerFired(Timer::Status)), vec![]);
+    }
+
+    /// The answer to a peer that is behind waits for the status timer: answering at once could echo without end
+    /// with a peer that answers in kind.
+    #[test]
+    fn a_peer_behind_gets_this_replicas_status_when_the_status_timer_fires() {
+        let params = Params {
+            checkpoint_interval: 64,
+            window: 128,
+            ..one_per_batch()
+        };
+        let c = Cluster::new(4, params);
+        let mut ahead = c.node(1);
+        let requests: Vec<_> = (1..=2).map(|i| c.request(i, 1, "op")).collect();
+        c.run_slot(&mut ahead, 1, &requests[0..1]);
+        c.run_slot(&mut ahead, 2, &requests[1..2]);
+        let outs = ahead.step(c.deliver(3, c.status(3, 0, 0, 0)));
+        assert!(
+            !outs
+                .iter()
+                .any(|o| matches!(o, Out::Send(_, ReplicaMsg::Status(_)))),
+            "not at once: {outs:?}"
+        );
+        // A second STATUS before the timer fires changes nothing: one answer per period.
+        ahead.step(c.deliver(3, c.status(3, 0, 0, 0)));
+        let statuses: Vec<Out> = ahead
+            .step(Input::TimerFired(Timer::Status))
+            .into_iter()
+            .filter(|o| matches!(o, Out::Send(_, ReplicaMsg::Status(_))))
+            .collect();
+        assert_eq!(statuses, vec![to_replica(3, c.status(1, 0, 0, 2))]);
     }
 }

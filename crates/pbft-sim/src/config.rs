@@ -6,7 +6,9 @@ use pbft_crypto::KeyError;
 use pbft_types::{ConfigError, Params};
 use thiserror::Error;
 
-use crate::byzantine::{Byzantine, Fault, FaultyReplica, draw_faults};
+use rand::RngExt;
+
+use crate::byzantine::{Byzantine, Fault, FaultyReplica, draw_faults, fault_rng};
 use crate::network::Partition;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -55,7 +57,8 @@ pub struct SimConfig {
     pub params: Params,
     /// Byzantine replicas, drawn from the seed (see [`SimConfig::faults`]).
     pub byzantine: Byzantine,
-    /// Whether up to f replicas crash and restart (from an empty state) before the heal time.
+    /// Whether up to f replicas crash and restart from their disk before the heal time (and, one seed in four, the
+    /// whole cluster at once).
     pub crash: bool,
     /// The faulty replicas, given explicitly instead of drawn from `byzantine` and `crash`. Tests use it; more
     /// than f are allowed here, to show that the checkers then see a violation or a stall.
@@ -200,6 +203,25 @@ impl SimConfig {
             }
         }
         Ok(())
+    }
+
+    /// With random crashes, one seed in four also crashes the whole cluster at once: every replica stops at the
+    /// same instant and each restarts from its disk at its own time before the heal. Returns the instant and each
+    /// replica's restart time.
+    pub fn cluster_crash(&self) -> Option<(Duration, Vec<Duration>)> {
+        if !self.crash || self.faulty.is_some() {
+            return None;
+        }
+        let mut rng = fault_rng(self.seed, 7);
+        if !rng.random_bool(0.25) {
+            return None;
+        }
+        let heal = self.heal_at.as_micros().max(10) as u64;
+        let at = rng.random_range(0..heal / 2);
+        let restarts = (0..self.replicas)
+            .map(|_| Duration::from_micros(rng.random_range(at + 1..=heal)))
+            .collect();
+        Some((Duration::from_micros(at), restarts))
     }
 
     /// The faulty replicas of this run: the explicit ones, or those drawn from the seed.

@@ -20,6 +20,7 @@ pub mod boundary;
 pub mod byzantine;
 pub mod check;
 pub mod config;
+pub mod disk;
 pub mod network;
 pub mod queue;
 pub mod report;

@@ -23,6 +23,7 @@ use crate::byzantine::{Action, Adversary, Fault, FaultyReplica, Strategy, draw_s
 use crate::check::Checker;
 use crate::check::history::HistoryEntry;
 use crate::config::{SimConfig, SimError};
+use crate::disk::Disk;
 use crate::network::{Endpoint, Network, NetworkConfig, NetworkStats, Partition};
 use crate::queue::EventQueue;
 use crate::report::SimReport;
@@ -93,6 +94,8 @@ struct ReplicaNode {
     twin: bool,
     side: u8,
     crashed: bool,
+    /// What the replica persisted: it restarts from it after a crash.
+    disk: Disk,
     /// The driver signs the replica's replies with it.
     key: KeyPair,
     /// The generation of each running timer. Restarting a timer gives it a new generation, so the expiry
@@ -114,6 +117,9 @@ pub struct Simulation {
     queue: EventQueue<Event>,
     network: Network,
     boundary: Boundary,
+    /// To read a restarting replica's disk back (its entries are verified again, as in the node).
+    keyring: Keyring,
+    limits: DecodeLimits,
     replicas: Vec<ReplicaNode>,
     clients: Vec<ClientNode>,
     checker: Checker,
@@ -208,7 +214,9 @@ impl Simulation {
                     _ => None,
                 };
                 let mut node = new_node(&cluster, id, key.clone())?;
-                node.faulty = fault.is_some();
+                // A crash is not a fault of the protocol's model once the replica recovers from its disk:
+                // crashed replicas are checked like every correct one.
+                node.faulty = matches!(fault, Some(Fault::Byzantine(_)));
                 node.adversary = adversary;
                 node.twin = twins.contains(&id);
                 node.side = sides[i];
@@ -248,7 +256,9 @@ impl Simulation {
         );
         let mut sim = Simulation {
             workload: Workload::new(config.key_space),
-            boundary: Boundary::new(keyring, limits),
+            boundary: Boundary::new(keyring.clone(), limits),
+            keyring,
+            limits,
             config,
             cluster,
             rng,
@@ -273,6 +283,14 @@ impl Simulation {
                 let node = x.replica.index();
                 sim.queue.schedule(at, Event::Crash { node });
                 sim.queue.schedule(restart, Event::Restart { node });
+            }
+        }
+        if let Some((at, restarts)) = sim.config.cluster_crash() {
+            for (node, restart) in restarts.into_iter().enumerate() {
+                if node < sim.replicas.len() {
+                    sim.queue.schedule(at, Event::Crash { node });
+                    sim.queue.schedule(restart, Event::Restart { node });
+                }
             }
         }
         for client in 0..sim.clients.len() {
@@ -509,24 +527,7 @@ impl Simulation {
                     self.trace(|| format!("r{id} CRASHES"));
                 }
             }
-            Event::Restart { node } => {
-                let Some(n) = self.replicas.get(node) else {
-                    return;
-                };
-                let (id, key) = (n.id, n.key.clone());
-                match new_node(&self.cluster, id, key) {
-                    Ok(fresh) => {
-                        let n = &mut self.replicas[node];
-                        n.replica = fresh.replica;
-                        n.timers.clear();
-                        n.crashed = false;
-                        self.trace(|| format!("r{id} RESTARTS from an empty state"));
-                    }
-                    Err(e) => self.violations.push(Violation::Driver(format!(
-                        "replica {id} could not restart: {e}"
-                    ))),
-                }
-            }
+            Event::Restart { node } => self.restart(node),
         }
     }
 
@@ -597,13 +598,58 @@ impl Simulation {
         }
     }
 
+    /// A crashed replica restarts: a fresh core recovered from what it persisted. Its recovery outputs (its
+    /// VIEW-CHANGE again if it was changing view, a STATUS) are carried out like any step's.
+    fn restart(&mut self, node: usize) {
+        let Some(n) = self.replicas.get(node) else {
+            return;
+        };
+        if !n.crashed {
+            return;
+        }
+        let (id, key) = (n.id, n.key.clone());
+        let entries = match n.disk.read(&self.keyring, self.limits) {
+            Ok(entries) => entries,
+            Err(e) => {
+                return self.violations.push(Violation::Driver(format!(
+                    "replica {id} cannot read its own disk back: {e}"
+                )));
+            }
+        };
+        let recovered = new_node(&self.cluster, id, key)
+            .map_err(|e| e.to_string())
+            .and_then(|fresh| fresh.replica.recover(entries).map_err(|e| e.to_string()));
+        let (replica, outputs) = match recovered {
+            Ok(r) => r,
+            Err(e) => {
+                return self.violations.push(Violation::Driver(format!(
+                    "replica {id} could not recover from its disk: {e}"
+                )));
+            }
+        };
+        let n = &mut self.replicas[node];
+        n.replica = replica;
+        n.timers.clear();
+        n.crashed = false;
+        let status = n.replica.status();
+        self.trace(|| {
+            format!(
+                "r{id} RESTARTS from its disk: view {}, executed {}",
+                status.view, status.last_executed
+            )
+        });
+        for output in outputs {
+            self.replica_output(node, output);
+        }
+    }
+
     fn replica_output(&mut self, node: usize, output: Output) {
         let now = self.queue.now();
         let id = self.replicas[node].id;
         let faulty = self.replicas[node].faulty;
         match output {
-            // The simulated replicas do not crash and restart from disk yet: their journal is not kept.
-            Output::Persist(_) => {}
+            // On the disk before the step's messages are sent, as the node's contract has it.
+            Output::Persist(entry) => self.replicas[node].disk.persist(&entry),
             Output::Send { to, msg } => {
                 self.trace(|| format!("r{id} -> {to:?} {}", trace::describe(&msg)));
                 self.send_to_replicas(node, to, Bytes::from(msg.encode()));
@@ -815,7 +861,7 @@ impl Simulation {
     }
 }
 
-/// A replica with an empty state, as at the start or after a crash: there is no durable storage in the simulator.
+/// A replica at the initial state, with an empty disk.
 fn new_node(cluster: &ClusterConfig, id: ReplicaId, key: KeyPair) -> Result<ReplicaNode, SimError> {
     let signer = Signer::new(Principal::Replica(id), key.clone());
     let replica = Replica::new(cluster.clone(), id, signer, Box::new(KvStore::new()))?;
@@ -827,6 +873,7 @@ fn new_node(cluster: &ClusterConfig, id: ReplicaId, key: KeyPair) -> Result<Repl
         twin: false,
         side: 0,
         crashed: false,
+        disk: Disk::default(),
         key,
         timers: BTreeMap::new(),
     })

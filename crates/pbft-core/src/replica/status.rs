@@ -17,6 +17,7 @@ impl Replica {
             || self.transfer.is_some()
             || self.changing
             || self.behind_peers()
+            || !self.owed_status.is_empty()
     }
 
     /// Whether f+1 peers (so at least one correct one) reported having executed beyond this replica, in its view.
@@ -41,7 +42,11 @@ impl Replica {
     }
 
     pub(super) fn send_status(&mut self) {
+        let owed = std::mem::take(&mut self.owed_status);
         if !self.has_unfinished_work() {
+            for peer in owed {
+                self.send_status_to(Dest::Replica(peer));
+            }
             return;
         }
         self.send_status_to(Dest::AllReplicas);
@@ -119,9 +124,10 @@ impl Replica {
             self.send(to, msg);
         }
         // A peer behind this replica may not know it (a restarted replica in an idle cluster has nothing
-        // unfinished): this replica's own STATUS tells it, and it keeps asking until it caught up.
+        // unfinished): this replica's own STATUS, sent when its status timer fires, tells it, and it keeps asking
+        // until it caught up.
         if self.last_executed > status.executed {
-            self.send_status_to(to);
+            self.owed_status.insert(from);
         }
     }
 }

@@ -170,10 +170,10 @@ impl FromStr for Byzantine {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
     Byzantine(Strategy),
-    /// The replica stops at `at` (it receives, sends and times out nothing) and restarts at `restart` from an
-    /// empty state: there is no durable storage in the simulator, so it has forgotten what it sent and must catch
-    /// up by state transfer. Forgetting its votes is itself Byzantine (it may vote twice for one slot), so it
-    /// counts among the f faulty replicas for the whole run and no checker looks at it.
+    /// The replica stops at `at` (it receives, sends and times out nothing; its timers and everything it did not
+    /// persist are lost) and restarts at `restart` from its disk, then catches up from its peers. Once recovered it
+    /// is a correct replica and every checker looks at it; it counts among the f only for the budget of replicas
+    /// that may be down at once.
     Crash {
         at: Duration,
         restart: Duration,
