@@ -86,25 +86,10 @@ pub fn simulation_params() -> Params {
     }
 }
 
-/// An upper bound on the encoded size of a signed message without a batch (PREPARE, COMMIT, CHECKPOINT, the
-/// header of a PRE-PREPARE): the body, the 64-byte signature and the protobuf framing.
-const SIGNED_VOTE_BOUND: usize = 192;
-
-/// An upper bound on the size of the largest NEW-VIEW of an n-replica cluster with this window: V holds q
-/// VIEW-CHANGEs, each with a checkpoint proof of q CHECKPOINTs and up to `window` prepared certificates of q
-/// signed messages each (the PRE-PREPARE and q - 1 PREPAREs), and O holds up to `window` PRE-PREPAREs.
-///
-/// It grows as q^2 x window: with the simulator's window of 16 a NEW-VIEW of n = 10 is about 100 KB. A message
-/// limit below it makes view change impossible once the log is full (every NEW-VIEW is refused at the
-/// boundary, found by `pbft sim --replicas 10 --byzantine random --crash random`, seed 138), so the simulator sizes
-/// its limit from it.
-pub fn new_view_size_bound(n: usize, window: u64) -> usize {
-    let f = n.saturating_sub(1) / 3;
-    let q = (n + f + 1).div_ceil(2);
-    let window = window as usize;
-    let view_change = SIGNED_VOTE_BOUND * (q + window * q) + 64;
-    q * (view_change + 16) + window * SIGNED_VOTE_BOUND + 64
-}
+/// The simulator sizes its message limit from the largest NEW-VIEW: below it, view change becomes impossible once
+/// the log is full (every NEW-VIEW is refused at the boundary; found by `pbft sim --replicas 10 --byzantine random
+/// --crash random`, seed 138). `ClusterConfig::validate` refuses such a limit too.
+pub use pbft_types::new_view_size_bound;
 
 impl SimConfig {
     /// The defaults of `pbft sim` for `replicas` replicas and one seed. The message size limit is raised above

@@ -108,6 +108,36 @@ pub enum ConfigError {
         batch: usize,
         request: usize,
     },
+    #[error(
+        "the message size limit ({message}) cannot hold the largest NEW-VIEW of {n} replicas with a window of \
+         {window} (up to {needed} bytes): no view change could complete once the log is full"
+    )]
+    NewViewTooLarge {
+        message: usize,
+        n: usize,
+        window: u64,
+        needed: usize,
+    },
+}
+
+/// An upper bound on the encoded size of a signed message without a batch (PREPARE, COMMIT, CHECKPOINT, the
+/// header of a PRE-PREPARE): the body, the 64-byte signature and the protobuf framing.
+const SIGNED_VOTE_BOUND: usize = 192;
+
+/// An upper bound on the encoded size of a NEW-VIEW for `n` replicas and a window of `window`: q VIEW-CHANGEs,
+/// each with a checkpoint proof of q CHECKPOINTs and a prepared certificate (a PRE-PREPARE and q - 1 PREPAREs)
+/// for every sequence number of the window, and an O of one PRE-PREPARE per sequence number. It grows as
+/// q^2 x window (about 100 KB for n = 10 and a window of 16).
+pub fn new_view_size_bound(n: usize, window: u64) -> usize {
+    let f = n.saturating_sub(1) / 3;
+    let q = (n + f + 1).div_ceil(2);
+    let window = usize::try_from(window).unwrap_or(usize::MAX);
+    let view_change = SIGNED_VOTE_BOUND
+        .saturating_mul(q.saturating_add(window.saturating_mul(q)))
+        .saturating_add(64);
+    q.saturating_mul(view_change.saturating_add(16))
+        .saturating_add(window.saturating_mul(SIGNED_VOTE_BOUND))
+        .saturating_add(64)
 }
 
 /// Per-request envelope overhead allowed for when checking that a full batch fits in a message: the signature,
@@ -187,6 +217,15 @@ impl ClusterConfig {
                 message: p.max_message_size,
                 batch: p.max_batch_size,
                 request: p.max_request_size,
+            });
+        }
+        let needed = new_view_size_bound(self.n(), p.window);
+        if needed > p.max_message_size {
+            return Err(ConfigError::NewViewTooLarge {
+                message: p.max_message_size,
+                n: self.n(),
+                window: p.window,
+                needed,
             });
         }
         if p.state_chunk_size == 0
@@ -333,5 +372,19 @@ mod tests {
             c.validate(),
             Err(ConfigError::MessageLimitTooSmall { .. })
         ));
+
+        // A full batch fits, but the largest NEW-VIEW (q^2 x window) does not.
+        let mut c = config(4);
+        c.params.max_batch_size = 1;
+        c.params.max_request_size = 1000;
+        c.params.state_chunk_size = 1000;
+        c.params.max_message_size = 100_000;
+        assert!(new_view_size_bound(4, c.params.window) > 100_000);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::NewViewTooLarge { n: 4, .. })
+        ));
+        c.params.max_message_size = new_view_size_bound(4, c.params.window);
+        assert_eq!(c.validate(), Ok(()));
     }
 }

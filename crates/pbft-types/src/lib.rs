@@ -12,7 +12,9 @@ pub mod signed;
 #[allow(clippy::all)]
 pub mod wire;
 
-pub use config::{ClientInfo, ClusterConfig, ConfigError, Params, PublicKeyBytes};
+pub use config::{
+    ClientInfo, ClusterConfig, ConfigError, Params, PublicKeyBytes, new_view_size_bound,
+};
 pub use error::DecodeError;
 pub use ids::{ClientId, Digest, Principal, ReplicaId, SeqNo, Timestamp, View};
 pub use message::{
