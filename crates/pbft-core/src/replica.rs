@@ -98,6 +98,10 @@ pub struct Replica {
     /// Peers whose STATUS showed them behind this replica: they get its STATUS when the status timer fires next.
     /// Answering at once could echo forever with a peer that answers in kind; the timer paces it.
     owed_status: BTreeSet<ReplicaId>,
+    /// Status rounds left in which the replica asks its peers where they are although nothing tells it that it is
+    /// behind: after it recovered or installed a checkpoint, when it has just jumped and an idle cluster would
+    /// tell it nothing. Peers that are ahead answer, and from then on `peers_executed` keeps it asking.
+    asking_rounds: u32,
     transfer_timer_set: bool,
     out: Vec<Output>,
 }
@@ -149,6 +153,7 @@ impl Replica {
             status_timer_set: false,
             peers_executed: BTreeMap::new(),
             owed_status: BTreeSet::new(),
+            asking_rounds: 0,
             transfer_timer_set: false,
             out: Vec::new(),
             config,

@@ -452,11 +452,12 @@ mod fetching {
         assert_eq!(outs, vec![to_replica(1, chunk)]);
     }
 
-    /// Once installed, the checkpoint is stable and the replica has nothing unfinished: its status timer finds
-    /// nothing to ask for, like a replica that made the same checkpoint stable by executing. (Its own CHECKPOINT for
-    /// the installed, already stable, checkpoint must not linger as an unstable vote.)
+    /// Once installed, the checkpoint is stable and the replica has nothing unfinished of its own; but it has just
+    /// jumped, and an idle cluster would tell it nothing of what was executed above the checkpoint, so it asks its
+    /// peers for a few status rounds, then stops. (Its own CHECKPOINT for the installed, already stable,
+    /// checkpoint must not linger as an unstable vote, which would keep it asking for ever.)
     #[test]
-    fn an_installed_replica_with_nothing_unfinished_sends_no_status() {
+    fn an_installed_replica_asks_its_peers_for_a_few_rounds_then_stops() {
         let c = cluster();
         let (mut source, digests) = executed_to(&c, 0, 2);
         let d = digests[0];
@@ -464,7 +465,20 @@ mod fetching {
         transfer(&c, &mut source, &mut node, 2, d, &snapshot_of(&OPS[..2]));
         assert_eq!(node.replica.status().last_executed, SeqNo(2));
 
-        assert_eq!(node.step(Input::TimerFired(Timer::Status)), vec![]);
+        let mut rounds = 0;
+        loop {
+            let outs = node.step(Input::TimerFired(Timer::Status));
+            if outs.is_empty() {
+                break;
+            }
+            assert!(
+                outs.contains(&to_all(c.status(3, 0, 2, 2))),
+                "round {rounds}: {outs:?}"
+            );
+            rounds += 1;
+            assert!(rounds <= 10, "it must stop asking");
+        }
+        assert!(rounds >= 1, "it asks at least once");
     }
 
     #[test]

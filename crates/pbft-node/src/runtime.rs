@@ -355,6 +355,11 @@ impl ReplicaTask {
     fn carry_out_now(&mut self, output: Output) {
         match output {
             Output::Send { to, msg } => {
+                if let ReplicaMsg::ViewChange(vc) = &msg
+                    && vc.value().replica == self.replica.status().id
+                {
+                    tracing::info!(view = %vc.value().new_view, "asked for a view change");
+                }
                 let frame = Bytes::from(msg.encode());
                 match to {
                     pbft_core::Dest::AllReplicas => self.link.broadcast(frame),

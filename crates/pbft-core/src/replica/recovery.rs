@@ -2,7 +2,7 @@
 //! for what it missed.
 
 use pbft_crypto::{Verified, VerifiedPrepared};
-use pbft_types::{Prepare, SeqNo, View};
+use pbft_types::{Commit, Prepare, SeqNo, View};
 use thiserror::Error;
 
 use super::Replica;
@@ -68,6 +68,7 @@ impl Replica {
             self.start_view_change(view);
         }
         self.send_status_to(Dest::AllReplicas);
+        self.ask_peers();
         self.refresh_request_timer();
         self.arm_status_timer();
         let out = std::mem::take(&mut self.out);
@@ -103,11 +104,18 @@ impl Replica {
     /// replica's PREPARE (a backup sent one) and, for the primary, the sequence number counted as assigned.
     fn recover_accepted(&mut self, header: Verified<pbft_types::PrePrepare>, batch: Option<Batch>) {
         let (view, seq, digest) = (header.view, header.seq, header.digest);
-        if view != self.view || !self.log.in_window(seq) {
+        if !self.log.in_window(seq) {
+            return;
+        }
+        // A batch of any view is kept: a NEW-VIEW names the batches it carries over by digest only, and after a
+        // crash of the whole cluster the replicas' disks are the only place they are.
+        if let Some(batch) = &batch {
+            self.batches.insert(seq, digest, batch.clone());
+        }
+        if view != self.view {
             return;
         }
         if let Some(batch) = &batch {
-            self.batches.insert(seq, digest, batch.clone());
             self.account_for(batch);
         }
         let primary = self.is_primary();
@@ -192,9 +200,18 @@ impl Replica {
         if seq.0.is_multiple_of(self.config.params.checkpoint_interval) {
             self.take_checkpoint(seq);
         }
+        // In the current view, the slot gets back this replica's COMMIT (it sent one before executing): peers
+        // that restarted behind it may need it resent to commit the same batch.
+        let commit = self.signer.sign(Commit {
+            view: header.view,
+            seq,
+            digest: header.digest,
+            replica: self.id,
+        });
         if let Some(slot) = self.log.slot_mut(seq)
             && slot.digest() == Some(header.digest)
         {
+            slot.commits.insert(commit);
             slot.committed = true;
             slot.prepared = true;
         }

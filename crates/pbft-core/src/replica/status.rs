@@ -18,6 +18,22 @@ impl Replica {
             || self.changing
             || self.behind_peers()
             || !self.owed_status.is_empty()
+            || self.asking_rounds > 0
+    }
+
+    /// Whether the replica is behind its peers and catching up: fetching a certified checkpoint, or told by f+1
+    /// peers that they executed further in its view.
+    pub(super) fn catching_up(&self) -> bool {
+        self.transfer.is_some() || self.behind_peers()
+    }
+
+    /// How many status rounds a replica that just jumped (recovered, or installed a checkpoint) asks its peers.
+    const ASKING_ROUNDS: u32 = 10;
+
+    /// The replica just jumped to a state its peers may be well past: ask them for a few status rounds.
+    pub(super) fn ask_peers(&mut self) {
+        self.peers_executed.clear();
+        self.asking_rounds = Self::ASKING_ROUNDS;
     }
 
     /// Whether f+1 peers (so at least one correct one) reported having executed beyond this replica, in its view.
@@ -42,6 +58,7 @@ impl Replica {
     }
 
     pub(super) fn send_status(&mut self) {
+        self.asking_rounds = self.asking_rounds.saturating_sub(1);
         let owed = std::mem::take(&mut self.owed_status);
         if !self.has_unfinished_work() {
             for peer in owed {

@@ -188,6 +188,7 @@ impl Replica {
         // The requests still waiting were timed while this replica was behind; from its new state they get a
         // full timeout to be ordered, as at a replica that was never behind.
         self.restart_request_timer();
+        self.ask_peers();
     }
 
     /// Restores the application from `snapshot` if the result has the certified digest; otherwise puts the

@@ -25,10 +25,12 @@ impl Replica {
             ViewTimer::NewView => true,
         };
         self.view_timer = ViewTimer::Off;
-        if !waited_for_new_view && self.transfer.is_some() {
-            // A replica fetching a checkpoint its peers certified is behind them: its requests wait for its own
-            // state, not for the primary. Timing them out would start a view change the others do not join and
-            // leave this replica alone in a later view. It times them again once it caught up.
+        if !waited_for_new_view && self.catching_up() {
+            // A replica that is behind its peers (fetching a checkpoint they certified, or told by f+1 of them
+            // that they executed further in this view, so at least one correct replica saw the primary make
+            // progress) waits for its own state, not for the primary. Timing its requests out would start a view
+            // change the others do not join and leave it alone in a later view. It times them again, and once it
+            // caught up a timeout means what it should.
             return self.restart_request_timer();
         }
         if waited_for_new_view {
