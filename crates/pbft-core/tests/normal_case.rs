@@ -1607,31 +1607,6 @@ mod catching_up_when_idle {
         assert_eq!(lagging.step(Input::TimerFired(Timer::Status)), vec![]);
     }
 
-    /// A replica that f+1 peers report ahead of it in its view is catching up: a request it holds that times out
-    /// was most likely executed by them, and the primary is not to blame (one correct replica saw it progress).
-    #[test]
-    fn a_replica_behind_its_peers_does_not_ask_for_a_view_change() {
-        let c = Cluster::new(4, one_per_batch());
-        let mut lagging = c.node(3);
-        let outs = lagging.step(Input::Request(c.request(1, 1, "op")));
-        assert!(outs.contains(&c.view_timer()), "{outs:?}");
-        for peer in [1, 2] {
-            lagging.step(c.deliver(peer, c.status(peer, 0, 0, 5)));
-        }
-        let outs = lagging.step(Input::TimerFired(Timer::ViewChange));
-        assert!(
-            !outs
-                .iter()
-                .any(|o| matches!(o, Out::Send(_, ReplicaMsg::ViewChange(_)))),
-            "{outs:?}"
-        );
-        assert!(
-            outs.contains(&c.view_timer()),
-            "it times the request again: {outs:?}"
-        );
-        assert!(!lagging.replica.status().changing_view);
-    }
-
     /// The answer to a peer that is behind waits for the status timer: answering at once could echo without end
     /// with a peer that answers in kind.
     #[test]

@@ -21,12 +21,6 @@ impl Replica {
             || self.asking_rounds > 0
     }
 
-    /// Whether the replica is behind its peers and catching up: fetching a certified checkpoint, or told by f+1
-    /// peers that they executed further in its view.
-    pub(super) fn catching_up(&self) -> bool {
-        self.transfer.is_some() || self.behind_peers()
-    }
-
     /// How many status rounds a replica that just jumped (recovered, or installed a checkpoint) asks its peers.
     const ASKING_ROUNDS: u32 = 10;
 
