@@ -847,8 +847,25 @@ mod request_timer {
         assert_eq!(node.replica.status().last_executed, SeqNo(2));
 
         // A replica that is not behind still asks for a view change when the request does not execute.
+        assert!(node.replica.status().last_executed >= SeqNo(2));
         let outs = node.step(Input::TimerFired(Timer::ViewChange));
         assert!(starts_a_view_change(&outs), "{outs:?}");
         assert!(node.replica.status().changing_view);
+    }
+
+    /// Before the fetch even starts (the transfer timer has not fired), q votes for a checkpoint above what the
+    /// replica executed already say that it is behind. (Found by `pbft demo`: a restarted primary, far behind,
+    /// timed its requests out between learning of the checkpoint and fetching it, and went alone into a later
+    /// view.)
+    #[test]
+    fn a_replica_that_learnt_of_a_certified_checkpoint_above_it_holds_back_too() {
+        let c = cluster();
+        let mut node = c.restorable_node(3);
+        let outs = node.step(Input::Request(c.request(3, 1, "late")));
+        assert!(outs.contains(&c.view_timer()), "{outs:?}");
+        votes(&c, &mut node, 2, Digest([7; 32]), &[0, 1, 2]);
+        let outs = node.step(Input::TimerFired(Timer::ViewChange));
+        assert!(!starts_a_view_change(&outs), "{outs:?}");
+        assert!(outs.contains(&c.view_timer()), "{outs:?}");
     }
 }

@@ -191,6 +191,7 @@ pub fn start(
         journal,
         deferred: Vec::new(),
         failure: failure_tx,
+        view_asked: 0,
     };
     for output in initial {
         task.carry_out(output);
@@ -285,6 +286,8 @@ struct ReplicaTask {
     /// replies leave once the entries are durable.
     deferred: Vec<Output>,
     failure: watch::Sender<Option<String>>,
+    /// The latest view this replica asked for, for the log.
+    view_asked: u64,
 }
 
 impl ReplicaTask {
@@ -357,7 +360,10 @@ impl ReplicaTask {
             Output::Send { to, msg } => {
                 if let ReplicaMsg::ViewChange(vc) = &msg
                     && vc.value().replica == self.replica.status().id
+                    && vc.value().new_view.0 > self.view_asked
                 {
+                    // Logged once per view: the same VIEW-CHANGE is resent to peers that lag behind.
+                    self.view_asked = vc.value().new_view.0;
                     tracing::info!(view = %vc.value().new_view, "asked for a view change");
                 }
                 let frame = Bytes::from(msg.encode());

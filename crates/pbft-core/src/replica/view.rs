@@ -25,10 +25,12 @@ impl Replica {
             ViewTimer::NewView => true,
         };
         self.view_timer = ViewTimer::Off;
-        if !waited_for_new_view && self.transfer.is_some() {
-            // A replica fetching a checkpoint its peers certified is behind them: its requests wait for its own
-            // state, not for the primary. Timing them out would start a view change the others do not join and
-            // leave this replica alone in a later view. It times them again once it caught up.
+        if !waited_for_new_view && self.behind_a_certified_checkpoint() {
+            // A replica behind a checkpoint that q replicas certified (it is fetching it, or about to) is behind
+            // its peers: its requests wait for its own state, not for the primary. Timing them out would start a
+            // view change the others do not join and leave this replica alone in a later view. It times them
+            // again once it installed the state. A certificate cannot be faked: f+1 correct replicas executed
+            // that far.
             //
             // Being told by f+1 peers that they executed further is not enough to hold back: an equivocating
             // primary and one lucky correct replica can tell every backup in turn that it is behind, and no one
@@ -65,6 +67,17 @@ impl Replica {
                 after: self.config.params.request_timeout,
             });
         }
+    }
+
+    /// Whether a checkpoint above what this replica executed is certified by q replicas: adopted as stable (from
+    /// a NEW-VIEW), voted for by q of them, or being fetched.
+    fn behind_a_certified_checkpoint(&self) -> bool {
+        self.transfer.is_some()
+            || self.checkpoints.stable().seq > self.last_executed
+            || self
+                .checkpoints
+                .certified_above(self.last_executed, self.quorum())
+                .is_some()
     }
 
     /// Times the oldest waiting request again, from now.
