@@ -244,14 +244,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
+    crate::with_runtime(|| async {
         let dir = match tempfile::Builder::new().prefix("pbft-bench-").tempdir() {
             Ok(dir) => dir,
             Err(e) => {

@@ -95,9 +95,9 @@ pub fn run(args: &ClientArgs) -> ExitCode {
         ClientOp::Get { key } => RequestOp::Get { key: key.clone() },
         ClientOp::Delete { key } => RequestOp::Delete { key: key.clone() },
         ClientOp::Request { op } => return print_request(&setup, op),
-        ClientOp::Status => return with_runtime(|| status(&setup, args.timeout)),
+        ClientOp::Status => return crate::with_runtime(|| status(&setup, args.timeout)),
     };
-    with_runtime(|| async move {
+    crate::with_runtime(|| async move {
         let mut client = match connect(&setup, Duration::from_secs(args.timeout)) {
             Ok(client) => client,
             Err(e) => {
@@ -137,16 +137,6 @@ pub fn run(args: &ClientArgs) -> ExitCode {
             }
         }
     })
-}
-
-fn with_runtime<F: std::future::Future<Output = ExitCode>>(f: impl FnOnce() -> F) -> ExitCode {
-    match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(f()),
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 async fn status(setup: &ClientSetup, timeout: u64) -> ExitCode {

@@ -41,14 +41,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         eprintln!("error: --clients and --scene-seconds must be at least 1");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
+    crate::with_runtime(|| async {
         let dir = match tempfile::Builder::new().prefix("pbft-demo-").tempdir() {
             Ok(dir) => dir,
             Err(e) => {

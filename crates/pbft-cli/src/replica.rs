@@ -28,14 +28,7 @@ pub fn run(args: &ReplicaArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
+    crate::with_runtime(|| async {
         let id = setup.id;
         let node = match start_replica(setup).await {
             Ok(node) => node,
