@@ -221,6 +221,24 @@ impl Replica {
         self.advance(seq);
     }
 
+    /// This replica's PREPARE for an assignment of the current view, if it is a backup (the primary's PRE-PREPARE
+    /// stands for its vote).
+    pub(super) fn backup_prepare(
+        &self,
+        view: pbft_types::View,
+        seq: SeqNo,
+        digest: Digest,
+    ) -> Option<Verified<Prepare>> {
+        (!self.is_primary()).then(|| {
+            self.signer.sign(Prepare {
+                view,
+                seq,
+                digest,
+                replica: self.id,
+            })
+        })
+    }
+
     /// The replica holds a request it has not seen execute: the view-change timer will watch it.
     pub(super) fn hold(&mut self, request: Verified<Request>) {
         if self.clients.freshness(request.client, request.timestamp) != Freshness::Fresh {

@@ -2,7 +2,7 @@
 //! for what it missed.
 
 use pbft_crypto::{Verified, VerifiedPrepared};
-use pbft_types::{Commit, Prepare, SeqNo, View};
+use pbft_types::{Commit, SeqNo, View};
 use thiserror::Error;
 
 use super::Replica;
@@ -118,16 +118,8 @@ impl Replica {
         if let Some(batch) = &batch {
             self.account_for(batch);
         }
-        let primary = self.is_primary();
-        let prepare = (!primary).then(|| {
-            self.signer.sign(Prepare {
-                view,
-                seq,
-                digest,
-                replica: self.id,
-            })
-        });
-        if primary {
+        let prepare = self.backup_prepare(view, seq, digest);
+        if self.is_primary() {
             self.last_assigned = self.last_assigned.max(seq);
         }
         let Some(slot) = self.log.slot_mut(seq) else {

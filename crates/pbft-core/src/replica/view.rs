@@ -4,8 +4,8 @@
 
 use pbft_crypto::Verified;
 use pbft_types::{
-    BatchData, FetchBatch, NewView, PrePrepare, Prepare, Principal, ReplicaId, ReplicaMsg, SeqNo,
-    View, ViewChange,
+    BatchData, FetchBatch, NewView, PrePrepare, Principal, ReplicaId, ReplicaMsg, SeqNo, View,
+    ViewChange,
 };
 
 use super::{Replica, ViewTimer};
@@ -316,14 +316,7 @@ impl Replica {
             if let Some(batch) = &batch {
                 self.account_for(batch);
             }
-            let prepare = (!primary).then(|| {
-                self.signer.sign(Prepare {
-                    view,
-                    seq,
-                    digest,
-                    replica: self.id,
-                })
-            });
+            let prepare = self.backup_prepare(view, seq, digest);
             self.persist(JournalEntry::Accepted {
                 header: pre_prepare.clone(),
                 batch: batch.clone(),
