@@ -244,35 +244,11 @@ pub fn run(args: &BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    crate::with_runtime(|| async {
-        let dir = match tempfile::Builder::new().prefix("pbft-bench-").tempdir() {
-            Ok(dir) => dir,
-            Err(e) => {
-                eprintln!("error: cannot make a temporary directory: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let outcome = tokio::select! {
-            outcome = bench(args, &plan, dir.path()) => outcome,
-            _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
-        };
-        // Every replica process was started with kill_on_drop and has been killed by now, whatever happened.
-        let code = match outcome {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("\nerror: {e}");
-                ExitCode::FAILURE
-            }
-        };
-        if args.attach.is_none() && (args.keep || code != ExitCode::SUCCESS) {
-            let kept = dir.keep();
-            eprintln!(
-                "The cluster's files and replica logs are kept in {}",
-                kept.display()
-            );
-        }
-        code
-    })
+    crate::run_in_cluster_dir(
+        "pbft-bench-",
+        |succeeded| args.attach.is_none() && (args.keep || !succeeded),
+        |dir| async move { bench(args, &plan, &dir).await },
+    )
 }
 
 /// Replica processes the benchmark started. Dropping it kills them.

@@ -41,36 +41,11 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         eprintln!("error: --clients and --scene-seconds must be at least 1");
         return ExitCode::FAILURE;
     }
-    crate::with_runtime(|| async {
-        let dir = match tempfile::Builder::new().prefix("pbft-demo-").tempdir() {
-            Ok(dir) => dir,
-            Err(e) => {
-                eprintln!("error: cannot make a temporary directory: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let outcome = tokio::select! {
-            outcome = demo(args, dir.path()) => outcome,
-            _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
-        };
-        // Every replica process was started with kill_on_drop and is gone by now, whatever happened.
-        let code = match outcome {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("\nerror: {e}");
-                eprintln!("replica logs: {}", dir.path().display());
-                ExitCode::FAILURE
-            }
-        };
-        if args.keep || code != ExitCode::SUCCESS {
-            let kept = dir.keep();
-            println!(
-                "The cluster's files and logs are kept in {}",
-                kept.display()
-            );
-        }
-        code
-    })
+    crate::run_in_cluster_dir(
+        "pbft-demo-",
+        |succeeded| args.keep || !succeeded,
+        |dir| async move { demo(args, &dir).await },
+    )
 }
 
 /// The replica processes of the demo. Dropping it kills every one that is still running.

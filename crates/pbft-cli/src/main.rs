@@ -53,6 +53,48 @@ fn with_runtime<F: std::future::Future<Output = ExitCode>>(f: impl FnOnce() -> F
     }
 }
 
+/// Runs `job` in a new temporary directory (named `prefix...`) for the replica processes it starts, until it ends
+/// or Ctrl-C interrupts it; the processes are started with kill_on_drop, so none outlives it. The directory, with
+/// the replicas' logs, is kept and named when `keep` says so for the outcome (`true`: success).
+fn run_in_cluster_dir<Fut>(
+    prefix: &str,
+    keep: impl Fn(bool) -> bool,
+    job: impl FnOnce(std::path::PathBuf) -> Fut,
+) -> ExitCode
+where
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    with_runtime(|| async {
+        let dir = match tempfile::Builder::new().prefix(prefix).tempdir() {
+            Ok(dir) => dir,
+            Err(e) => {
+                eprintln!("error: cannot make a temporary directory: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = job(dir.path().to_path_buf()) => outcome,
+            _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+        };
+        let succeeded = outcome.is_ok();
+        if let Err(e) = outcome {
+            eprintln!("\nerror: {e}");
+        }
+        if keep(succeeded) {
+            let kept = dir.keep();
+            eprintln!(
+                "The cluster's files and replica logs are kept in {}",
+                kept.display()
+            );
+        }
+        if succeeded {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Demo(args) => demo::run(&args),
