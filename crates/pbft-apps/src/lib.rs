@@ -4,5 +4,7 @@
 //! messages in `proto/pbft.proto`, so that clients in any language can build them.
 
 pub mod kv;
+pub mod ledger;
 
 pub use kv::{KvError, KvOp, KvResult, KvStore};
+pub use ledger::{Genesis, Ledger, LedgerReader};

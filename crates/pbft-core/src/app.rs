@@ -1,7 +1,8 @@
 //! The interface between the protocol and the replicated application.
 
 use bytes::Bytes;
-use pbft_types::{ClientId, Digest, SeqNo, Timestamp};
+use pbft_crypto::Verified;
+use pbft_types::{ClientId, Digest, Request, SeqNo, Timestamp};
 use thiserror::Error;
 
 /// Where a request executes: which batch, and whose request it is.
@@ -10,6 +11,15 @@ pub struct ExecContext {
     pub seq: SeqNo,
     pub client: ClientId,
     pub timestamp: Timestamp,
+}
+
+/// A batch that has just executed: every request of it, in order, with its result (`None` for a request that did
+/// not execute because its client had a request with that timestamp or a later one executed already).
+#[derive(Clone, Copy, Debug)]
+pub struct ExecutedBatch<'a> {
+    pub seq: SeqNo,
+    pub requests: &'a [Verified<Request>],
+    pub results: &'a [Option<Bytes>],
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -34,4 +44,13 @@ pub trait StateMachine: Send {
     /// Replaces the state with a snapshot taken by `snapshot`, possibly on another replica. A malformed
     /// snapshot is an error and leaves the state unchanged.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError>;
+
+    /// Called once after each batch executed, null batches included, before any checkpoint at its sequence
+    /// number is taken. An application that keeps a history outside its state (the ledger's blocks) closes an
+    /// entry of it here and returns it encoded: the driver keeps it with the batch's commit certificate. It may
+    /// change the state (the ledger moves its chain head), deterministically like `execute`.
+    fn end_batch(&mut self, batch: ExecutedBatch<'_>) -> Option<Bytes> {
+        let _ = batch;
+        None
+    }
 }

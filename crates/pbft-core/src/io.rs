@@ -63,6 +63,8 @@ pub struct Committed {
     pub certificate: Vec<Verified<Commit>>,
     /// The prepared certificate it committed on: q - 1 PREPAREs from distinct backups for (view, seq, digest).
     pub prepared: Vec<Verified<Prepare>>,
+    /// What the application returned at the end of the batch (`StateMachine::end_batch`): the ledger's block.
+    pub record: Option<Bytes>,
 }
 
 #[derive(Clone, Debug)]

@@ -19,7 +19,7 @@ mod replica;
 mod state_transfer;
 pub mod view_change;
 
-pub use app::{ExecContext, RestoreError, StateMachine};
+pub use app::{ExecContext, ExecutedBatch, RestoreError, StateMachine};
 pub use checkpoint::Stable as StableCheckpoint;
 pub use io::{Batch, Committed, Dest, Input, Output, RejectReason, Rejection, Timer};
 pub use journal::{JournalEntry, JournalError};

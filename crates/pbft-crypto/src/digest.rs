@@ -20,12 +20,18 @@ pub fn request_digest(request: &Signed<Request>) -> Digest {
 /// The digest of a batch: SHA-256 over a domain tag, the number of requests and each request's digest in batch
 /// order. The empty batch has a digest too; it is what a null PRE-PREPARE orders.
 pub fn batch_digest<'a>(requests: impl IntoIterator<Item = &'a Signed<Request>>) -> Digest {
+    batch_digest_of_bodies(requests.into_iter().map(|r| r.body().as_ref()))
+}
+
+/// The same digest from the requests' signed bodies alone: what a third party holding a ledger block (which
+/// keeps the bodies, not the client signatures) recomputes to check the block's commit certificate.
+pub fn batch_digest_of_bodies<'a>(bodies: impl IntoIterator<Item = &'a [u8]>) -> Digest {
     let mut hasher = Sha256::new();
     hasher.update(b"pbft/batch/v1");
     let mut count = 0u64;
     let mut digests = Sha256::new();
-    for r in requests {
-        digests.update(request_digest(r).as_bytes());
+    for body in bodies {
+        digests.update(digest_of(body).as_bytes());
         count += 1;
     }
     hasher.update(count.to_le_bytes());

@@ -11,8 +11,8 @@ mod keyring;
 mod signer;
 mod verified;
 
-pub use digest::{batch_digest, digest_of, request_digest};
+pub use digest::{batch_digest, batch_digest_of_bodies, digest_of, request_digest};
 pub use keyfile::KeyFileError;
 pub use keyring::{AuthError, KeyError, Keyring, VerifiedMsg};
-pub use signer::{KeyPair, Signer};
+pub use signer::{KeyPair, Signer, verify_bytes};
 pub use verified::{Verified, VerifiedPrepared};

@@ -1,5 +1,5 @@
 use ed25519_dalek::{Signer as _, SigningKey};
-use pbft_types::{Body, Principal, PublicKeyBytes, Signed};
+use pbft_types::{Body, Principal, PublicKeyBytes, SignatureBytes, Signed};
 
 use crate::verified::Verified;
 
@@ -35,6 +35,28 @@ impl KeyPair {
         let signature = self.0.sign(&body).to_bytes();
         Signed::from_parts(body, signature, value)
     }
+
+    /// Signs arbitrary bytes, for statements outside the protocol's messages (a ledger transfer). The caller puts
+    /// a domain tag in front, so that such a signature can never pass for a protocol message's.
+    pub fn sign_bytes(&self, message: &[u8]) -> SignatureBytes {
+        self.0.sign(message).to_bytes()
+    }
+}
+
+/// Checks `signature` over `message` by the holder of `public_key`, as strictly as the keyring checks protocol
+/// messages: non-canonical encodings and small-order keys are refused.
+pub fn verify_bytes(
+    public_key: &PublicKeyBytes,
+    message: &[u8],
+    signature: &SignatureBytes,
+) -> bool {
+    let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(public_key) else {
+        return false;
+    };
+    !key.is_weak()
+        && key
+            .verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature))
+            .is_ok()
 }
 
 impl std::fmt::Debug for KeyPair {

@@ -7,7 +7,7 @@ use pbft_types::{
 };
 
 use super::Replica;
-use crate::app::ExecContext;
+use crate::app::{ExecContext, ExecutedBatch};
 use crate::client_table::Freshness;
 use crate::io::{Batch, Committed, Dest, Output, RejectReason, Timer};
 use crate::journal::JournalEntry;
@@ -386,7 +386,7 @@ impl Replica {
             let header = header.clone();
             let certificate = slot.commits.matching(&digest).cloned().collect();
             let prepared = slot.prepares.matching(&digest).cloned().collect();
-            let results = batch.iter().map(|r| self.execute_request(seq, r)).collect();
+            let (results, record) = self.execute_batch(seq, &batch);
             self.last_executed = seq;
             self.persist(JournalEntry::Executed {
                 header,
@@ -401,6 +401,7 @@ impl Replica {
                 results,
                 certificate,
                 prepared,
+                record,
             }));
             if seq.0.is_multiple_of(self.config.params.checkpoint_interval) {
                 self.take_checkpoint(seq);
@@ -409,11 +410,22 @@ impl Replica {
         self.propose(false);
     }
 
-    pub(super) fn execute_request(
+    /// Executes every request of batch `seq` in order, then lets the application close the batch.
+    pub(super) fn execute_batch(
         &mut self,
         seq: SeqNo,
-        request: &Verified<Request>,
-    ) -> Option<bytes::Bytes> {
+        batch: &Batch,
+    ) -> (Vec<Option<bytes::Bytes>>, Option<bytes::Bytes>) {
+        let results: Vec<_> = batch.iter().map(|r| self.execute_request(seq, r)).collect();
+        let record = self.app.end_batch(ExecutedBatch {
+            seq,
+            requests: batch,
+            results: &results,
+        });
+        (results, record)
+    }
+
+    fn execute_request(&mut self, seq: SeqNo, request: &Verified<Request>) -> Option<bytes::Bytes> {
         let (client, timestamp) = (request.client, request.timestamp);
         if self.in_flight.get(&client).is_some_and(|t| *t <= timestamp) {
             self.in_flight.remove(&client);

@@ -185,9 +185,8 @@ impl Replica {
                 next: seq,
             });
         }
-        for request in batch.iter() {
-            self.execute_request(seq, request);
-        }
+        // The block the application makes again was kept by the driver with the batch before the crash.
+        let _ = self.execute_batch(seq, &batch);
         self.last_executed = seq;
         if seq.0.is_multiple_of(self.config.params.checkpoint_interval) {
             self.take_checkpoint(seq);

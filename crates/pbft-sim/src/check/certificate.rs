@@ -193,6 +193,7 @@ mod tests {
             results: Vec::new(),
             certificate,
             prepared,
+            record: None,
         }
     }
 

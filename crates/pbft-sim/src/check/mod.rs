@@ -238,6 +238,7 @@ mod tests {
                 results,
                 certificate,
                 prepared,
+                record: None,
             }
         }
     }
