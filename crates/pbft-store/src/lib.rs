@@ -11,11 +11,18 @@
 //!   record filed at or below s, in the same transaction, so the file holds what lies above the last stable
 //!   checkpoint and nothing more.
 //! - **Recovery in write order.** `open` returns the checkpoint and the records in the order they were written.
+//! - **An archive beside the journal.** Items that must outlive checkpoints (the ledger's blocks) are filed in
+//!   the same transaction as the journal entries of their step, and read by other tasks (see `archive`).
 //! - **Refusing bad state.** A file made for another cluster or another replica, of an unknown format, or whose
 //!   records fail their checksum is refused with an error that says so; the replica must not run on it.
 
+mod archive;
+
+pub use archive::{Archive, ArchiveItem, Found};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use sha2::{Digest as _, Sha256};
@@ -52,6 +59,7 @@ pub struct WriteBatch {
     records: Vec<Record>,
     stable: Option<Record>,
     values: BTreeMap<String, Vec<u8>>,
+    archive: Vec<ArchiveItem>,
 }
 
 impl WriteBatch {
@@ -77,8 +85,16 @@ impl WriteBatch {
         self.values.insert(name.to_string(), bytes);
     }
 
+    /// Archives an item (kept for good; see `Archive`).
+    pub fn archive(&mut self, item: ArchiveItem) {
+        self.archive.push(item);
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.stable.is_none() && self.values.is_empty()
+        self.records.is_empty()
+            && self.stable.is_none()
+            && self.values.is_empty()
+            && self.archive.is_empty()
     }
 }
 
@@ -119,21 +135,21 @@ const VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("values");
 /// Bytes of SHA-256 kept in front of every stored value, to detect a corrupted page.
 const CHECK: usize = 8;
 
-fn sealed(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn sealed(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(CHECK + bytes.len());
     out.extend_from_slice(&Sha256::digest(bytes)[..CHECK]);
     out.extend_from_slice(bytes);
     out
 }
 
-fn unsealed(value: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn unsealed(value: &[u8]) -> Option<Vec<u8>> {
     let (check, bytes) = value.split_at_checked(CHECK)?;
     (Sha256::digest(bytes)[..CHECK] == *check).then(|| bytes.to_vec())
 }
 
 /// One replica's database.
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
     /// The write counter of the next record.
     next: u64,
@@ -165,7 +181,11 @@ impl Store {
             redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => corrupt(reason),
             e => open_error(e.to_string()),
         })?;
-        let mut store = Store { db, path, next: 0 };
+        let mut store = Store {
+            db: Arc::new(db),
+            path,
+            next: 0,
+        };
         if fresh {
             store.initialise(identity)?;
         }
@@ -190,6 +210,10 @@ impl Store {
             tx.open_table(RECORDS).map_err(|e| fail(e.to_string()))?;
             tx.open_table(STABLE).map_err(|e| fail(e.to_string()))?;
             tx.open_table(VALUES).map_err(|e| fail(e.to_string()))?;
+            tx.open_table(archive::ITEMS)
+                .map_err(|e| fail(e.to_string()))?;
+            tx.open_table(archive::INDEX)
+                .map_err(|e| fail(e.to_string()))?;
         }
         tx.commit().map_err(|e| fail(e.to_string()))
     }
@@ -330,6 +354,7 @@ impl Store {
                 }
             }
         }
+        archive::write_items(&tx, &batch.archive).map_err(|e| fail(e.to_string()))?;
         tx.commit().map_err(|e| fail(e.to_string()))?;
         self.next = next;
         Ok(())
@@ -337,6 +362,11 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A handle on the store's archive, for other tasks.
+    pub fn archive(&self) -> Archive {
+        Archive::new(self.db.clone(), self.path.clone())
     }
 }
 

@@ -174,3 +174,67 @@ fn garbage_truncated_or_corrupted_files_are_refused_not_run_on() {
         }
     }
 }
+
+fn item(number: u64, text: &str, key: u8) -> ArchiveItem {
+    ArchiveItem {
+        number,
+        bytes: text.as_bytes().to_vec(),
+        keys: vec![([key; 32], u64::MAX), ([key + 100; 32], 3)],
+    }
+}
+
+#[test]
+fn archived_items_outlive_checkpoints_and_restarts_and_are_found_by_key() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("replica.redb");
+    let (mut store, _) = Store::open(&path, ME).expect("a new store");
+    let mut b = batch(&[(1, "executed 1")]);
+    b.archive(item(1, "block 1", 1));
+    store.write(&b).expect("written");
+    let archive = store.archive();
+    archive
+        .put(&[item(2, "block 2", 2), item(4, "block 4", 4)])
+        .expect("written");
+    let mut b = WriteBatch::new();
+    b.stable(4, b"checkpoint 4".to_vec());
+    store.write(&b).expect("written");
+    drop((store, archive));
+
+    let (store, recovered) = Store::open(&path, ME).expect("reopened");
+    assert!(recovered.records.is_empty());
+    let archive = store.archive();
+    let texts = |items: Vec<(u64, Vec<u8>)>| {
+        items
+            .into_iter()
+            .map(|(n, b)| (n, String::from_utf8(b).expect("text")))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        texts(archive.range(1, 10, 100).expect("read")),
+        vec![
+            (1, "block 1".to_string()),
+            (2, "block 2".to_string()),
+            (4, "block 4".to_string())
+        ]
+    );
+    assert_eq!(texts(archive.range(2, 10, 1).expect("read")).len(), 1);
+    assert_eq!(archive.last().expect("read"), Some(4));
+    assert_eq!(archive.highest_missing(4).expect("read"), Some(3));
+    assert_eq!(archive.highest_missing(2).expect("read"), None);
+    assert_eq!(archive.highest_missing(6).expect("read"), Some(6));
+    assert_eq!(
+        archive.lookup(&[2; 32]).expect("read"),
+        Some(Found {
+            number: 2,
+            position: None
+        })
+    );
+    assert_eq!(
+        archive.lookup(&[104; 32]).expect("read"),
+        Some(Found {
+            number: 4,
+            position: Some(3)
+        })
+    );
+    assert_eq!(archive.lookup(&[3; 32]).expect("read"), None);
+}
