@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use pbft_apps::KvOp;
 use pbft_client::net::NetClient;
-use pbft_node::config::{ClientFile, ClientSetup, ParamsFile};
+use pbft_node::config::{AppKind, ClientFile, ClientSetup, ParamsFile};
 use pbft_node::testnet::{TestnetSpec, write};
 use pbft_types::ReplicaId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -417,6 +417,8 @@ async fn start_cluster(args: &BenchArgs, plan: &Plan, dir: &Path) -> Result<Targ
             hosts: Vec::new(),
             base_port,
             params,
+            app: AppKind::Kv,
+            accounts: 0,
         },
         dir,
     )

@@ -12,7 +12,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use pbft_apps::{KvOp, KvResult};
 use pbft_client::net::NetClient;
-use pbft_node::config::{ClientFile, ClientSetup, ParamsFile};
+use pbft_node::config::{AppKind, ClientFile, ClientSetup, ParamsFile};
 use pbft_node::testnet::{TestnetSpec, write};
 use pbft_types::ReplicaId;
 use pbft_types::wire::ReplicaStatus;
@@ -164,6 +164,8 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<(), String> {
             hosts: Vec::new(),
             base_port,
             params: ParamsFile::default(),
+            app: AppKind::Kv,
+            accounts: 0,
         },
         dir,
     )

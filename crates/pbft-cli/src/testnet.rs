@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use pbft_node::config::ParamsFile;
+use pbft_node::config::{AppKind, ParamsFile};
 use pbft_node::testnet::{TestnetSpec, write};
 
 #[derive(Debug, Args)]
@@ -25,6 +25,27 @@ pub struct TestnetArgs {
     /// Replica i listens for peers on BASE+i, for gRPC on BASE+100+i, for HTTP on BASE+200+i.
     #[arg(long, default_value_t = 7000)]
     base_port: u16,
+    /// The application the cluster replicates: the key-value store or the ledger.
+    #[arg(long, value_enum, default_value_t = AppChoice::Kv)]
+    app: AppChoice,
+    /// For the ledger: accounts to make keys for (`account-J.key`), each starting with 1,000,000 in the genesis.
+    #[arg(long, default_value_t = 4)]
+    accounts: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AppChoice {
+    Kv,
+    Ledger,
+}
+
+impl AppChoice {
+    pub fn kind(self) -> AppKind {
+        match self {
+            AppChoice::Kv => AppKind::Kv,
+            AppChoice::Ledger => AppKind::Ledger,
+        }
+    }
 }
 
 pub fn run(args: &TestnetArgs) -> ExitCode {
@@ -34,6 +55,8 @@ pub fn run(args: &TestnetArgs) -> ExitCode {
         hosts: args.hosts.clone(),
         base_port: args.base_port,
         params: ParamsFile::default(),
+        app: args.app.kind(),
+        accounts: args.accounts,
     };
     match write(&spec, &args.out) {
         Ok(net) => {
@@ -43,6 +66,9 @@ pub fn run(args: &TestnetArgs) -> ExitCode {
             }
             for path in &net.client_files {
                 println!("client:   {}", path.display());
+            }
+            for path in &net.account_files {
+                println!("account:  {}", path.display());
             }
             ExitCode::SUCCESS
         }

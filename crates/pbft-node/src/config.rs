@@ -1,7 +1,8 @@
 //! Configuration files, in TOML.
 //!
 //! - `cluster.toml` is shared by every replica and client: each replica's id, public key and addresses, the
-//!   clients' public keys, and the protocol's parameters.
+//!   clients' public keys, the protocol's parameters, and the application the cluster replicates (`[app]`:
+//!   `kind = "kv"`, the default, or `kind = "ledger"` with its genesis accounts).
 //! - `replica-N.toml` is one replica's own: its id, its secret key file and where the cluster file is.
 //! - `client.toml` is a client's own: its id, its key file and the cluster file.
 //!
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use pbft_apps::Genesis;
 use pbft_crypto::{KeyFileError, KeyPair};
 use pbft_types::{ClientId, ClientInfo, ClusterConfig, ConfigError, Params, PublicKeyBytes};
 use serde::{Deserialize, Serialize};
@@ -47,6 +49,51 @@ pub struct ClusterFile {
     pub clients: Vec<ClientEntry>,
     #[serde(default)]
     pub params: ParamsFile,
+    #[serde(default)]
+    pub app: AppFile,
+}
+
+/// `[app]`: what the cluster replicates.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppFile {
+    #[serde(default)]
+    pub kind: AppKind,
+    /// The ledger's genesis: the accounts it starts with (`[[app.accounts]]`). Only for `kind = "ledger"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accounts: Vec<AccountEntry>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppKind {
+    #[default]
+    Kv,
+    Ledger,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountEntry {
+    /// The account's ed25519 public key, 64 hex digits.
+    pub public_key: String,
+    pub balance: u64,
+}
+
+/// The application, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum App {
+    Kv,
+    Ledger(Genesis),
+}
+
+impl App {
+    pub fn name(&self) -> &'static str {
+        match self {
+            App::Kv => "kv",
+            App::Ledger(_) => "ledger",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +165,7 @@ pub struct Cluster {
     pub config: ClusterConfig,
     /// Index = replica id.
     pub addresses: Vec<ReplicaAddresses>,
+    pub app: App,
 }
 
 fn read(path: &Path) -> Result<String, ConfigFileError> {
@@ -194,6 +242,32 @@ impl ClusterFile {
                 })
             })
             .collect::<Result<_, ConfigFileError>>()?;
+        let app = match self.app.kind {
+            AppKind::Kv if !self.app.accounts.is_empty() => {
+                return Err(invalid(
+                    "[[app.accounts]] is a ledger's genesis; the key-value store (kind = \"kv\") has none"
+                        .to_string(),
+                ));
+            }
+            AppKind::Kv => App::Kv,
+            AppKind::Ledger => {
+                let accounts = self
+                    .app
+                    .accounts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        let key = public_key(&a.public_key).ok_or_else(|| {
+                            invalid(format!(
+                                "app.accounts[{i}]: public_key is not 64 hex digits"
+                            ))
+                        })?;
+                        Ok((key, a.balance))
+                    })
+                    .collect::<Result<Vec<_>, ConfigFileError>>()?;
+                App::Ledger(Genesis::new(accounts).map_err(invalid)?)
+            }
+        };
         let config = ClusterConfig {
             replicas,
             clients,
@@ -205,7 +279,11 @@ impl ClusterFile {
                 path: path.to_path_buf(),
                 source,
             })?;
-        Ok(Cluster { config, addresses })
+        Ok(Cluster {
+            config,
+            addresses,
+            app,
+        })
     }
 }
 

@@ -5,10 +5,12 @@ use std::path::Path;
 
 use pbft_core::{JournalEntry, JournalError, Output};
 use pbft_crypto::Keyring;
-use pbft_store::{Identity, Store, StoreError, WriteBatch};
+use pbft_store::{Archive, Identity, Store, StoreError, WriteBatch};
 use pbft_types::{ClusterConfig, DecodeLimits, ReplicaId};
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
+
+use crate::config::App;
 
 /// The name under which the store keeps the latest `JournalEntry::View`.
 const VIEW: &str = "view";
@@ -27,11 +29,14 @@ pub enum DurableError {
 #[derive(Debug)]
 pub struct Journal {
     store: Store,
+    /// The largest block record accepted from the application (see `ledger::block_limit`).
+    block_limit: usize,
 }
 
-/// What identifies a cluster for its replicas' databases: the replicas' keys (in order) and the parameters that
-/// shape durable state (the checkpoint interval and the window). Clients may come and go.
-pub fn cluster_identity(config: &ClusterConfig) -> [u8; 32] {
+/// What identifies a cluster for its replicas' databases: the replicas' keys (in order), the parameters that
+/// shape durable state (the checkpoint interval and the window) and the application (a ledger with its genesis).
+/// Clients may come and go.
+pub fn cluster_identity(config: &ClusterConfig, app: &App) -> [u8; 32] {
     let mut hash = Sha256::new();
     hash.update(b"pbft/cluster/v1");
     hash.update((config.replicas.len() as u64).to_be_bytes());
@@ -40,6 +45,11 @@ pub fn cluster_identity(config: &ClusterConfig) -> [u8; 32] {
     }
     hash.update(config.params.checkpoint_interval.to_be_bytes());
     hash.update(config.params.window.to_be_bytes());
+    // The key-value store adds nothing, so that its databases from before the ledger existed still open.
+    if let App::Ledger(genesis) = app {
+        hash.update(b"ledger");
+        hash.update(genesis.hash().as_bytes());
+    }
     hash.finalize().into()
 }
 
@@ -49,6 +59,7 @@ impl Journal {
     pub fn open(
         dir: &Path,
         config: &ClusterConfig,
+        app: &App,
         id: ReplicaId,
         keyring: &Keyring,
         limits: DecodeLimits,
@@ -59,7 +70,7 @@ impl Journal {
         })?;
         let path = dir.join(format!("replica-{}.redb", id.0));
         let identity = Identity {
-            cluster: cluster_identity(config),
+            cluster: cluster_identity(config, app),
             replica: id.0,
         };
         let (store, recovered) = Store::open(&path, identity)?;
@@ -79,13 +90,25 @@ impl Journal {
         for record in &recovered.records {
             entries.push(decode(&record.bytes)?);
         }
-        Ok((Journal { store }, entries))
+        let block_limit = crate::ledger::block_limit(limits.max_message_size);
+        Ok((Journal { store, block_limit }, entries))
     }
 
-    /// Makes the journal entries among `outputs` durable, in one synced write.
+    /// The archive of the ledger's blocks, for the tasks that read it and fill its gaps.
+    pub fn archive(&self) -> Archive {
+        self.store.archive()
+    }
+
+    /// Makes the journal entries among `outputs` durable, with the blocks of the batches they committed, in one
+    /// synced write.
     pub fn persist(&mut self, outputs: &[Output]) -> Result<(), StoreError> {
         let mut batch = WriteBatch::new();
         for output in outputs {
+            if let Output::Committed(committed) = output
+                && let Some(item) = crate::ledger::archive_item(committed, self.block_limit)
+            {
+                batch.archive(item);
+            }
             let Output::Persist(entry) = output else {
                 continue;
             };

@@ -1,11 +1,19 @@
 //! The gRPC client API of a replica (`service ReplicaApi` in `proto/pbft.proto`), over the same `ClientApi` as
-//! the HTTP one. Clients in any language generate their stubs from the schema.
+//! the HTTP one, and, on a ledger replica, `service LedgerApi`. Clients in any language generate their stubs
+//! from the schema.
 
+use pbft_apps::ledger::AccountKey;
+use pbft_types::Digest;
+use pbft_types::wire::ledger_api_server::{LedgerApi, LedgerApiServer};
 use pbft_types::wire::replica_api_server::{ReplicaApi, ReplicaApiServer};
-use pbft_types::wire::{ReplicaStatus, SignedEnvelope, StatusQuery};
+use pbft_types::wire::{
+    AccountAtHeight, BalanceQuery, BlockHash, BlockRange, CertifiedBlock as CertifiedBlockMsg,
+    ChainHead, EntryQuery, HeadQuery, ReplicaStatus, SignedEnvelope, StatusQuery,
+};
 use tonic::{Request, Response, Status};
 
 use crate::api::{ApiError, ClientApi};
+use crate::ledger::LedgerService;
 
 /// Room for the envelope's own fields around a request of the largest allowed size.
 const ENVELOPE_OVERHEAD: usize = 1024;
@@ -57,6 +65,92 @@ impl ReplicaApi for GrpcApi {
             peers_connected: s.peers_connected,
             peer_auth_failures: s.peer_auth_failures,
             peer_garbage_connections: s.peer_garbage_connections,
+        }))
+    }
+}
+
+/// The ledger's gRPC service (`service LedgerApi`), for a replica that runs the ledger.
+pub fn ledger_service(ledger: LedgerService) -> LedgerApiServer<GrpcLedger> {
+    LedgerApiServer::new(GrpcLedger { ledger })
+}
+
+pub struct GrpcLedger {
+    ledger: LedgerService,
+}
+
+fn internal(e: crate::ledger::LedgerError) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn digest(field: &str, bytes: &[u8]) -> Result<Digest, Status> {
+    Digest::from_slice(bytes)
+        .ok_or_else(|| Status::invalid_argument(format!("{field} must be 32 bytes")))
+}
+
+#[tonic::async_trait]
+impl LedgerApi for GrpcLedger {
+    type GetBlocksStream =
+        tokio_stream::Iter<std::vec::IntoIter<Result<CertifiedBlockMsg, Status>>>;
+
+    async fn get_blocks(
+        &self,
+        request: Request<BlockRange>,
+    ) -> Result<Response<Self::GetBlocksStream>, Status> {
+        let r = request.into_inner();
+        let limit = usize::try_from(r.limit).unwrap_or(usize::MAX);
+        let blocks = self.ledger.blocks(r.from, r.to, limit).map_err(internal)?;
+        let items: Vec<_> = blocks.iter().map(|b| Ok(b.to_wire())).collect();
+        Ok(Response::new(tokio_stream::iter(items)))
+    }
+
+    async fn get_head(&self, _request: Request<HeadQuery>) -> Result<Response<ChainHead>, Status> {
+        let (height, hash) = self.ledger.head();
+        Ok(Response::new(ChainHead {
+            height,
+            hash: hash.0.to_vec().into(),
+            contiguous_from: self.ledger.contiguous_from().map_err(internal)?,
+        }))
+    }
+
+    async fn get_block_by_hash(
+        &self,
+        request: Request<BlockHash>,
+    ) -> Result<Response<CertifiedBlockMsg>, Status> {
+        let hash = digest("hash", &request.into_inner().hash)?;
+        match self.ledger.block_by_hash(&hash).map_err(internal)? {
+            Some(block) => Ok(Response::new(block.to_wire())),
+            None => Err(Status::not_found(format!("no block with hash {hash}"))),
+        }
+    }
+
+    async fn get_entry(
+        &self,
+        request: Request<EntryQuery>,
+    ) -> Result<Response<pbft_types::wire::EntryProof>, Status> {
+        let d = digest("request_digest", &request.into_inner().request_digest)?;
+        match self.ledger.entry(&d).map_err(internal)? {
+            Some(proof) => Ok(Response::new(proof.to_wire())),
+            None => Err(Status::not_found(format!(
+                "no executed request with digest {d}"
+            ))),
+        }
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<BalanceQuery>,
+    ) -> Result<Response<AccountAtHeight>, Status> {
+        let account = request.into_inner().account;
+        let key = AccountKey::try_from(account.as_ref())
+            .map_err(|_| Status::invalid_argument("account must be 32 bytes"))?;
+        let (state, height) = self.ledger.account(&key);
+        Ok(Response::new(AccountAtHeight {
+            account: Some(pbft_types::wire::AccountState {
+                account,
+                balance: state.balance,
+                nonce: state.nonce,
+            }),
+            height,
         }))
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod durable;
 pub mod grpc;
 pub mod http;
+pub mod ledger;
 pub mod link;
 pub mod local;
 pub mod metrics;

@@ -1,14 +1,14 @@
-//! A whole replica process: the transport to its peers, the runtime that drives the protocol, the key-value
-//! store it replicates, and the client APIs (gRPC, and HTTP/JSON with the metrics), all started from its
-//! configuration file.
+//! A whole replica process: the transport to its peers, the runtime that drives the protocol, the application it
+//! replicates (the key-value store or the ledger), and the client APIs (gRPC, and HTTP/JSON with the metrics),
+//! all started from its configuration file.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pbft_apps::KvStore;
-use pbft_core::Replica;
+use pbft_apps::{KvStore, Ledger};
+use pbft_core::{Replica, StateMachine};
 use pbft_crypto::{Keyring, Signer};
 use pbft_types::{DecodeLimits, Principal, ReplicaId};
 use thiserror::Error;
@@ -17,8 +17,9 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::ClientApi;
-use crate::config::ReplicaSetup;
+use crate::config::{App, ReplicaSetup};
 use crate::durable::{DurableError, Journal};
+use crate::ledger::{LedgerService, block_limit};
 use crate::runtime::{NodeHandle, start};
 use crate::transport::{Transport, TransportConfig, TransportError};
 
@@ -103,10 +104,26 @@ pub async fn start_replica(setup: ReplicaSetup) -> Result<RunningNode, NodeError
         max_batch_size: params.max_batch_size,
     };
     // The journal first: a replica that cannot trust its own disk must not join the cluster.
-    let (journal, entries) = Journal::open(&setup.data_dir, &config, id, &keyring, limits)?;
+    let app_config = &setup.cluster.app;
+    let (journal, entries) =
+        Journal::open(&setup.data_dir, &config, app_config, id, &keyring, limits)?;
     let recovering = !entries.is_empty();
     let signer = Signer::new(Principal::Replica(id), setup.key.clone());
-    let replica = Replica::new(config.clone(), id, signer, Box::new(KvStore::new()))
+    let (app, ledger): (Box<dyn StateMachine>, _) = match app_config {
+        App::Kv => (Box::new(KvStore::new()), None),
+        App::Ledger(genesis) => {
+            let ledger = Ledger::new(genesis);
+            let service = LedgerService::new(
+                journal.archive(),
+                ledger.reader(),
+                keyring.clone(),
+                config.quorum(),
+                block_limit(params.max_message_size),
+            );
+            (Box::new(ledger), Some(service))
+        }
+    };
+    let replica = Replica::new(config.clone(), id, signer, app)
         .map_err(|e| NodeError::Config(e.to_string()))?;
     let (replica, initial) = replica
         .recover(entries)
@@ -153,7 +170,18 @@ pub async fn start_replica(setup: ReplicaSetup) -> Result<RunningNode, NodeError
     )
     .with_peer_stats(Arc::new(move || peer_stats.stats()));
     let (stop, stopped) = watch::channel(false);
-    let app = crate::http::router(api.clone());
+    if let Some(ledger) = &ledger {
+        let peers = setup
+            .cluster
+            .addresses
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != id.index())
+            .map(|(_, a)| format!("http://{}", a.api))
+            .collect();
+        tokio::spawn(crate::ledger::backfill(ledger.clone(), peers));
+    }
+    let app = crate::http::router(api.clone(), ledger.clone());
     let mut http_stop = stopped.clone();
     tokio::spawn(async move {
         let served = axum::serve(http, app)
@@ -167,8 +195,12 @@ pub async fn start_replica(setup: ReplicaSetup) -> Result<RunningNode, NodeError
     });
     let mut grpc_stop = stopped;
     tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(crate::grpc::service(api))
+        let server = tonic::transport::Server::builder().add_service(crate::grpc::service(api));
+        let server = match ledger {
+            Some(ledger) => server.add_service(crate::grpc::ledger_service(ledger)),
+            None => server,
+        };
+        let served = server
             .serve_with_incoming_shutdown(TcpIncoming::from(grpc), async move {
                 let _ = grpc_stop.wait_for(|s| *s).await;
             })

@@ -348,7 +348,8 @@ impl ReplicaTask {
 
     fn carry_out(&mut self, output: Output) {
         match output {
-            Output::Send { .. } | Output::Reply(_) | Output::Persist(_) => {
+            // A committed batch's block is archived with the step's journal entries.
+            Output::Send { .. } | Output::Reply(_) | Output::Persist(_) | Output::Committed(_) => {
                 self.deferred.push(output)
             }
             other => self.carry_out_now(other),

@@ -1,7 +1,8 @@
 //! `pbft testnet`: keys and configuration files for a whole cluster, ready to start.
 //!
 //! Replica i listens for peers on `base_port + i`, for gRPC clients on `base_port + 100 + i` and for HTTP on
-//! `base_port + 200 + i`, on its host (loopback unless hosts are given, one per replica).
+//! `base_port + 200 + i`, on its host (loopback unless hosts are given, one per replica). A ledger testnet also
+//! gets account keys (`account-J.key`), each account starting with `GENESIS_BALANCE` in the genesis.
 
 use std::path::{Path, PathBuf};
 
@@ -9,8 +10,12 @@ use pbft_crypto::KeyPair;
 use thiserror::Error;
 
 use crate::config::{
-    ClientEntry, ClientFile, ClusterFile, ConfigFileError, ParamsFile, ReplicaEntry, ReplicaFile,
+    AccountEntry, AppFile, AppKind, ClientEntry, ClientFile, ClusterFile, ConfigFileError,
+    ParamsFile, ReplicaEntry, ReplicaFile,
 };
+
+/// What each account of a ledger testnet starts with.
+pub const GENESIS_BALANCE: u64 = 1_000_000;
 
 #[derive(Debug, Error)]
 pub enum TestnetError {
@@ -43,6 +48,9 @@ pub struct TestnetSpec {
     pub hosts: Vec<String>,
     pub base_port: u16,
     pub params: ParamsFile,
+    pub app: AppKind,
+    /// Accounts in a ledger's genesis (ignored for the key-value store).
+    pub accounts: usize,
 }
 
 /// What `write` produced.
@@ -51,6 +59,8 @@ pub struct Testnet {
     pub cluster_file: PathBuf,
     pub replica_files: Vec<PathBuf>,
     pub client_files: Vec<PathBuf>,
+    /// The ledger accounts' key files (none for the key-value store).
+    pub account_files: Vec<PathBuf>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TestnetError + '_ {
@@ -118,10 +128,26 @@ pub fn write(spec: &TestnetSpec, out: &Path) -> Result<Testnet, TestnetError> {
             public_key: hex::encode(key.public_key()),
         })
         .collect();
+    let account_keys = match spec.app {
+        AppKind::Kv => Vec::new(),
+        AppKind::Ledger => (0..spec.accounts)
+            .map(|_| generate())
+            .collect::<Result<Vec<_>, _>>()?,
+    };
     let cluster = ClusterFile {
         replicas,
         clients,
         params: spec.params.clone(),
+        app: AppFile {
+            kind: spec.app,
+            accounts: account_keys
+                .iter()
+                .map(|key| AccountEntry {
+                    public_key: hex::encode(key.public_key()),
+                    balance: GENESIS_BALANCE,
+                })
+                .collect(),
+        },
     };
     cluster.check(&cluster_file)?;
 
@@ -152,6 +178,12 @@ pub fn write(spec: &TestnetSpec, out: &Path) -> Result<Testnet, TestnetError> {
         std::fs::write(&path, toml_text(&file)).map_err(io(&path))?;
         client_files.push(path);
     }
+    let mut account_files = Vec::new();
+    for (j, key) in account_keys.iter().enumerate() {
+        let path = out.join(format!("account-{j}.key"));
+        key.save(&path)?;
+        account_files.push(path);
+    }
     std::fs::write(&cluster_file, toml_text(&cluster)).map_err(io(&cluster_file))?;
     for path in &replica_files {
         ReplicaFile::load(path)?;
@@ -163,6 +195,7 @@ pub fn write(spec: &TestnetSpec, out: &Path) -> Result<Testnet, TestnetError> {
         cluster_file,
         replica_files,
         client_files,
+        account_files,
     })
 }
 
@@ -177,6 +210,8 @@ mod tests {
             hosts: vec![],
             base_port: 7000,
             params: ParamsFile::default(),
+            app: AppKind::Kv,
+            accounts: 0,
         }
     }
 
@@ -194,6 +229,26 @@ mod tests {
         }
         let client = ClientFile::load(&net.client_files[1]).unwrap();
         assert_eq!(client.id, pbft_types::ClientId(1));
+    }
+
+    #[test]
+    fn a_ledger_testnet_has_account_keys_in_its_genesis() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = spec(4);
+        ledger.app = AppKind::Ledger;
+        ledger.accounts = 3;
+        let net = write(&ledger, dir.path()).unwrap();
+        assert_eq!(net.account_files.len(), 3);
+        let cluster = ClusterFile::load(&net.cluster_file).unwrap();
+        let crate::config::App::Ledger(genesis) = cluster.app else {
+            panic!("a ledger cluster")
+        };
+        let key = KeyPair::load(&net.account_files[2]).unwrap().public_key();
+        assert!(
+            genesis
+                .accounts()
+                .any(|(k, b)| *k == key && *b == GENESIS_BALANCE)
+        );
     }
 
     #[test]

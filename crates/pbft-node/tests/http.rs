@@ -23,12 +23,15 @@ async fn call(
     replica: usize,
     request: HttpRequest<Body>,
 ) -> (StatusCode, serde_json::Value) {
-    let app = router(ClientApi::new(
-        c.nodes[replica].clone(),
-        c.keyring.clone(),
-        64 * 1024,
-        Duration::from_secs(5),
-    ));
+    let app = router(
+        ClientApi::new(
+            c.nodes[replica].clone(),
+            c.keyring.clone(),
+            64 * 1024,
+            Duration::from_secs(5),
+        ),
+        None,
+    );
     let response = app.oneshot(request).await.expect("the router answers");
     let status = response.status();
     let body = axum::body::to_bytes(response.into_body(), 1 << 20)

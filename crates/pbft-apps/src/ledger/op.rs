@@ -254,6 +254,22 @@ impl LedgerResult {
     }
 }
 
+impl std::fmt::Display for LedgerOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LedgerOp::Transfer(t) => write!(
+                f,
+                "transfer {} from {} to {} (nonce {})",
+                t.transfer.amount,
+                hex::encode(t.transfer.from),
+                hex::encode(t.transfer.to),
+                t.transfer.nonce
+            ),
+            LedgerOp::Balance { account } => write!(f, "balance of {}", hex::encode(account)),
+        }
+    }
+}
+
 impl std::fmt::Display for LedgerResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use pbft_apps::{KvOp, KvResult};
 use pbft_client::net::{NetClient, NetClientConfig, NetError};
 use pbft_crypto::KeyPair;
-use pbft_node::config::{ClientFile, ClientSetup, ParamsFile};
+use pbft_node::config::{AppKind, ClientFile, ClientSetup, ParamsFile};
 use pbft_node::testnet::TestnetSpec;
 use pbft_types::ReplicaId;
 use pbft_types::wire::ReplicaStatus;
@@ -97,6 +97,8 @@ impl Cluster {
             hosts: Vec::new(),
             base_port,
             params,
+            app: AppKind::Kv,
+            accounts: 0,
         };
         pbft_node::testnet::write(&spec, dir.path()).unwrap();
         Cluster::in_dir(dir, base_port, n)

@@ -1,0 +1,286 @@
+//! The node's side of the ledger: archiving each block with its commit certificate, answering queries about the
+//! chain, and fetching from peers the blocks a replica skipped when it caught up by state transfer.
+//!
+//! Blocks are archived in the same synced write as the journal entries of the batch they record (see
+//! `durable`), so a replica that restarts has every block it executed. A replica that installs a checkpoint
+//! skips the batches below it: their blocks are missing until `backfill` fetches them. A fetched block is taken
+//! only if its hash is the one its successor (or the replica's own chain head) names and its certificate holds,
+//! so a faulty peer can delay the backfill but never put a wrong block in the archive.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pbft_apps::LedgerReader;
+use pbft_apps::ledger::{AccountKey, AccountState, BlockFault, CertifiedBlock, EntryProof};
+use pbft_core::Committed;
+use pbft_crypto::Keyring;
+use pbft_store::{Archive, ArchiveItem, StoreError};
+use pbft_types::{Digest, wire};
+use thiserror::Error;
+
+/// The most blocks one query answers.
+pub const MAX_BLOCKS_PER_QUERY: usize = 256;
+
+/// Blocks asked of a peer at a time while filling a gap.
+const BACKFILL_BATCH: u64 = 64;
+
+#[derive(Debug, Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("archived block {height} is unreadable: {fault}")]
+    Archived { height: u64, fault: BlockFault },
+}
+
+/// The largest encoded block a replica accepts from elsewhere: a batch fits in a message, and results and the
+/// certificate add less than another message's worth.
+pub fn block_limit(max_message_size: usize) -> usize {
+    max_message_size.saturating_mul(2).saturating_add(64 * 1024)
+}
+
+/// The archive item of a committed batch whose application recorded a block: the block with its certificate,
+/// found by its hash and by the digest of each request it executed.
+pub fn archive_item(committed: &Committed, limit: usize) -> Option<ArchiveItem> {
+    let record = committed.record.as_ref()?;
+    let commits = committed
+        .certificate
+        .iter()
+        .map(|c| c.signed().clone())
+        .collect();
+    let block = match CertifiedBlock::from_record(record, commits, limit) {
+        Ok(block) => block,
+        Err(fault) => {
+            // The ledger made this record itself a moment ago; it cannot fail to decode.
+            tracing::error!(seq = %committed.seq, %fault, "the application's block record does not decode");
+            return None;
+        }
+    };
+    Some(item_of(&block))
+}
+
+fn item_of(block: &CertifiedBlock) -> ArchiveItem {
+    let mut keys = vec![(block.hash().0, u64::MAX)];
+    keys.extend(
+        block
+            .entries
+            .iter()
+            .enumerate()
+            // A request executes once; the copies ordered again later (not executed) are not what it is found by.
+            .filter(|(_, e)| e.result.is_some())
+            .map(|(i, e)| (e.request_digest().0, i as u64)),
+    );
+    ArchiveItem {
+        number: block.height(),
+        bytes: block.encode(),
+        keys,
+    }
+}
+
+/// The chain as one replica holds it.
+#[derive(Clone, Debug)]
+pub struct LedgerService {
+    archive: Archive,
+    reader: LedgerReader,
+    keyring: Arc<Keyring>,
+    quorum: usize,
+    limit: usize,
+}
+
+impl LedgerService {
+    pub fn new(
+        archive: Archive,
+        reader: LedgerReader,
+        keyring: Keyring,
+        quorum: usize,
+        limit: usize,
+    ) -> LedgerService {
+        LedgerService {
+            archive,
+            reader,
+            keyring: Arc::new(keyring),
+            quorum,
+            limit,
+        }
+    }
+
+    fn decode(&self, height: u64, bytes: &[u8]) -> Result<CertifiedBlock, LedgerError> {
+        CertifiedBlock::decode(bytes, self.limit)
+            .map_err(|fault| LedgerError::Archived { height, fault })
+    }
+
+    /// The height and hash of the replica's latest block (the genesis hash at height 0).
+    pub fn head(&self) -> (u64, Digest) {
+        self.reader.head()
+    }
+
+    /// Every block from height 1 to the head is archived from this height on (the head + 1 if none is).
+    pub fn contiguous_from(&self) -> Result<u64, LedgerError> {
+        let (height, _) = self.head();
+        Ok(self.archive.highest_missing(height)?.map_or(1, |m| m + 1))
+    }
+
+    pub fn block(&self, height: u64) -> Result<Option<CertifiedBlock>, LedgerError> {
+        self.archive
+            .get(height)?
+            .map(|b| self.decode(height, &b))
+            .transpose()
+    }
+
+    /// Blocks with heights in `from..=to`, at most `limit` (capped at `MAX_BLOCKS_PER_QUERY`).
+    pub fn blocks(
+        &self,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<CertifiedBlock>, LedgerError> {
+        let limit = if limit == 0 {
+            MAX_BLOCKS_PER_QUERY
+        } else {
+            limit.min(MAX_BLOCKS_PER_QUERY)
+        };
+        self.archive
+            .range(from, to, limit)?
+            .into_iter()
+            .map(|(height, bytes)| self.decode(height, &bytes))
+            .collect()
+    }
+
+    pub fn block_by_hash(&self, hash: &Digest) -> Result<Option<CertifiedBlock>, LedgerError> {
+        match self.archive.lookup(&hash.0)? {
+            Some(found) if found.position.is_none() => self.block(found.number),
+            _ => Ok(None),
+        }
+    }
+
+    /// The executed request with this digest, with its Merkle path in its block.
+    pub fn entry(&self, request_digest: &Digest) -> Result<Option<EntryProof>, LedgerError> {
+        let Some(found) = self.archive.lookup(&request_digest.0)? else {
+            return Ok(None);
+        };
+        let Some(position) = found.position.and_then(|p| usize::try_from(p).ok()) else {
+            return Ok(None);
+        };
+        Ok(self
+            .block(found.number)?
+            .and_then(|block| block.proof(position)))
+    }
+
+    pub fn account(&self, key: &AccountKey) -> (AccountState, u64) {
+        self.reader.account(key)
+    }
+
+    /// The next gap to fill: the highest missing height at or below the head, and the hash its block must have.
+    fn next_gap(&self) -> Result<Option<(u64, Digest)>, LedgerError> {
+        let (head, head_hash) = self.head();
+        let Some(missing) = self.archive.highest_missing(head)? else {
+            return Ok(None);
+        };
+        if missing == head {
+            return Ok(Some((missing, head_hash)));
+        }
+        Ok(self
+            .block(missing + 1)?
+            .map(|above| (missing, above.header.previous)))
+    }
+
+    /// Takes, from the top down, the fetched blocks that continue the chain below a block of hash `expected` at
+    /// height `top`, and archives them. Returns how many it took.
+    fn take(
+        &self,
+        top: u64,
+        mut expected: Digest,
+        mut fetched: Vec<CertifiedBlock>,
+    ) -> Result<usize, LedgerError> {
+        fetched.sort_by_key(|b| std::cmp::Reverse(b.height()));
+        let mut taken = Vec::new();
+        let mut height = top;
+        for block in fetched {
+            if block.height() != height
+                || block.hash() != expected
+                || block.check(&self.keyring, self.quorum).is_err()
+            {
+                break;
+            }
+            expected = block.header.previous;
+            taken.push(item_of(&block));
+            if height == 1 {
+                break;
+            }
+            height -= 1;
+        }
+        self.archive.put(&taken)?;
+        Ok(taken.len())
+    }
+}
+
+/// Fetches blocks from the peers' gRPC APIs (`http://host:port`) until no block at or below the head is
+/// missing, then waits and looks again. Runs until the process ends.
+pub async fn backfill(service: LedgerService, peers: Vec<String>) {
+    let mut next_peer = 0usize;
+    loop {
+        let gap = match service.next_gap() {
+            Ok(gap) => gap,
+            Err(e) => {
+                tracing::error!(error = %e, "ledger backfill: cannot read the archive");
+                None
+            }
+        };
+        let Some((top, expected)) = gap else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        if peers.is_empty() {
+            return;
+        }
+        let peer = &peers[next_peer % peers.len()];
+        let from = top.saturating_sub(BACKFILL_BATCH - 1).max(1);
+        let fetched = fetch(peer, from, top, service.limit).await;
+        let taken = match fetched {
+            Ok(blocks) => service.take(top, expected, blocks).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "ledger backfill: cannot write the archive");
+                0
+            }),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "ledger backfill: fetch failed");
+                0
+            }
+        };
+        if taken > 0 {
+            tracing::info!(from = top + 1 - taken as u64, to = top, %peer, "fetched blocks skipped by state transfer");
+        } else {
+            // This peer did not help: ask the next one, after a pause so that a gap no peer can fill yet (a block
+            // still being archived) costs little.
+            next_peer += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Blocks `from..=to` from one replica's gRPC API, as it sent them (the caller checks them), each at most
+/// `limit` bytes.
+pub async fn fetch(
+    url: &str,
+    from: u64,
+    to: u64,
+    limit: usize,
+) -> Result<Vec<CertifiedBlock>, String> {
+    use pbft_types::wire::ledger_api_client::LedgerApiClient;
+    let mut client = LedgerApiClient::connect(url.to_string())
+        .await
+        .map_err(|e| e.to_string())?
+        .max_decoding_message_size(limit);
+    let mut stream = client
+        .get_blocks(wire::BlockRange { from, to, limit: 0 })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    let mut blocks = Vec::new();
+    while let Some(block) = stream
+        .message()
+        .await
+        .map_err(|e| e.message().to_string())?
+    {
+        blocks.push(CertifiedBlock::from_wire(block).map_err(|e| e.to_string())?);
+    }
+    Ok(blocks)
+}
