@@ -8,6 +8,7 @@
 //! the node with their certificates, outside the replicated state.
 
 mod block;
+pub mod export;
 mod merkle;
 mod op;
 mod verify;

@@ -4,6 +4,7 @@ mod bench;
 mod client;
 mod demo;
 mod keygen;
+mod ledger;
 mod replica;
 mod sim;
 mod testnet;
@@ -40,6 +41,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Put, get and delete keys in the replicated key-value store; read the replicas' status.
     Client(client::ClientArgs),
+    /// The replicated ledger: transfers and balances, blocks and proofs, and exporting and verifying the chain.
+    Ledger(ledger::LedgerArgs),
 }
 
 /// Runs `f` to completion on a new multi-threaded tokio runtime; a runtime that cannot start is an error.
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Command::Testnet(args) => testnet::run(&args),
         Command::Replica(args) => replica::run(&args),
         Command::Client(args) => client::run(&args),
+        Command::Ledger(args) => ledger::run(&args),
         Command::Bench(args) => bench::run(&args),
     }
 }

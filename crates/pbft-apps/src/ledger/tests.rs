@@ -353,3 +353,46 @@ fn flipping_any_byte_of_an_encoded_block_is_caught() {
         assert!(refused, "a flip at byte {at} went unnoticed");
     }
 }
+
+#[test]
+fn an_export_reads_back_and_flipping_any_byte_of_it_names_a_block() {
+    let blocks = chain(3, 2);
+    let mut file = Vec::new();
+    for block in &blocks {
+        export::append(&mut file, block);
+    }
+    let read: Vec<_> = export::ExportReader::new(file.clone().into(), 1 << 20)
+        .map(|(height, block)| (height, block.expect("a block")))
+        .collect();
+    assert_eq!(read.len(), 3);
+    assert!(
+        read.iter()
+            .zip(&blocks)
+            .all(|((h, a), b)| *h == b.height() && a == b)
+    );
+
+    let check = |bytes: Vec<u8>| -> Result<u64, u64> {
+        let mut verifier = ChainVerifier::new(&config(), &genesis()).expect("valid keys");
+        for (height, block) in export::ExportReader::new(bytes.into(), 1 << 20) {
+            let block = block.map_err(|_| height)?;
+            verifier.push(&block).map_err(|bad| bad.height)?;
+        }
+        Ok(verifier.head().0)
+    };
+    assert_eq!(check(file.clone()), Ok(3));
+    let mut first_of_block = Vec::new();
+    for at in 0..file.len() {
+        let mut bytes = file.clone();
+        bytes[at] ^= 0x20;
+        match check(bytes) {
+            Ok(head) => panic!("a flip at byte {at} went unnoticed (head {head})"),
+            Err(height) => {
+                if first_of_block.last() != Some(&height) {
+                    first_of_block.push(height);
+                }
+            }
+        }
+    }
+    // Every block was named by some flip, in file order.
+    assert_eq!(first_of_block, vec![1, 2, 3]);
+}

@@ -88,6 +88,11 @@ impl Cluster {
     /// The testnet files only, with `clients` clients and the protocol parameters `params` (which `pbft testnet`
     /// does not expose); no replica started.
     pub fn create_with(base_port: u16, clients: usize, params: ParamsFile) -> Cluster {
+        Cluster::create_app(base_port, clients, params, AppKind::Kv)
+    }
+
+    /// As `create_with`, for the application `app` (a ledger gets 4 accounts, `account-J.key`).
+    pub fn create_app(base_port: u16, clients: usize, params: ParamsFile, app: AppKind) -> Cluster {
         let n = 4;
         check_ports_free(base_port, n);
         let dir = temp_dir();
@@ -97,8 +102,8 @@ impl Cluster {
             hosts: Vec::new(),
             base_port,
             params,
-            app: AppKind::Kv,
-            accounts: 0,
+            app,
+            accounts: 4,
         };
         pbft_node::testnet::write(&spec, dir.path()).unwrap();
         Cluster::in_dir(dir, base_port, n)

@@ -1,0 +1,199 @@
+//! The ledger with real `pbft replica` processes: transfers commit as blocks, a replica that was down while the
+//! chain moved on past its window catches up by state transfer and fetches the blocks it skipped, every replica
+//! ends with the same chain, and `pbft ledger export` / `verify` accept it and refuse it with one byte flipped.
+
+#![allow(clippy::unwrap_used)] // tests
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, PATIENCE, PBFT, http};
+use pbft_apps::ledger::{LedgerOp, LedgerResult, Transfer};
+use pbft_crypto::KeyPair;
+use pbft_node::config::{AppKind, ParamsFile};
+
+/// Port range (e2e.rs uses 21000..23400, durability.rs 24000..25800).
+const CHAIN: u16 = 26000;
+
+fn head(cluster: &Cluster, i: usize) -> Option<(u64, String, u64)> {
+    let (status, body) = http(cluster.http_addr(i), "GET", "/v1/ledger/head", None);
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    Some((
+        v["height"].as_u64()?,
+        v["hash"].as_str()?.to_string(),
+        v["contiguous_from"].as_u64()?,
+    ))
+}
+
+/// Every block hash replica `i` holds from 1 to `to`, in order.
+fn hashes(cluster: &Cluster, i: usize, to: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut from = 1;
+    while from <= to {
+        let path = format!("/v1/ledger/blocks?from={from}&to={to}");
+        let (status, body) = http(cluster.http_addr(i), "GET", &path, None);
+        assert_eq!(status, 200, "replica {i}: {body}");
+        let blocks: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        assert!(!blocks.is_empty(), "replica {i} has no block from {from}");
+        for b in blocks {
+            assert_eq!(b["height"].as_u64(), Some(from), "replica {i}: a gap");
+            out.push(b["hash"].as_str().unwrap().to_string());
+            from += 1;
+        }
+    }
+    out
+}
+
+fn pbft(args: &[&str]) -> (bool, String) {
+    let out = Command::new(PBFT).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn chains_agree_after_a_restart_past_the_window_and_verify_offline() {
+    // A small window, so that a replica down for a few dozen batches must catch up by state transfer.
+    let params = ParamsFile {
+        checkpoint_interval: Some(4),
+        window: Some(8),
+        ..ParamsFile::default()
+    };
+    let mut cluster = Cluster::create_app(CHAIN, 1, params, AppKind::Ledger);
+    for i in 0..4 {
+        cluster.spawn(i);
+    }
+    cluster.wait_connected();
+    let accounts: Vec<KeyPair> = (0..4)
+        .map(|j| KeyPair::load(&cluster.path().join(format!("account-{j}.key"))).unwrap())
+        .collect();
+    let mut client = cluster.client();
+    let mut nonces = [0u64; 4];
+    let mut transfer = |cluster: &Cluster, from: usize, to: usize, amount: u64| {
+        let op = LedgerOp::Transfer(
+            Transfer {
+                from: accounts[from].public_key(),
+                to: accounts[to].public_key(),
+                amount,
+                nonce: nonces[from],
+            }
+            .sign(&accounts[from]),
+        );
+        let result = cluster.rt.block_on(client.submit(op.encode())).unwrap();
+        match LedgerResult::decode(&result) {
+            Some(LedgerResult::Transfer { .. }) => nonces[from] += 1,
+            other => panic!("transfer {from} -> {to}: {other:?}"),
+        }
+    };
+    for k in 0..6 {
+        transfer(&cluster, k % 4, (k + 1) % 4, 10 + k as u64);
+    }
+    cluster.kill(3);
+    for k in 0..30 {
+        transfer(&cluster, k % 3, (k + 1) % 3, 1);
+    }
+    cluster.spawn(3);
+    cluster.wait_connected();
+    // Traffic after the restart shows the replica where the others are.
+    for k in 0..6 {
+        transfer(&cluster, k % 4, (k + 2) % 4, 2);
+    }
+
+    // Replica 3 reaches the others' head and holds every block below it.
+    let start = Instant::now();
+    let top = loop {
+        let heads: Vec<_> = (0..4).map(|i| head(&cluster, i)).collect();
+        let top = heads[0].as_ref().map(|h| h.0).unwrap_or(0);
+        if top > 0
+            && heads
+                .iter()
+                .all(|h| h.as_ref().is_some_and(|h| h.0 == top && h.2 == 1))
+        {
+            break top;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the replicas' chains did not meet: {heads:?}\nreplica 3's log:\n{}",
+            cluster.log(3)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = cluster.log(3);
+    assert!(
+        log.contains("installed the state of a certified checkpoint"),
+        "replica 3 was expected to catch up by state transfer:\n{log}"
+    );
+    assert!(
+        log.contains("fetched blocks skipped by state transfer"),
+        "replica 3 was expected to fetch the blocks it skipped:\n{log}"
+    );
+    let reference = hashes(&cluster, 0, top);
+    for i in 1..4 {
+        assert_eq!(hashes(&cluster, i, top), reference, "replica {i}'s chain");
+    }
+
+    // Export from the restarted replica; verify accepts it and refuses it with any one byte flipped.
+    let cluster_file = cluster.path().join("cluster.toml");
+    let cluster_file = cluster_file.to_str().unwrap();
+    let export = cluster.path().join("chain.bin");
+    let url = format!("http://127.0.0.1:{}", CHAIN + 100 + 3);
+    let (ok, out) = pbft(&[
+        "ledger",
+        "export",
+        "--cluster",
+        cluster_file,
+        "--from",
+        &url,
+        "--out",
+        export.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = pbft(&[
+        "ledger",
+        "verify",
+        "--cluster",
+        cluster_file,
+        "--from",
+        export.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("{top} blocks")), "{out}");
+    let bytes = std::fs::read(&export).unwrap();
+    let flipped = cluster.path().join("flipped.bin");
+    for at in [0, bytes.len() / 3, bytes.len() / 2, bytes.len() - 1] {
+        let mut copy = bytes.clone();
+        copy[at] ^= 0x04;
+        std::fs::write(&flipped, &copy).unwrap();
+        let (ok, out) = pbft(&[
+            "ledger",
+            "verify",
+            "--cluster",
+            cluster_file,
+            "--from",
+            flipped.to_str().unwrap(),
+        ]);
+        assert!(!ok, "a flip at byte {at} was accepted: {out}");
+        assert!(out.contains("NOT valid: block "), "{out}");
+    }
+
+    // A stopped replica's data directory verifies too.
+    cluster.kill(2);
+    let dir = cluster.path().join("data/replica-2");
+    let (ok, out) = pbft(&[
+        "ledger",
+        "verify",
+        "--cluster",
+        cluster_file,
+        "--from",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+}
