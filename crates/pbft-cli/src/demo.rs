@@ -20,8 +20,9 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 
 use crate::client::connect;
+use crate::testnet::AppChoice;
 
-const REPLICAS: usize = 4;
+pub(crate) const REPLICAS: usize = 4;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -34,6 +35,10 @@ pub struct DemoArgs {
     /// Keep the cluster's directory (keys, configuration, replica logs) instead of deleting it at the end.
     #[arg(long)]
     keep: bool,
+    /// The application: the key-value store, or the ledger (transfers committing as blocks, a replica catching
+    /// up on the chain, and the chain verified offline).
+    #[arg(long, value_enum, default_value_t = AppChoice::Kv)]
+    app: AppChoice,
 }
 
 pub fn run(args: &DemoArgs) -> ExitCode {
@@ -44,20 +49,25 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     crate::run_in_cluster_dir(
         "pbft-demo-",
         |succeeded| args.keep || !succeeded,
-        |dir| async move { demo(args, &dir).await },
+        |dir| async move {
+            match args.app {
+                AppChoice::Kv => demo(args, &dir).await,
+                AppChoice::Ledger => crate::demo_ledger::demo(args.scene_seconds, &dir).await,
+            }
+        },
     )
 }
 
 /// The replica processes of the demo. Dropping it kills every one that is still running.
-struct Cluster {
-    exe: PathBuf,
-    dir: PathBuf,
-    children: Vec<Option<Child>>,
-    monitor: NetClient,
+pub(crate) struct Cluster {
+    pub exe: PathBuf,
+    pub dir: PathBuf,
+    pub children: Vec<Option<Child>>,
+    pub monitor: NetClient,
 }
 
 impl Cluster {
-    fn start(&mut self, i: usize) -> Result<(), String> {
+    pub(crate) fn start(&mut self, i: usize) -> Result<(), String> {
         let log_path = self.dir.join(format!("replica-{i}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -82,19 +92,19 @@ impl Cluster {
         Ok(())
     }
 
-    async fn stop(&mut self, i: usize) {
+    pub(crate) async fn stop(&mut self, i: usize) {
         if let Some(mut child) = self.children[i].take() {
             let _ = child.kill().await;
         }
     }
 
-    async fn stop_all(&mut self) {
+    pub(crate) async fn stop_all(&mut self) {
         for i in 0..self.children.len() {
             self.stop(i).await;
         }
     }
 
-    async fn statuses(&self) -> Vec<Option<ReplicaStatus>> {
+    pub(crate) async fn statuses(&self) -> Vec<Option<ReplicaStatus>> {
         let mut all = Vec::with_capacity(REPLICAS);
         for i in 0..REPLICAS {
             all.push(self.monitor.status(ReplicaId(i as u64)).await.ok());
@@ -103,7 +113,7 @@ impl Cluster {
     }
 
     /// Polls the replicas' status until `done` holds for the running ones, or `timeout` passes.
-    async fn wait_for(
+    pub(crate) async fn wait_for(
         &self,
         timeout: Duration,
         what: &str,
@@ -123,7 +133,7 @@ impl Cluster {
     }
 
     /// Any replica process that exited by itself (a crash) is an error.
-    fn check_alive(&mut self) -> Result<(), String> {
+    pub(crate) fn check_alive(&mut self) -> Result<(), String> {
         for (i, child) in self.children.iter_mut().enumerate() {
             if let Some(child) = child
                 && let Ok(Some(status)) = child.try_wait()
@@ -413,7 +423,7 @@ struct Scene {
 }
 
 /// Waits until replica `i` executed as far as the furthest replica; returns how long that took.
-async fn catch_up(cluster: &mut Cluster, i: usize) -> Result<Duration, String> {
+pub(crate) async fn catch_up(cluster: &mut Cluster, i: usize) -> Result<Duration, String> {
     let started = Instant::now();
     cluster
         .wait_for(
@@ -478,7 +488,7 @@ fn summary(total: &Tally, statuses: &[Option<ReplicaStatus>], elapsed: Duration)
 }
 
 /// ERROR lines in the replicas' logs.
-fn count_errors(dir: &Path) -> usize {
+pub(crate) fn count_errors(dir: &Path) -> usize {
     (0..REPLICAS)
         .filter_map(|i| std::fs::read_to_string(dir.join(format!("replica-{i}.log"))).ok())
         .map(|log| log.lines().filter(|l| l.contains("ERROR")).count())
@@ -486,7 +496,7 @@ fn count_errors(dir: &Path) -> usize {
 }
 
 /// A base port whose 3 x 4 ports (peers, gRPC, HTTP) are all free now.
-fn free_base_port() -> Result<u16, String> {
+pub(crate) fn free_base_port() -> Result<u16, String> {
     for base in (17000u16..27000).step_by(300) {
         let ports = (0..REPLICAS as u16).flat_map(|i| [base + i, base + 100 + i, base + 200 + i]);
         let all_free = ports

@@ -145,7 +145,7 @@ fn client(config: &Path) -> Result<NetClient, String> {
     crate::client::connect(&setup, Duration::from_secs(30))
 }
 
-async fn submit(client: &mut NetClient, op: LedgerOp) -> Result<LedgerResult, String> {
+pub(crate) async fn submit(client: &mut NetClient, op: LedgerOp) -> Result<LedgerResult, String> {
     let result = client
         .submit(op.encode())
         .await
@@ -209,7 +209,7 @@ async fn balance(config: &Path, text: &str) -> Result<(), String> {
 }
 
 /// The cluster file, which must describe a ledger cluster, and its genesis.
-fn ledger_cluster(path: &Path) -> Result<(Cluster, Genesis), String> {
+pub(crate) fn ledger_cluster(path: &Path) -> Result<(Cluster, Genesis), String> {
     let cluster = ClusterFile::load(path).map_err(|e| e.to_string())?;
     match &cluster.app {
         App::Ledger(genesis) => {
@@ -231,7 +231,7 @@ fn api_url(cluster: &Cluster, replica: usize) -> Result<String, String> {
         .ok_or_else(|| format!("the cluster has no replica {replica}"))
 }
 
-async fn ledger_client(
+pub(crate) async fn ledger_client(
     url: &str,
     limit: usize,
 ) -> Result<wire::ledger_api_client::LedgerApiClient<tonic::transport::Channel>, String> {
@@ -441,8 +441,8 @@ impl Source {
     }
 }
 
-async fn export(path: &Path, from: &str, out: &Path) -> Result<(), String> {
-    let (cluster, _) = ledger_cluster(path)?;
+/// The chain read from `from` (see `Source::open`), as an export file's bytes, and how many blocks it holds.
+pub(crate) async fn export_chain(cluster: &Cluster, from: &str) -> Result<(Vec<u8>, u64), String> {
     let limit = block_limit(cluster.config.params.max_message_size);
     let source = Source::open(from, limit).await?;
     let mut file = Vec::new();
@@ -461,9 +461,15 @@ async fn export(path: &Path, from: &str, out: &Path) -> Result<(), String> {
             }
         })
         .await?;
-    if let Some(failure) = failure {
-        return Err(failure);
+    match failure {
+        Some(failure) => Err(failure),
+        None => Ok((file, count)),
     }
+}
+
+async fn export(path: &Path, from: &str, out: &Path) -> Result<(), String> {
+    let (cluster, _) = ledger_cluster(path)?;
+    let (file, count) = export_chain(&cluster, from).await?;
     std::fs::write(out, &file).map_err(|e| format!("{}: {e}", out.display()))?;
     println!(
         "exported {count} blocks ({} bytes) to {}",
@@ -473,10 +479,21 @@ async fn export(path: &Path, from: &str, out: &Path) -> Result<(), String> {
     Ok(())
 }
 
-async fn verify(path: &Path, from: &str) -> Result<(), String> {
-    let (cluster, genesis) = ledger_cluster(path)?;
+/// A chain that verified: its height, head hash and number of requests.
+pub(crate) struct Verified {
+    pub height: u64,
+    pub head: pbft_types::Digest,
+    pub entries: usize,
+}
+
+/// Checks the chain read from `from`; the error names the first bad block.
+pub(crate) async fn verify_chain(
+    cluster: &Cluster,
+    genesis: &Genesis,
+    from: &str,
+) -> Result<Verified, String> {
     let limit = block_limit(cluster.config.params.max_message_size);
-    let mut verifier = ChainVerifier::new(&cluster.config, &genesis).map_err(|e| e.to_string())?;
+    let mut verifier = ChainVerifier::new(&cluster.config, genesis).map_err(|e| e.to_string())?;
     let source = Source::open(from, limit).await?;
     let mut bad = None;
     let mut entries = 0usize;
@@ -498,17 +515,29 @@ async fn verify(path: &Path, from: &str) -> Result<(), String> {
         })
         .await?;
     let (height, head) = verifier.head();
-    if let Some(bad) = bad {
-        return Err(format!(
+    match bad {
+        Some(bad) => Err(format!(
             "the chain is NOT valid: {bad} (blocks 1..={height} are valid)"
-        ));
+        )),
+        None => Ok(Verified {
+            height,
+            head,
+            entries,
+        }),
     }
+}
+
+async fn verify(path: &Path, from: &str) -> Result<(), String> {
+    let (cluster, genesis) = ledger_cluster(path)?;
+    let v = verify_chain(&cluster, &genesis, from).await?;
     println!(
-        "the chain is valid: {height} blocks, {entries} requests; every commit certificate holds ({} of {} \
-         replicas), every Merkle root and link, and replaying it gives every result and state root",
+        "the chain is valid: {} blocks, {} requests; every commit certificate holds ({} of {} replicas), every \
+         Merkle root and link, and replaying it gives every result and state root",
+        v.height,
+        v.entries,
         cluster.config.quorum(),
         cluster.config.n()
     );
-    println!("head: block {height}, hash {head}");
+    println!("head: block {}, hash {}", v.height, v.head);
     Ok(())
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 mod demo;
+mod demo_ledger;
 mod keygen;
 mod ledger;
 mod replica;

@@ -197,3 +197,18 @@ fn chains_agree_after_a_restart_past_the_window_and_verify_offline() {
     ]);
     assert!(ok, "{out}");
 }
+
+#[test]
+fn the_ledger_demo_runs_to_the_end_without_errors() {
+    let (ok, out) = pbft(&["demo", "--app", "ledger", "--scene-seconds", "1"]);
+    assert!(ok, "{out}");
+    for expected in [
+        "refused (insufficient funds)",
+        "refused (bad signature)",
+        "block for block",
+        "the chain is NOT valid: block ",
+        "No errors.",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+}
