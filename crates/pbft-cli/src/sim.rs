@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use pbft_sim::{Byzantine, SimConfig, SimReport, Simulation, Summary, run_seeds};
+use pbft_sim::{Byzantine, SimApp, SimConfig, SimReport, Simulation, Summary, run_seeds};
+
+use crate::testnet::AppChoice;
 
 /// When replicas crash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -70,6 +72,12 @@ pub struct SimArgs {
     #[arg(long, value_enum, default_value = "none")]
     crash: CrashSchedule,
 
+    /// The replicated application: the key-value store, or the ledger (transfers, some overdrawn, forged or with
+    /// a stale nonce, and balance queries; every replica's block for each batch is checked against the block a
+    /// replay of the history makes).
+    #[arg(long, value_enum, default_value_t = AppChoice::Kv)]
+    app: AppChoice,
+
     /// Threads to run seeds on (each seed's run is deterministic whatever the number).
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -102,6 +110,10 @@ impl SimArgs {
             partition: self.partition,
             byzantine: self.byzantine.clone(),
             crash: self.crash == CrashSchedule::Random,
+            app: match self.app {
+                AppChoice::Kv => SimApp::Kv,
+                AppChoice::Ledger => SimApp::Ledger,
+            },
             ..SimConfig::new(self.seed_range().start, replicas)
         }
     }
@@ -133,7 +145,7 @@ pub fn run(args: &SimArgs) -> ExitCode {
             }
         }
         println!(
-            "n={replicas} clients={} requests={} drop={} duplicate={}{}{}{}: {}, wall {:.1}s",
+            "n={replicas} clients={} requests={} drop={} duplicate={}{}{}{}{}: {}, wall {:.1}s",
             config.clients,
             config.requests,
             config.drop,
@@ -144,6 +156,11 @@ pub fn run(args: &SimArgs) -> ExitCode {
                 b => format!(" byzantine={b}"),
             },
             if config.crash { " crash=random" } else { "" },
+            if config.app == SimApp::Ledger {
+                " app=ledger"
+            } else {
+                ""
+            },
             Summary::of(&reports),
             wall.as_secs_f64()
         );
@@ -238,8 +255,11 @@ mod tests {
             "equivocate,twins",
             "--crash",
             "random",
+            "--app",
+            "ledger",
         ]);
         let config = args.config(7);
+        assert_eq!(config.app, SimApp::Ledger);
         assert_eq!(
             (
                 config.seed,

@@ -10,6 +10,7 @@ use rand::RngExt;
 
 use crate::byzantine::{Byzantine, Fault, FaultyReplica, draw_faults, fault_rng};
 use crate::network::Partition;
+use crate::workload::SimApp;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SimError {
@@ -48,6 +49,8 @@ pub struct SimConfig {
     pub retransmit_after: Duration,
     /// The longest pause of a client between a result and its next request.
     pub think_time: Duration,
+    /// The replicated application: the key-value store or the ledger.
+    pub app: SimApp,
     /// The number of distinct keys the workload touches: few, so that operations conflict.
     pub key_space: u32,
     /// How long the run continues once every request completed, so that replicas still catching up commit under
@@ -113,6 +116,7 @@ impl SimConfig {
             liveness_bound: Duration::from_secs(60),
             retransmit_after: Duration::from_millis(250),
             think_time: Duration::from_millis(1),
+            app: SimApp::Kv,
             key_space: 4,
             drain: Duration::from_millis(100),
             params,
@@ -239,6 +243,9 @@ impl SimConfig {
         }
         if self.crash {
             command.push_str(" --crash random");
+        }
+        if self.app == SimApp::Ledger {
+            command.push_str(" --app ledger");
         }
         if let Some(faulty) = &self.faulty {
             command.push_str(&format!(

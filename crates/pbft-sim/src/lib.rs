@@ -38,3 +38,4 @@ pub use report::{SimReport, Summary};
 pub use seeds::run_seeds;
 pub use simulation::{Simulation, run_one};
 pub use violation::Violation;
+pub use workload::SimApp;

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pbft_apps::KvStore;
 use pbft_client::{Client, ClientOutput, Destination};
 use pbft_core::{Dest, Input, Output, Replica, ReplicaStatus, Timer};
 use pbft_crypto::{KeyPair, Keyring, Signer};
@@ -29,7 +28,7 @@ use crate::queue::EventQueue;
 use crate::report::SimReport;
 use crate::trace;
 use crate::violation::Violation;
-use crate::workload::Workload;
+use crate::workload::{SimApp, Workload};
 
 /// A run that takes more events than this is spinning without virtual time passing: a bug, reported as such.
 const MAX_EVENTS: u64 = 20_000_000;
@@ -213,7 +212,7 @@ impl Simulation {
                     }
                     _ => None,
                 };
-                let mut node = new_node(&cluster, id, key.clone())?;
+                let mut node = new_node(&cluster, config.app, id, key.clone())?;
                 // A crash is not a fault of the protocol's model once the replica recovers from its disk:
                 // crashed replicas are checked like every correct one.
                 node.faulty = matches!(fault, Some(Fault::Byzantine(_)));
@@ -224,7 +223,7 @@ impl Simulation {
             })
             .collect::<Result<Vec<_>, SimError>>()?;
         for &id in &twins {
-            let mut copy = new_node(&cluster, id, replica_keys[id.index()].clone())?;
+            let mut copy = new_node(&cluster, config.app, id, replica_keys[id.index()].clone())?;
             copy.faulty = true;
             copy.twin = true;
             copy.side = 1;
@@ -250,12 +249,13 @@ impl Simulation {
         };
         let checker = Checker::new(
             &cluster,
+            config.app,
             keyring.clone(),
             config.heal_at,
             config.liveness_bound,
         );
         let mut sim = Simulation {
-            workload: Workload::new(config.key_space),
+            workload: Workload::new(config.app, config.key_space),
             boundary: Boundary::new(keyring.clone(), limits),
             keyring,
             limits,
@@ -616,7 +616,7 @@ impl Simulation {
                 )));
             }
         };
-        let recovered = new_node(&self.cluster, id, key)
+        let recovered = new_node(&self.cluster, self.config.app, id, key)
             .map_err(|e| e.to_string())
             .and_then(|fresh| fresh.replica.recover(entries).map_err(|e| e.to_string()));
         let (replica, outputs) = match recovered {
@@ -767,7 +767,7 @@ impl Simulation {
 
     fn submit(&mut self, client: usize) {
         let now = self.queue.now();
-        let operation = self.workload.next_op(&mut self.rng).encode();
+        let operation = self.workload.next_op(&mut self.rng);
         let Some(node) = self.clients.get_mut(client) else {
             return;
         };
@@ -862,9 +862,14 @@ impl Simulation {
 }
 
 /// A replica at the initial state, with an empty disk.
-fn new_node(cluster: &ClusterConfig, id: ReplicaId, key: KeyPair) -> Result<ReplicaNode, SimError> {
+fn new_node(
+    cluster: &ClusterConfig,
+    app: SimApp,
+    id: ReplicaId,
+    key: KeyPair,
+) -> Result<ReplicaNode, SimError> {
     let signer = Signer::new(Principal::Replica(id), key.clone());
-    let replica = Replica::new(cluster.clone(), id, signer, Box::new(KvStore::new()))?;
+    let replica = Replica::new(cluster.clone(), id, signer, app.new_state_machine())?;
     Ok(ReplicaNode {
         id,
         replica,

@@ -11,6 +11,12 @@ use thiserror::Error;
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum Violation {
     #[error(
+        "agreement: replica {replica} recorded a block at seq {seq} that differs from the one replaying the history \
+         gives (the ledger's chains would differ)"
+    )]
+    RecordDiverges { replica: ReplicaId, seq: SeqNo },
+
+    #[error(
         "total order: replica {replica} committed seq {seq} right after seq {last}; execution must be consecutive"
     )]
     OutOfOrder {
@@ -233,7 +239,10 @@ pub fn describe_result(bytes: &Bytes) -> String {
         Ok(KvResult::NotFound) => "NotFound".to_string(),
         Ok(KvResult::Value(v)) => format!("Value({:?})", String::from_utf8_lossy(&v)),
         Ok(KvResult::Error(e)) => format!("Error({e:?})"),
-        Err(_) => format!("bytes {}", hex_of(bytes)),
+        Err(_) => match pbft_apps::ledger::LedgerResult::decode(bytes) {
+            Some(result) => result.to_string(),
+            None => format!("bytes {}", hex_of(bytes)),
+        },
     }
 }
 

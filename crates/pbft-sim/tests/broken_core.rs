@@ -2,7 +2,7 @@
 //! tampered with the way a buggy replica would produce them, and the run must end with the matching violation.
 
 use pbft_core::Output;
-use pbft_sim::{SimConfig, Simulation, Violation};
+use pbft_sim::{SimApp, SimConfig, Simulation, Violation};
 use pbft_types::{ReplicaId, SeqNo};
 
 fn run_tampered(tamper: impl FnMut(ReplicaId, &mut Vec<Output>) + 'static) -> Vec<Violation> {
@@ -84,6 +84,40 @@ fn a_wrong_result_is_caught() {
                 replica: ReplicaId(0),
                 seq: SeqNo(6),
                 ..
+            }]
+        ),
+        "{violations:?}"
+    );
+}
+
+#[test]
+fn a_ledger_block_that_differs_from_the_replayed_one_is_caught() {
+    let mut sim = Simulation::new(SimConfig {
+        app: SimApp::Ledger,
+        ..SimConfig::new(3, 4)
+    })
+    .expect("a valid configuration");
+    sim.tamper_with(|replica, outputs| {
+        for output in outputs.iter_mut() {
+            if let Output::Committed(c) = output
+                && replica == ReplicaId(3)
+                && c.seq == SeqNo(6)
+                && let Some(record) = &c.record
+            {
+                let mut bytes = record.to_vec();
+                let last = bytes.len() - 1;
+                bytes[last] ^= 1;
+                c.record = Some(bytes.into());
+            }
+        }
+    });
+    let violations = sim.run().violations;
+    assert!(
+        matches!(
+            violations.as_slice(),
+            [Violation::RecordDiverges {
+                replica: ReplicaId(3),
+                seq: SeqNo(6),
             }]
         ),
         "{violations:?}"

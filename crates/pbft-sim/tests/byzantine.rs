@@ -191,6 +191,25 @@ fn random_faults_drawn_from_the_seed_pass() {
     }
 }
 
+/// The ledger under the same faults: every correct replica's block for every batch is the block a replay of the
+/// history makes, also across crashes (recovery replays the journal) and state transfers (the chain head travels
+/// in the snapshot).
+#[test]
+fn the_ledger_under_random_faults_and_crashes_records_the_same_blocks() {
+    let base = SimConfig {
+        app: pbft_sim::SimApp::Ledger,
+        byzantine: pbft_sim::Byzantine::Random,
+        crash: true,
+        requests: 12,
+        ..SimConfig::new(0, 4)
+    };
+    let reports = pbft_sim::run_seeds(&base, 0..24, 2).expect("a valid configuration");
+    for report in &reports {
+        assert!(report.passed(), "{report}");
+        assert!(report.replay.contains("--app ledger"), "{report}");
+    }
+}
+
 /// Beyond f the guarantees are gone, and the checkers must notice: an equivocating primary and a replica that
 /// votes for both of its batches make the two halves of a 4-replica cluster commit different batches. Not every
 /// seed goes wrong (a correct replica may see both batches first and start a view change), but several must.

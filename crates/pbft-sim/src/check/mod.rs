@@ -16,6 +16,7 @@ use pbft_crypto::{Keyring, batch_digest};
 use pbft_types::{ClientId, ClusterConfig, ReplicaId, Request, SeqNo, Timestamp};
 
 use crate::violation::Violation;
+use crate::workload::SimApp;
 use certificate::CertificateChecker;
 use history::{History, Recorded};
 use liveness::Liveness;
@@ -33,17 +34,18 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// Checks a cluster of `config`, whose network heals at `heal_at`, after which every request must complete
-    /// within `bound`.
+    /// Checks a cluster of `config` running `app`, whose network heals at `heal_at`, after which every request
+    /// must complete within `bound`.
     pub fn new(
         config: &ClusterConfig,
+        app: SimApp,
         keyring: Keyring,
         heal_at: Duration,
         bound: Duration,
     ) -> Checker {
         Checker {
             history: History::new(config.n()),
-            model: Model::new(),
+            model: Model::new(app),
             certificates: CertificateChecker::new(keyring, config.n(), config.quorum()),
             liveness: Liveness::new(heal_at, bound),
             window: config.params.window,
@@ -112,6 +114,11 @@ impl Checker {
             self.model
                 .apply(replica, seq, &committed.batch, &committed.results)?;
         }
+        if let Some(expected) = self.model.record(seq)
+            && *expected != committed.record
+        {
+            return Err(Violation::RecordDiverges { replica, seq });
+        }
         Ok(())
     }
 
@@ -179,6 +186,7 @@ mod tests {
             client: Signer::new(Principal::Client(ClientId(0)), client_key),
             checker: Checker::new(
                 &config,
+                crate::workload::SimApp::Kv,
                 keyring,
                 Duration::from_secs(1),
                 Duration::from_secs(60),

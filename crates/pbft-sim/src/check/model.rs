@@ -1,18 +1,19 @@
 //! The reference model: validity, exactly-once and client results.
 //!
-//! It replays the global history on a key-value store of its own, with its own table of the last timestamp
-//! executed per client, exactly as PROTOCOL.md says a replica must (normal case, rule 5). It therefore knows which
-//! request of each batch must execute, what each result must be, and so what every client must accept.
+//! It replays the global history on an application of its own (the run's: key-value store or ledger), with its
+//! own table of the last timestamp executed per client, exactly as PROTOCOL.md says a replica must (normal case,
+//! rule 5). It therefore knows which request of each batch must execute, what each result must be, and so what
+//! every client must accept; and, for the ledger, what block every replica must record for each batch.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use pbft_apps::KvStore;
-use pbft_core::{ExecContext, StateMachine};
+use pbft_core::{ExecContext, ExecutedBatch, StateMachine};
 use pbft_crypto::Verified;
 use pbft_types::{ClientId, ReplicaId, Request, SeqNo, Timestamp};
 
 use crate::violation::{Violation, describe_optional, describe_result};
+use crate::workload::SimApp;
 
 #[derive(Clone, Debug)]
 struct Executed {
@@ -20,18 +21,30 @@ struct Executed {
     result: Bytes,
 }
 
-#[derive(Clone, Debug, Default)]
 pub struct Model {
     /// Every request a simulated client sent, with its operation.
     issued: HashMap<(ClientId, Timestamp), Bytes>,
     last_executed: HashMap<ClientId, Timestamp>,
     executed: HashMap<(ClientId, Timestamp), Executed>,
-    store: KvStore,
+    store: Box<dyn StateMachine>,
+    /// What the application recorded at the end of each batch (the ledger's blocks).
+    records: HashMap<SeqNo, Option<Bytes>>,
 }
 
 impl Model {
-    pub fn new() -> Model {
-        Model::default()
+    pub fn new(app: SimApp) -> Model {
+        Model {
+            issued: HashMap::new(),
+            last_executed: HashMap::new(),
+            executed: HashMap::new(),
+            store: app.new_state_machine(),
+            records: HashMap::new(),
+        }
+    }
+
+    /// What the application must record at the end of batch `seq`, once the history reached it.
+    pub fn record(&self, seq: SeqNo) -> Option<&Option<Bytes>> {
+        self.records.get(&seq)
     }
 
     /// A client sent `request`.
@@ -121,6 +134,13 @@ impl Model {
                 None => {}
             }
         }
+        // The results were checked one by one above, so they are the model's own.
+        let record = self.store.end_batch(ExecutedBatch {
+            seq,
+            requests: batch,
+            results,
+        });
+        self.records.insert(seq, record);
         Ok(())
     }
 
@@ -197,7 +217,7 @@ mod tests {
 
     #[test]
     fn results_follow_the_order_of_the_history() {
-        let mut m = Model::new();
+        let mut m = Model::new(SimApp::Kv);
         let (a, b) = (request(1, 1, put("k", "x")), request(2, 1, get("k")));
         issued(&mut m, &[&a, &b]);
         m.apply(R0, SeqNo(1), &[a, b], &[done(), value("x")])
@@ -215,7 +235,7 @@ mod tests {
 
     #[test]
     fn a_wrong_result_from_a_replica_is_reported() {
-        let mut m = Model::new();
+        let mut m = Model::new(SimApp::Kv);
         let a = request(1, 1, get("k"));
         issued(&mut m, &[&a]);
         assert!(matches!(
@@ -226,7 +246,7 @@ mod tests {
 
     #[test]
     fn a_wrong_client_result_is_reported() {
-        let mut m = Model::new();
+        let mut m = Model::new(SimApp::Kv);
         let a = request(1, 1, put("k", "x"));
         issued(&mut m, &[&a]);
         m.apply(R0, SeqNo(1), &[a], &[done()]).unwrap();
@@ -251,7 +271,7 @@ mod tests {
 
     #[test]
     fn a_request_no_client_issued_is_invalid() {
-        let mut m = Model::new();
+        let mut m = Model::new(SimApp::Kv);
         let a = request(1, 1, put("k", "x"));
         assert!(matches!(
             m.apply(R0, SeqNo(1), std::slice::from_ref(&a), &[done()]),
@@ -267,7 +287,7 @@ mod tests {
 
     #[test]
     fn executing_a_request_twice_is_reported() {
-        let mut m = Model::new();
+        let mut m = Model::new(SimApp::Kv);
         let a = request(1, 1, put("k", "x"));
         issued(&mut m, &[&a]);
         m.apply(R0, SeqNo(1), std::slice::from_ref(&a), &[done()])
@@ -287,7 +307,7 @@ mod tests {
 
     #[test]
     fn an_older_request_after_a_newer_one_must_be_skipped() {
-        let mut m = Model::new();
+        let mut m = Model::new(SimApp::Kv);
         let (old, new) = (request(1, 1, put("k", "x")), request(1, 2, put("k", "y")));
         issued(&mut m, &[&old, &new]);
         m.apply(R0, SeqNo(1), &[new], &[done()]).unwrap();
@@ -300,7 +320,7 @@ mod tests {
 
     #[test]
     fn a_new_request_must_not_be_skipped() {
-        let mut m = Model::new();
+        let mut m = Model::new(SimApp::Kv);
         let a = request(1, 1, put("k", "x"));
         issued(&mut m, &[&a]);
         assert!(matches!(
