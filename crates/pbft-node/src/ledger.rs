@@ -217,6 +217,9 @@ impl LedgerService {
 /// missing, then waits and looks again. Runs until the process ends.
 pub async fn backfill(service: LedgerService, peers: Vec<String>) {
     let mut next_peer = 0usize;
+    // The head's own block is written a moment after the head moves: it counts as missing only if it still is
+    // at the next look.
+    let mut head_missing = None;
     loop {
         let gap = match service.next_gap() {
             Ok(gap) => gap,
@@ -225,7 +228,10 @@ pub async fn backfill(service: LedgerService, peers: Vec<String>) {
                 None
             }
         };
-        let Some((top, expected)) = gap else {
+        let at_head = gap.is_some_and(|(top, _)| top == service.head().0);
+        let seen_before = gap.is_some() && gap == head_missing;
+        head_missing = if at_head { gap } else { None };
+        let Some((top, expected)) = gap.filter(|_| !at_head || seen_before) else {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
@@ -274,12 +280,16 @@ pub async fn fetch(
         .await
         .map_err(|e| e.message().to_string())?
         .into_inner();
+    let asked = usize::try_from(to.saturating_sub(from).saturating_add(1)).unwrap_or(usize::MAX);
     let mut blocks = Vec::new();
     while let Some(block) = stream
         .message()
         .await
         .map_err(|e| e.message().to_string())?
     {
+        if blocks.len() >= asked {
+            return Err(format!("{url} sent more than the {asked} blocks asked for"));
+        }
         blocks.push(CertifiedBlock::from_wire(block).map_err(|e| e.to_string())?);
     }
     Ok(blocks)
