@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use pbft_types::{
@@ -8,6 +9,7 @@ use pbft_types::{
 };
 use thiserror::Error;
 
+use crate::seen::{SeenRequests, key_of};
 use crate::verified::{Verified, VerifiedPrepared};
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -108,10 +110,12 @@ impl VerifiedMsg {
 }
 
 /// The public keys of the cluster's replicas and clients: the only way to a `Verified<T>` from received bytes.
+/// Clones share the set of client requests already verified (see `seen`).
 #[derive(Clone, Debug)]
 pub struct Keyring {
     replicas: Vec<VerifyingKey>,
     clients: HashMap<ClientId, VerifyingKey>,
+    seen: Arc<SeenRequests>,
 }
 
 fn parse_key(principal: Principal, bytes: &PublicKeyBytes) -> Result<VerifyingKey, KeyError> {
@@ -136,7 +140,11 @@ impl Keyring {
             .iter()
             .map(|c| Ok((c.id, parse_key(Principal::Client(c.id), &c.public_key)?)))
             .collect::<Result<_, KeyError>>()?;
-        Ok(Keyring { replicas, clients })
+        Ok(Keyring {
+            replicas,
+            clients,
+            seen: Arc::default(),
+        })
     }
 
     fn key(&self, principal: Principal) -> Result<&VerifyingKey, AuthError> {
@@ -230,21 +238,52 @@ impl Keyring {
         ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
     }
 
-    /// The client requests of a batch: all of them authentic, or an error naming the first that is not.
+    /// A client's request, checked once: a request this keyring verified before (the same body with the same
+    /// signature) is not checked again.
+    pub fn verify_request(&self, request: Signed<Request>) -> Result<Verified<Request>, AuthError> {
+        let key = key_of(&request);
+        if self.seen.contains(&key) {
+            return Ok(Verified::new(request));
+        }
+        let verified = self.verify(request)?;
+        self.seen.insert(key);
+        Ok(verified)
+    }
+
+    /// The client requests of a batch: all of them authentic, or an error naming the first that is not. Requests
+    /// verified before (typically, received from their client first) are not checked again; the others are
+    /// checked in one batch.
     pub fn verify_requests(
         &self,
         batch: Vec<Signed<Request>>,
     ) -> Result<Vec<Verified<Request>>, AuthError> {
-        self.verify_batch(batch)
+        let keys: Vec<_> = batch.iter().map(key_of).collect();
+        let (seen, unseen): (Vec<_>, Vec<_>) = batch
             .into_iter()
+            .zip(&keys)
             .enumerate()
-            .map(|(index, r)| {
-                r.map_err(|e| AuthError::BadRequestInBatch {
-                    index,
-                    error: Box::new(e),
-                })
-            })
-            .collect()
+            .partition(|(_, (_, key))| self.seen.contains(key));
+        let (unseen_at, unseen): (Vec<usize>, Vec<Signed<Request>>) =
+            unseen.into_iter().map(|(i, (r, _))| (i, r)).unzip();
+        let mut out: Vec<Option<Verified<Request>>> = (0..keys.len()).map(|_| None).collect();
+        for (i, (r, _)) in seen {
+            out[i] = Some(Verified::new(r));
+        }
+        for (at, result) in unseen_at.into_iter().zip(self.verify_batch(unseen)) {
+            match result {
+                Ok(r) => {
+                    self.seen.insert(keys[at]);
+                    out[at] = Some(r);
+                }
+                Err(e) => {
+                    return Err(AuthError::BadRequestInBatch {
+                        index: at,
+                        error: Box::new(e),
+                    });
+                }
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
     }
 
     /// A prepared certificate on its own (as a replica keeps it on disk): every signature in it checked.
@@ -324,7 +363,7 @@ impl Keyring {
                 let batch = self.verify_requests(batch)?;
                 VerifiedMsg::BatchData { header, batch }
             }
-            ReplicaMsg::Request(m) => VerifiedMsg::Request(self.verify(m)?),
+            ReplicaMsg::Request(m) => VerifiedMsg::Request(self.verify_request(m)?),
         })
     }
 }
@@ -404,6 +443,29 @@ mod tests {
             keyring.verify(signed),
             Err(AuthError::UnknownSigner(Principal::Replica(ReplicaId(9))))
         );
+    }
+
+    #[test]
+    fn a_request_verified_once_is_not_checked_again_but_another_signature_on_it_is() {
+        let (_, client, keyring) = keys();
+        let good = client.sign(request(1));
+        assert!(keyring.verify_request(good.clone()).is_ok());
+        // The same body under a forged signature: not the pair that was seen, so checked, and refused.
+        let forged = Signed::from_parts(good.body().clone(), [7; 64], request(1));
+        assert!(keyring.verify_request(forged.clone()).is_err());
+        assert!(keyring.clone().verify_request(good.clone()).is_ok());
+        // In a batch: the seen request passes, the forged one is named by its position.
+        let other = client.sign(request(2));
+        assert_eq!(
+            keyring
+                .verify_requests(vec![good.clone(), other.clone()])
+                .map(|b| b.len()),
+            Ok(2)
+        );
+        match keyring.verify_requests(vec![good, other, forged]) {
+            Err(AuthError::BadRequestInBatch { index: 2, .. }) => {}
+            other => panic!("expected the third request to be named, got {other:?}"),
+        }
     }
 
     #[test]

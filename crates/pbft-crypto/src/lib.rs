@@ -8,6 +8,7 @@
 mod digest;
 mod keyfile;
 mod keyring;
+mod seen;
 mod signer;
 mod verified;
 

@@ -120,7 +120,7 @@ impl ClientApi {
     async fn submit_signed(&self, signed: Signed<Request>) -> Result<Signed<Reply>, ApiError> {
         let request = self
             .keyring
-            .verify(signed)
+            .verify_request(signed)
             .map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
         let metrics = self.node.metrics();
         metrics.submitted();
