@@ -60,8 +60,10 @@ impl StateMachine for KvStore {
     fn execute(&mut self, _ctx: ExecContext, operation: &[u8]) -> Bytes {
         let result = match KvOp::decode(operation) {
             Ok(op) => self.apply(op),
-            // The client is authenticated but its bytes may still be garbage; it gets told so, and since every
-            // correct replica decodes the same bytes the same way, they all answer the same error.
+            // The client is authenticated but its bytes may still be garbage; it gets told so, in words of our
+            // own: the result is replicated state, and the protobuf library's error text may differ between its
+            // versions (and so between replicas built at different times).
+            Err(KvError::Malformed(_)) => KvResult::Error("malformed protobuf".to_string()),
             Err(e) => KvResult::Error(e.to_string()),
         };
         result.encode()

@@ -117,6 +117,13 @@ impl State {
                 "from and to are the same account".into(),
             ));
         }
+        // A transfer of nothing would create the receiving account for free.
+        if t.amount == 0 {
+            return Err(refuse(
+                RefusalReason::ZeroAmount,
+                "a transfer must move at least 1".into(),
+            ));
+        }
         if !signed.signature_holds() {
             return Err(refuse(
                 RefusalReason::BadSignature,

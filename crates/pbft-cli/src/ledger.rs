@@ -16,7 +16,7 @@ use pbft_apps::ledger::{
 use pbft_client::net::NetClient;
 use pbft_crypto::{KeyPair, Keyring};
 use pbft_node::config::{App, Cluster, ClusterFile};
-use pbft_node::ledger::{MAX_BLOCKS_PER_QUERY, block_limit, fetch};
+use pbft_node::ledger::{MAX_BLOCKS_PER_QUERY, RESPONSE_BYTES, block_limit, fetch};
 use pbft_store::Archive;
 use pbft_types::wire;
 
@@ -90,6 +90,10 @@ enum LedgerCommand {
         /// An export file, a replica's gRPC API (`http://HOST:PORT`), or a stopped replica's data directory.
         #[arg(long)]
         from: String,
+        /// The hash the chain must end with (64 hex digits; `pbft ledger block latest` on replicas you trust
+        /// prints it). Without it, a chain cut short also verifies: verify checks what is there, not what is not.
+        #[arg(long)]
+        head: Option<String>,
     },
 }
 
@@ -115,7 +119,11 @@ pub fn run(args: &LedgerArgs) -> ExitCode {
                 digest,
             } => show_entry(cluster, *replica, digest).await,
             LedgerCommand::Export { cluster, from, out } => export(cluster, from, out).await,
-            LedgerCommand::Verify { cluster, from } => verify(cluster, from).await,
+            LedgerCommand::Verify {
+                cluster,
+                from,
+                head,
+            } => verify(cluster, from, head.as_deref()).await,
         };
         match outcome {
             Ok(()) => ExitCode::SUCCESS,
@@ -282,6 +290,19 @@ async fn show_block(path: &Path, replica: usize, id: &str) -> Result<(), String>
         Some(CertifiedBlock::from_wire(block).map_err(|e| e.to_string())?)
     };
     let block = block.ok_or_else(|| format!("replica {replica} has no block {id}"))?;
+    // The replica is not trusted to answer the question asked: a faulty one could send another valid block.
+    let answers = match id.parse::<u64>() {
+        Ok(height) => block.height() == height,
+        Err(_) if id == "latest" => true,
+        Err(_) => block.hash().to_string() == id.to_lowercase(),
+    };
+    if !answers {
+        return Err(format!(
+            "replica {replica} answered with block {} ({}), not block {id}",
+            block.height(),
+            block.hash()
+        ));
+    }
     let body = pbft_node::http::block_body(&block);
     println!(
         "{}",
@@ -299,12 +320,18 @@ async fn show_entry(path: &Path, replica: usize, digest: &str) -> Result<(), Str
     let mut api = ledger_client(&url, limit).await?;
     let proof = api
         .get_entry(wire::EntryQuery {
-            request_digest: digest.into(),
+            request_digest: digest.clone().into(),
         })
         .await
         .map_err(|e| e.message().to_string())?
         .into_inner();
     let proof = EntryProof::from_wire(proof).map_err(|e| e.to_string())?;
+    if proof.entry.request_digest().0[..] != digest[..] {
+        return Err(format!(
+            "replica {replica} answered with request {}, not the one asked for",
+            proof.entry.request_digest()
+        ));
+    }
     let height = proof.header.height;
     println!(
         "request {} is entry {} of block {height} ({})",
@@ -379,13 +406,19 @@ impl Source {
         }
         let path = Path::new(from);
         if path.is_dir() {
-            let db = std::fs::read_dir(path)
+            let databases: Vec<PathBuf> = std::fs::read_dir(path)
                 .map_err(|e| format!("{from}: {e}"))?
                 .filter_map(Result::ok)
                 .map(|e| e.path())
-                .find(|p| p.extension().is_some_and(|x| x == "redb"))
-                .ok_or_else(|| format!("{from} holds no replica database (replica-N.redb)"))?;
-            let archive = Archive::open_existing(&db).map_err(|e| {
+                .filter(|p| p.extension().is_some_and(|x| x == "redb"))
+                .collect();
+            let [db] = databases.as_slice() else {
+                return Err(format!(
+                    "{from} holds {} replica databases (replica-N.redb); give the data directory of one replica",
+                    databases.len()
+                ));
+            };
+            let archive = Archive::open_existing(db).map_err(|e| {
                 format!("{e} (a running replica keeps its database open: use its gRPC API, http://HOST:PORT)")
             })?;
             let head = archive.last().map_err(|e| e.to_string())?.unwrap_or(0);
@@ -419,7 +452,7 @@ impl Source {
                 let mut from = 1;
                 while from <= head {
                     let items = archive
-                        .range(from, head, MAX_BLOCKS_PER_QUERY)
+                        .range(from, head, MAX_BLOCKS_PER_QUERY, RESPONSE_BYTES)
                         .map_err(|e| e.to_string())?;
                     for (height, bytes) in items {
                         from = height + 1;
@@ -527,9 +560,17 @@ pub(crate) async fn verify_chain(
     }
 }
 
-async fn verify(path: &Path, from: &str) -> Result<(), String> {
+async fn verify(path: &Path, from: &str, head: Option<&str>) -> Result<(), String> {
     let (cluster, genesis) = ledger_cluster(path)?;
     let v = verify_chain(&cluster, &genesis, from).await?;
+    if let Some(head) = head
+        && v.head.to_string() != head.to_lowercase()
+    {
+        return Err(format!(
+            "the chain is valid up to block {} (hash {}), but it does not end with the head {head} given",
+            v.height, v.head
+        ));
+    }
     println!(
         "the chain is valid: {} blocks, {} requests; every commit certificate holds ({} of {} replicas), every \
          Merkle root and link, and replaying it gives every result and state root",
@@ -539,5 +580,11 @@ async fn verify(path: &Path, from: &str) -> Result<(), String> {
         cluster.config.n()
     );
     println!("head: block {}, hash {}", v.height, v.head);
+    if head.is_none() {
+        println!(
+            "(a chain cut short verifies too: pass --head with the latest hash from replicas you trust to rule \
+             that out)"
+        );
+    }
     Ok(())
 }

@@ -207,6 +207,29 @@ fn chains_agree_after_a_restart_past_the_window_and_verify_offline() {
     ]);
     assert!(ok, "{out}");
     assert!(out.contains(&format!("{top} blocks")), "{out}");
+    let last = reference.last().unwrap();
+    let (ok, out) = pbft(&[
+        "ledger",
+        "verify",
+        "--cluster",
+        cluster_file,
+        "--from",
+        export.to_str().unwrap(),
+        "--head",
+        last,
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = pbft(&[
+        "ledger",
+        "verify",
+        "--cluster",
+        cluster_file,
+        "--from",
+        export.to_str().unwrap(),
+        "--head",
+        &reference[0],
+    ]);
+    assert!(!ok && out.contains("does not end with the head"), "{out}");
     let bytes = std::fs::read(&export).unwrap();
     let flipped = cluster.path().join("flipped.bin");
     for at in [0, bytes.len() / 3, bytes.len() / 2, bytes.len() - 1] {

@@ -23,6 +23,8 @@ pub enum DurableError {
     Entry { path: String, error: JournalError },
     #[error("cannot create {path}: {error}")]
     Directory { path: String, error: std::io::Error },
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
 }
 
 /// A replica's journal, open.
@@ -101,11 +103,11 @@ impl Journal {
 
     /// Makes the journal entries among `outputs` durable, with the blocks of the batches they committed, in one
     /// synced write.
-    pub fn persist(&mut self, outputs: &[Output]) -> Result<(), StoreError> {
+    pub fn persist(&mut self, outputs: &[Output]) -> Result<(), DurableError> {
         let mut batch = WriteBatch::new();
         for output in outputs {
             if let Output::Committed(committed) = output
-                && let Some(item) = crate::ledger::archive_item(committed, self.block_limit)
+                && let Some(item) = crate::ledger::archive_item(committed, self.block_limit)?
             {
                 batch.archive(item);
             }
@@ -122,6 +124,6 @@ impl Journal {
                 }
             }
         }
-        self.store.write(&batch)
+        Ok(self.store.write(&batch)?)
     }
 }

@@ -8,6 +8,7 @@
 //! so a faulty peer can delay the backfill but never put a wrong block in the archive.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pbft_apps::LedgerReader;
@@ -21,6 +22,10 @@ use thiserror::Error;
 /// The most blocks one query answers.
 pub const MAX_BLOCKS_PER_QUERY: usize = 256;
 
+/// The most bytes of blocks one query answers (or one fetch takes) besides its first block, so that neither a
+/// caller nor a faulty peer can make a replica hold more than this and one block in memory for a query.
+pub const RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Blocks asked of a peer at a time while filling a gap.
 const BACKFILL_BATCH: u64 = 64;
 
@@ -30,6 +35,8 @@ pub enum LedgerError {
     Store(#[from] StoreError),
     #[error("archived block {height} is unreadable: {fault}")]
     Archived { height: u64, fault: BlockFault },
+    #[error("the block of batch {height} cannot be archived: {reason}")]
+    Unarchivable { height: u64, reason: String },
 }
 
 /// The largest encoded block a replica accepts from elsewhere: a batch fits in a message, and results and the
@@ -39,23 +46,39 @@ pub fn block_limit(max_message_size: usize) -> usize {
 }
 
 /// The archive item of a committed batch whose application recorded a block: the block with its certificate,
-/// found by its hash and by the digest of each request it executed.
-pub fn archive_item(committed: &Committed, limit: usize) -> Option<ArchiveItem> {
-    let record = committed.record.as_ref()?;
+/// found by its hash and by the digest of each request it executed. An error if the block cannot be kept as it
+/// will be read back (which the journal treats as a failed write: the replica must not go on without it).
+pub fn archive_item(
+    committed: &Committed,
+    limit: usize,
+) -> Result<Option<ArchiveItem>, LedgerError> {
+    let Some(record) = committed.record.as_ref() else {
+        return Ok(None);
+    };
+    let height = committed.seq.0;
     let commits = committed
         .certificate
         .iter()
         .map(|c| c.signed().clone())
         .collect();
-    let block = match CertifiedBlock::from_record(record, commits, limit) {
-        Ok(block) => block,
-        Err(fault) => {
-            // The ledger made this record itself a moment ago; it cannot fail to decode.
-            tracing::error!(seq = %committed.seq, %fault, "the application's block record does not decode");
-            return None;
+    let block = CertifiedBlock::from_record(record, commits, limit).map_err(|fault| {
+        LedgerError::Unarchivable {
+            height,
+            reason: fault.to_string(),
         }
-    };
-    Some(item_of(&block))
+    })?;
+    let item = item_of(&block);
+    // Read back with the same limit, so a block that does not fit must not be written.
+    if item.bytes.len() > limit {
+        return Err(LedgerError::Unarchivable {
+            height,
+            reason: format!(
+                "{} bytes with its certificate, more than the limit of {limit}",
+                item.bytes.len()
+            ),
+        });
+    }
+    Ok(Some(item))
 }
 
 fn item_of(block: &CertifiedBlock) -> ArchiveItem {
@@ -84,6 +107,9 @@ pub struct LedgerService {
     keyring: Arc<Keyring>,
     quorum: usize,
     limit: usize,
+    /// Every height up to this one is known to be archived (items are never removed), so that looking for gaps
+    /// costs the distance from it, not the length of the chain.
+    contiguous: Arc<AtomicU64>,
 }
 
 impl LedgerService {
@@ -100,7 +126,18 @@ impl LedgerService {
             keyring: Arc::new(keyring),
             quorum,
             limit,
+            contiguous: Arc::default(),
         }
+    }
+
+    /// The highest height at or below `up_to` with no archived block.
+    fn highest_missing(&self, up_to: u64) -> Result<Option<u64>, LedgerError> {
+        let floor = self.contiguous.load(Ordering::Relaxed);
+        let missing = self.archive.highest_missing(floor, up_to)?;
+        if missing.is_none() {
+            self.contiguous.fetch_max(up_to, Ordering::Relaxed);
+        }
+        Ok(missing)
     }
 
     fn decode(&self, height: u64, bytes: &[u8]) -> Result<CertifiedBlock, LedgerError> {
@@ -116,7 +153,7 @@ impl LedgerService {
     /// Every block from height 1 to the head is archived from this height on (the head + 1 if none is).
     pub fn contiguous_from(&self) -> Result<u64, LedgerError> {
         let (height, _) = self.head();
-        Ok(self.archive.highest_missing(height)?.map_or(1, |m| m + 1))
+        Ok(self.highest_missing(height)?.map_or(1, |m| m + 1))
     }
 
     pub fn block(&self, height: u64) -> Result<Option<CertifiedBlock>, LedgerError> {
@@ -139,7 +176,7 @@ impl LedgerService {
             limit.min(MAX_BLOCKS_PER_QUERY)
         };
         self.archive
-            .range(from, to, limit)?
+            .range(from, to, limit, RESPONSE_BYTES)?
             .into_iter()
             .map(|(height, bytes)| self.decode(height, &bytes))
             .collect()
@@ -172,7 +209,7 @@ impl LedgerService {
     /// The next gap to fill: the highest missing height at or below the head, and the hash its block must have.
     fn next_gap(&self) -> Result<Option<(u64, Digest)>, LedgerError> {
         let (head, head_hash) = self.head();
-        let Some(missing) = self.archive.highest_missing(head)? else {
+        let Some(missing) = self.highest_missing(head)? else {
             return Ok(None);
         };
         if missing == head {
@@ -280,17 +317,29 @@ pub async fn fetch(
         .await
         .map_err(|e| e.message().to_string())?
         .into_inner();
-    let asked = usize::try_from(to.saturating_sub(from).saturating_add(1)).unwrap_or(usize::MAX);
-    let mut blocks = Vec::new();
+    let mut blocks: Vec<CertifiedBlock> = Vec::new();
+    let mut bytes = 0usize;
     while let Some(block) = stream
         .message()
         .await
         .map_err(|e| e.message().to_string())?
     {
-        if blocks.len() >= asked {
-            return Err(format!("{url} sent more than the {asked} blocks asked for"));
+        bytes = bytes.saturating_add(prost::Message::encoded_len(&block));
+        if bytes > RESPONSE_BYTES.saturating_add(limit) {
+            return Err(format!(
+                "{url} sent more than {RESPONSE_BYTES} bytes of blocks"
+            ));
         }
-        blocks.push(CertifiedBlock::from_wire(block).map_err(|e| e.to_string())?);
+        let block = CertifiedBlock::from_wire(block).map_err(|e| e.to_string())?;
+        // In increasing height order within the range asked for: anything else is not an answer.
+        let next = blocks.last().map_or(from, |b| b.height().saturating_add(1));
+        if block.height() < next || block.height() > to {
+            return Err(format!(
+                "{url} sent block {} where {next}..={to} was asked for",
+                block.height()
+            ));
+        }
+        blocks.push(block);
     }
     Ok(blocks)
 }

@@ -767,7 +767,7 @@ impl Simulation {
 
     fn submit(&mut self, client: usize) {
         let now = self.queue.now();
-        let operation = self.workload.next_op(&mut self.rng);
+        let operation = self.workload.next_op(&mut self.rng, self.checker.ledger());
         let Some(node) = self.clients.get_mut(client) else {
             return;
         };
@@ -846,7 +846,13 @@ impl Simulation {
                 }
                 ClientOutput::CancelTimer => self.clients[client].timer = None,
                 ClientOutput::Completed { timestamp, result } => {
-                    self.trace(|| format!("client {client} completed t {timestamp}"));
+                    let app = self.config.app;
+                    self.trace(|| {
+                        format!(
+                            "client {client} completed t {timestamp}: {}",
+                            app.describe_result(&result)
+                        )
+                    });
                     self.completed += 1;
                     self.last_completion = now;
                     let checked = self.checker.completed(id, timestamp, &result);

@@ -239,10 +239,7 @@ pub fn describe_result(bytes: &Bytes) -> String {
         Ok(KvResult::NotFound) => "NotFound".to_string(),
         Ok(KvResult::Value(v)) => format!("Value({:?})", String::from_utf8_lossy(&v)),
         Ok(KvResult::Error(e)) => format!("Error({e:?})"),
-        Err(_) => match pbft_apps::ledger::LedgerResult::decode(bytes) {
-            Some(result) => result.to_string(),
-            None => format!("bytes {}", hex_of(bytes)),
-        },
+        Err(_) => format!("bytes {}", hex_of(bytes)),
     }
 }
 

@@ -1,11 +1,12 @@
 //! What the simulated clients ask for. For the key-value store: random puts, gets and deletes over a handful of
 //! keys, so that operations of different clients touch the same keys and their results depend on the order they
-//! execute in. For the ledger: transfers between a handful of accounts, some overdrawn, some forged, some with a
-//! stale nonce (clients race for the same accounts), and balance queries.
+//! execute in. For the ledger: transfers between a handful of accounts with the nonce the committed history
+//! gives (clients race for the same accounts, so some lose), a few overdrawn, forged or with a stale or future
+//! nonce on purpose, and balance queries.
 
 use bytes::Bytes;
 use pbft_apps::ledger::{LedgerOp, Transfer};
-use pbft_apps::{Genesis, KvOp, KvStore, Ledger};
+use pbft_apps::{Genesis, KvOp, KvStore, Ledger, LedgerReader};
 use pbft_core::StateMachine;
 use pbft_crypto::KeyPair;
 use rand::{Rng, RngExt};
@@ -34,6 +35,17 @@ pub fn ledger_genesis() -> Genesis {
 }
 
 impl SimApp {
+    /// A result of this application in words (for traces).
+    pub fn describe_result(self, result: &Bytes) -> String {
+        match self {
+            SimApp::Kv => crate::violation::describe_result(result),
+            SimApp::Ledger => match pbft_apps::ledger::LedgerResult::decode(result) {
+                Some(r) => r.to_string(),
+                None => format!("bytes {}", hex::encode(result)),
+            },
+        }
+    }
+
     /// The application at its initial state.
     pub fn new_state_machine(self) -> Box<dyn StateMachine> {
         match self {
@@ -47,8 +59,6 @@ impl SimApp {
 pub struct Workload {
     app: SimApp,
     keys: u32,
-    /// The nonce each ledger account's next transfer is issued with (clients race, so some turn out stale).
-    nonces: Vec<u64>,
     accounts: Vec<KeyPair>,
 }
 
@@ -58,16 +68,16 @@ impl Workload {
         Workload {
             app,
             keys: keys.max(1),
-            nonces: vec![0; usize::from(LEDGER_ACCOUNTS)],
             accounts: (0..LEDGER_ACCOUNTS).map(account).collect(),
         }
     }
 
-    /// The next operation, encoded for `Request.operation`.
-    pub fn next_op(&mut self, rng: &mut impl Rng) -> Bytes {
+    /// The next operation, encoded for `Request.operation`. `ledger` is the state of the committed history (the
+    /// reference model's), where a ledger client looks up its account's next nonce.
+    pub fn next_op(&self, rng: &mut impl Rng, ledger: Option<&LedgerReader>) -> Bytes {
         match self.app {
             SimApp::Kv => self.next_kv(rng).encode(),
-            SimApp::Ledger => self.next_ledger(rng).encode(),
+            SimApp::Ledger => self.next_ledger(rng, ledger).encode(),
         }
     }
 
@@ -84,28 +94,37 @@ impl Workload {
         }
     }
 
-    fn next_ledger(&mut self, rng: &mut impl Rng) -> LedgerOp {
+    fn next_ledger(&self, rng: &mut impl Rng, ledger: Option<&LedgerReader>) -> LedgerOp {
         let n = self.accounts.len();
         let from = rng.random_range(0..n);
         let to = (from + rng.random_range(1..n)) % n;
-        match rng.random_range(0..10u32) {
-            0..2 => LedgerOp::Balance {
+        let (state, _) = ledger
+            .map(|l| l.account(&self.accounts[from].public_key()))
+            .unwrap_or_default();
+        let kind = rng.random_range(0..20u32);
+        if kind < 4 {
+            return LedgerOp::Balance {
                 account: self.accounts[from].public_key(),
-            },
-            kind => {
-                let transfer = Transfer {
-                    from: self.accounts[from].public_key(),
-                    to: self.accounts[to].public_key(),
-                    // Up to 60% of a starting balance: accounts do run dry.
-                    amount: rng.random_range(0..=LEDGER_BALANCE * 6 / 10),
-                    nonce: self.nonces[from],
-                };
-                self.nonces[from] += 1;
-                // One in ten is signed by the wrong account.
-                let signer = if kind == 2 { to } else { from };
-                LedgerOp::Transfer(transfer.sign(&self.accounts[signer]))
-            }
+            };
         }
+        let nonce = match kind {
+            4 => state.nonce.saturating_sub(1),
+            5 => state.nonce + 1,
+            _ => state.nonce,
+        };
+        let amount = match kind {
+            6 => state.balance.saturating_mul(2).max(1),
+            _ => rng.random_range(1..=LEDGER_BALANCE / 10),
+        };
+        let transfer = Transfer {
+            from: self.accounts[from].public_key(),
+            to: self.accounts[to].public_key(),
+            amount,
+            nonce,
+        };
+        // One in twenty is signed by the receiving account instead.
+        let signer = if kind == 7 { to } else { from };
+        LedgerOp::Transfer(transfer.sign(&self.accounts[signer]))
     }
 }
 
@@ -119,11 +138,12 @@ mod tests {
     #[test]
     fn every_kind_of_operation_over_the_key_space() {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
-        let mut workload = Workload::new(SimApp::Kv, 3);
+        let workload = Workload::new(SimApp::Kv, 3);
         let (mut puts, mut gets, mut deletes) = (0, 0, 0);
         let mut keys = BTreeSet::new();
         for _ in 0..1000 {
-            let op = KvOp::decode(&workload.next_op(&mut rng)).expect("a key-value operation");
+            let op =
+                KvOp::decode(&workload.next_op(&mut rng, None)).expect("a key-value operation");
             let key = match op {
                 KvOp::Put { key, .. } => {
                     puts += 1;
@@ -148,10 +168,10 @@ mod tests {
     #[test]
     fn ledger_operations_include_transfers_forgeries_and_queries() {
         let mut rng = ChaCha8Rng::seed_from_u64(2);
-        let mut w = Workload::new(SimApp::Ledger, 1);
+        let w = Workload::new(SimApp::Ledger, 1);
         let (mut transfers, mut forged, mut queries) = (0, 0, 0);
         for _ in 0..200 {
-            match LedgerOp::decode(&w.next_op(&mut rng)).expect("a ledger operation") {
+            match LedgerOp::decode(&w.next_op(&mut rng, None)).expect("a ledger operation") {
                 LedgerOp::Transfer(t) if t.signature_holds() => transfers += 1,
                 LedgerOp::Transfer(_) => forged += 1,
                 LedgerOp::Balance { .. } => queries += 1,

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::{StoreError, sealed, unsealed};
 
@@ -36,8 +36,25 @@ pub struct Found {
 /// Reads and fills the archive of an open store; cheap to clone, usable from any thread.
 #[derive(Clone)]
 pub struct Archive {
-    db: Arc<Database>,
+    db: Db,
     path: PathBuf,
+}
+
+#[derive(Clone)]
+enum Db {
+    /// The replica's own store, open for writing.
+    Store(Arc<Database>),
+    /// A stopped replica's file, opened to read it only.
+    ReadOnly(Arc<ReadOnlyDatabase>),
+}
+
+impl Db {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        match self {
+            Db::Store(db) => db.begin_read(),
+            Db::ReadOnly(db) => db.begin_read(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Archive {
@@ -66,10 +83,14 @@ pub(crate) fn write_items(
 
 impl Archive {
     pub(crate) fn new(db: Arc<Database>, path: PathBuf) -> Archive {
-        Archive { db, path }
+        Archive {
+            db: Db::Store(db),
+            path,
+        }
     }
 
-    /// Opens the archive of a replica database that no process has open (a stopped replica's), to read it.
+    /// Opens, to read it, the archive of a replica database that no process has open (a stopped replica's). The
+    /// file is opened read-only unless it needs the repair a killed replica leaves behind.
     pub fn open_existing(path: &Path) -> Result<Archive, StoreError> {
         if !path.exists() {
             return Err(StoreError::Open {
@@ -77,11 +98,23 @@ impl Archive {
                 reason: "no such file".into(),
             });
         }
-        let db = Database::open(path).map_err(|e| StoreError::Open {
+        let open_error = |e: redb::DatabaseError| StoreError::Open {
             path: path.to_path_buf(),
             reason: e.to_string(),
-        })?;
-        Ok(Archive::new(Arc::new(db), path.to_path_buf()))
+        };
+        match ReadOnlyDatabase::open(path) {
+            Ok(db) => Ok(Archive {
+                db: Db::ReadOnly(Arc::new(db)),
+                path: path.to_path_buf(),
+            }),
+            // A replica that was killed left the file to be repaired, which only a writer may do; the replica
+            // itself does the same when it restarts, and committed transactions survive it.
+            Err(redb::DatabaseError::RepairAborted) => {
+                let db = Database::open(path).map_err(open_error)?;
+                Ok(Archive::new(Arc::new(db), path.to_path_buf()))
+            }
+            Err(e) => Err(open_error(e)),
+        }
     }
 
     fn corrupt(&self, reason: impl ToString) -> StoreError {
@@ -97,7 +130,10 @@ impl Archive {
             path: self.path.clone(),
             reason: e,
         };
-        let tx = self.db.begin_write().map_err(|e| fail(e.to_string()))?;
+        let Db::Store(db) = &self.db else {
+            return Err(fail("opened read-only".to_string()));
+        };
+        let tx = db.begin_write().map_err(|e| fail(e.to_string()))?;
         write_items(&tx, items).map_err(|e| fail(e.to_string()))?;
         tx.commit().map_err(|e| fail(e.to_string()))
     }
@@ -107,13 +143,14 @@ impl Archive {
             .ok_or_else(|| self.corrupt(format!("archived item {number} fails its checksum")))
     }
 
-    /// Items numbered `from..=to`, in increasing order, at most `limit` of them (numbers with no item are
-    /// skipped).
+    /// Items numbered `from..=to`, in increasing order (numbers with no item are skipped): at most `limit` of
+    /// them, and no more once `max_bytes` are collected (the first item is returned whatever its size).
     pub fn range(
         &self,
         from: u64,
         to: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         if from > to || limit == 0 {
             return Ok(Vec::new());
@@ -125,10 +162,13 @@ impl Archive {
             Err(e) => return Err(self.corrupt(e)),
         };
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for entry in table.range(from..=to).map_err(|e| self.corrupt(e))? {
             let (number, value) = entry.map_err(|e| self.corrupt(e))?;
-            out.push((number.value(), self.unseal(number.value(), value.value())?));
-            if out.len() >= limit {
+            let item = self.unseal(number.value(), value.value())?;
+            bytes = bytes.saturating_add(item.len());
+            out.push((number.value(), item));
+            if out.len() >= limit || bytes >= max_bytes {
                 break;
             }
         }
@@ -136,13 +176,17 @@ impl Archive {
     }
 
     pub fn get(&self, number: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.range(number, number, 1)?.pop().map(|(_, b)| b))
+        Ok(self
+            .range(number, number, 1, usize::MAX)?
+            .pop()
+            .map(|(_, b)| b))
     }
 
-    /// The highest number `<= up_to` that has no item, walking down from `up_to`; `None` if every number from
-    /// 1 to `up_to` has one.
-    pub fn highest_missing(&self, up_to: u64) -> Result<Option<u64>, StoreError> {
-        if up_to == 0 {
+    /// The highest number in `floor + 1..=up_to` that has no item, walking down from `up_to` (so the cost is the
+    /// distance to that gap); `None` if each of them has one. A caller that knows every number up to some height
+    /// is filled passes it as `floor`.
+    pub fn highest_missing(&self, floor: u64, up_to: u64) -> Result<Option<u64>, StoreError> {
+        if up_to <= floor {
             return Ok(None);
         }
         let tx = self.db.begin_read().map_err(|e| self.corrupt(e))?;
@@ -152,13 +196,17 @@ impl Archive {
             Err(e) => return Err(self.corrupt(e)),
         };
         let mut expected = up_to;
-        for entry in table.range(1..=up_to).map_err(|e| self.corrupt(e))?.rev() {
+        for entry in table
+            .range(floor + 1..=up_to)
+            .map_err(|e| self.corrupt(e))?
+            .rev()
+        {
             let (number, _) = entry.map_err(|e| self.corrupt(e))?;
             if number.value() != expected {
                 return Ok(Some(expected));
             }
             expected -= 1;
-            if expected == 0 {
+            if expected == floor {
                 return Ok(None);
             }
         }

@@ -210,18 +210,26 @@ fn archived_items_outlive_checkpoints_and_restarts_and_are_found_by_key() {
             .collect::<Vec<_>>()
     };
     assert_eq!(
-        texts(archive.range(1, 10, 100).expect("read")),
+        texts(archive.range(1, 10, 100, usize::MAX).expect("read")),
         vec![
             (1, "block 1".to_string()),
             (2, "block 2".to_string()),
             (4, "block 4".to_string())
         ]
     );
-    assert_eq!(texts(archive.range(2, 10, 1).expect("read")).len(), 1);
+    assert_eq!(
+        texts(archive.range(2, 10, 1, usize::MAX).expect("read")).len(),
+        1
+    );
+    // A byte budget stops the range after the item that reaches it, but never before the first.
+    assert_eq!(archive.range(1, 10, 100, 8).expect("read").len(), 2);
+    assert_eq!(archive.range(1, 10, 100, 1).expect("read").len(), 1);
     assert_eq!(archive.last().expect("read"), Some(4));
-    assert_eq!(archive.highest_missing(4).expect("read"), Some(3));
-    assert_eq!(archive.highest_missing(2).expect("read"), None);
-    assert_eq!(archive.highest_missing(6).expect("read"), Some(6));
+    assert_eq!(archive.highest_missing(0, 4).expect("read"), Some(3));
+    assert_eq!(archive.highest_missing(0, 2).expect("read"), None);
+    assert_eq!(archive.highest_missing(0, 6).expect("read"), Some(6));
+    assert_eq!(archive.highest_missing(3, 4).expect("read"), None);
+    assert_eq!(archive.highest_missing(4, 4).expect("read"), None);
     assert_eq!(
         archive.lookup(&[2; 32]).expect("read"),
         Some(Found {

@@ -190,9 +190,18 @@ pub struct EntryProof {
 }
 
 impl EntryProof {
-    /// Whether the entry is in the block the header describes.
+    /// Whether the entry is entry `index` of the block the header describes: the path has the shape that
+    /// position gives (not the prover's say) and leads from the entry's leaf to the entries root.
     pub fn holds(&self) -> bool {
-        merkle::root_from_path(self.entry.leaf(), &self.path) == self.header.entries_root
+        let Some(sides) = merkle::sides(self.index as u64, self.header.entries) else {
+            return false;
+        };
+        sides.len() == self.path.len()
+            && sides
+                .iter()
+                .zip(&self.path)
+                .all(|(side, step)| *side == step.sibling_on_left)
+            && merkle::root_from_path(self.entry.leaf(), &self.path) == self.header.entries_root
     }
 
     pub fn block_hash(&self) -> Digest {

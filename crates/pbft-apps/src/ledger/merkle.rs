@@ -72,6 +72,26 @@ pub fn path(leaves: &[Digest], index: usize) -> Option<Vec<Step>> {
     Some(steps)
 }
 
+/// For leaf `index` of `count`, the side of each sibling on its path, from the leaf up (`true`: on the left), or
+/// `None` if there is no such leaf. A checker derives the path's shape from these rather than trusting a prover.
+pub fn sides(index: u64, count: u64) -> Option<Vec<bool>> {
+    if index >= count {
+        return None;
+    }
+    let (mut at, mut len) = (index, count);
+    let mut sides = Vec::new();
+    while len > 1 {
+        if at % 2 == 1 {
+            sides.push(true);
+        } else if at + 1 < len {
+            sides.push(false);
+        }
+        at /= 2;
+        len = len.div_ceil(2);
+    }
+    Some(sides)
+}
+
 /// The root a leaf and its path lead to.
 pub fn root_from_path(leaf: Digest, path: &[Step]) -> Digest {
     path.iter().fold(leaf, |acc, step| {
@@ -99,7 +119,11 @@ mod tests {
             for (i, leaf) in leaves.iter().enumerate() {
                 let path = path(&leaves, i).expect("a leaf");
                 assert_eq!(root_from_path(*leaf, &path), root, "leaf {i} of {n}");
+                let derived = sides(i as u64, u64::from(n)).expect("a leaf");
+                let given: Vec<bool> = path.iter().map(|s| s.sibling_on_left).collect();
+                assert_eq!(derived, given, "leaf {i} of {n}");
             }
+            assert!(sides(u64::from(n), u64::from(n)).is_none());
             assert!(path(&leaves, n as usize).is_none());
         }
     }

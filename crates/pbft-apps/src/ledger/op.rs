@@ -90,6 +90,7 @@ pub enum RefusalReason {
     InsufficientFunds,
     Overflow,
     SelfTransfer,
+    ZeroAmount,
 }
 
 /// An operation that changed nothing, and why.
@@ -117,6 +118,7 @@ impl std::fmt::Display for Refusal {
             RefusalReason::InsufficientFunds => "insufficient funds",
             RefusalReason::Overflow => "overflow",
             RefusalReason::SelfTransfer => "transfer to itself",
+            RefusalReason::ZeroAmount => "zero amount",
         };
         write!(f, "refused ({reason}): {}", self.detail)
     }
@@ -162,14 +164,16 @@ impl LedgerOp {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<LedgerOp, Refusal> {
+        // The details of a refusal are part of its result, which every replica must produce byte for byte: they
+        // never quote the protobuf library's own error text, which may change between its versions.
         let op = wire::LedgerOperation::decode(bytes)
-            .map_err(|e| Refusal::malformed(format!("not a ledger operation: {e}")))?
+            .map_err(|_| Refusal::malformed("not a ledger operation"))?
             .op
             .ok_or_else(|| Refusal::malformed("the operation names no kind"))?;
         match op {
             ledger_operation::Op::Transfer(signed) => {
                 let t = wire::Transfer::decode(signed.transfer.clone())
-                    .map_err(|e| Refusal::malformed(format!("not a transfer: {e}")))?;
+                    .map_err(|_| Refusal::malformed("not a transfer"))?;
                 let signature = <[u8; 64]>::try_from(signed.signature.as_ref()).map_err(|_| {
                     Refusal::malformed(format!(
                         "the signature must be 64 bytes, not {}",
@@ -215,6 +219,7 @@ impl LedgerResult {
                     RefusalReason::InsufficientFunds => ledger_refusal::Reason::InsufficientFunds,
                     RefusalReason::Overflow => ledger_refusal::Reason::Overflow,
                     RefusalReason::SelfTransfer => ledger_refusal::Reason::SelfTransfer,
+                    RefusalReason::ZeroAmount => ledger_refusal::Reason::ZeroAmount,
                 } as i32,
                 detail: r.detail.clone(),
             }),
@@ -247,6 +252,7 @@ impl LedgerResult {
                     ledger_refusal::Reason::InsufficientFunds => RefusalReason::InsufficientFunds,
                     ledger_refusal::Reason::Overflow => RefusalReason::Overflow,
                     ledger_refusal::Reason::SelfTransfer => RefusalReason::SelfTransfer,
+                    ledger_refusal::Reason::ZeroAmount => RefusalReason::ZeroAmount,
                 },
                 detail: r.detail,
             }),

@@ -150,6 +150,11 @@ fn transfers_move_money_once_and_refuse_cleanly() {
         refused(decode(ledger.execute_operation(&transfer(1, 1, 1, 1)))),
         RefusalReason::SelfTransfer
     );
+    // Nothing moved: the receiver is not created for free.
+    assert_eq!(
+        refused(decode(ledger.execute_operation(&transfer(1, 3, 0, 1)))),
+        RefusalReason::ZeroAmount
+    );
     let forged = LedgerOp::Transfer(
         Transfer {
             from: account(0).public_key(),
@@ -178,6 +183,15 @@ fn transfers_move_money_once_and_refuse_cleanly() {
         }
     );
     assert_eq!(ledger.account(&account(2).public_key()).balance, 20);
+    assert_eq!(
+        ledger.reader().account(&account(3).public_key()).0,
+        AccountState::default()
+    );
+    assert_eq!(ledger.snapshot(), {
+        let mut same = Ledger::new(&genesis());
+        same.execute_operation(&transfer(1, 2, 20, 0));
+        same.snapshot()
+    });
 }
 
 #[test]
@@ -335,6 +349,10 @@ fn an_entry_proves_its_inclusion_and_a_wrong_path_does_not() {
     assert!(!proof.holds());
     let mut proof = block.proof(2).expect("an entry");
     proof.entry = block.entries[3].clone();
+    assert!(!proof.holds());
+    // The right entry and path, claimed at another position.
+    let mut proof = block.proof(2).expect("an entry");
+    proof.index = 3;
     assert!(!proof.holds());
     assert!(block.proof(5).is_none());
 }

@@ -54,6 +54,11 @@ impl Checker {
         }
     }
 
+    /// The ledger's state after the history so far, for the workload (`None` unless the app is the ledger).
+    pub fn ledger(&self) -> Option<&pbft_apps::LedgerReader> {
+        self.model.ledger()
+    }
+
     pub fn history(&self) -> &History {
         &self.history
     }

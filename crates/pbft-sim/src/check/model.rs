@@ -13,7 +13,8 @@ use pbft_crypto::Verified;
 use pbft_types::{ClientId, ReplicaId, Request, SeqNo, Timestamp};
 
 use crate::violation::{Violation, describe_optional, describe_result};
-use crate::workload::SimApp;
+use crate::workload::{SimApp, ledger_genesis};
+use pbft_apps::{Ledger, LedgerReader};
 
 #[derive(Clone, Debug)]
 struct Executed {
@@ -27,19 +28,35 @@ pub struct Model {
     last_executed: HashMap<ClientId, Timestamp>,
     executed: HashMap<(ClientId, Timestamp), Executed>,
     store: Box<dyn StateMachine>,
+    /// The ledger's state, when the application is the ledger (its clients look up nonces in it).
+    ledger: Option<LedgerReader>,
     /// What the application recorded at the end of each batch (the ledger's blocks).
     records: HashMap<SeqNo, Option<Bytes>>,
 }
 
 impl Model {
     pub fn new(app: SimApp) -> Model {
+        let (store, ledger): (Box<dyn StateMachine>, _) = match app {
+            SimApp::Kv => (app.new_state_machine(), None),
+            SimApp::Ledger => {
+                let ledger = Ledger::new(&ledger_genesis());
+                let reader = ledger.reader();
+                (Box::new(ledger), Some(reader))
+            }
+        };
         Model {
             issued: HashMap::new(),
             last_executed: HashMap::new(),
             executed: HashMap::new(),
-            store: app.new_state_machine(),
+            store,
+            ledger,
             records: HashMap::new(),
         }
+    }
+
+    /// The ledger's state after the history so far (`None` unless the application is the ledger).
+    pub fn ledger(&self) -> Option<&LedgerReader> {
+        self.ledger.as_ref()
     }
 
     /// What the application must record at the end of batch `seq`, once the history reached it.
