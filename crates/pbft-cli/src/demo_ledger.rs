@@ -303,10 +303,13 @@ pub async fn demo(scene_seconds: u64, dir: &Path) -> Result<(), String> {
     if errors > 0 {
         return Err(format!("the replica logs hold {errors} ERROR lines"));
     }
+    let d = dir.display();
     println!(
-        "\nTry it yourself: `pbft testnet --app ledger --out DIR`, start the replicas, then `pbft ledger \
-         transfer`, `pbft ledger block`, `pbft ledger export` and `pbft ledger verify`.\n\nAll replica \
-         processes are stopped. No errors."
+        "\nWith --keep, the cluster's directory stays, and you can check its chain yourself:\n   pbft ledger \
+         export --cluster {d}/cluster.toml --from {d}/data/replica-0 --out chain.bin\n   pbft ledger verify \
+         --cluster {d}/cluster.toml --from chain.bin\nFor a cluster of your own: `pbft testnet --app ledger --out \
+         DIR`, start the replicas, then `pbft ledger transfer`, `block`, `tx`, `export` and `verify`.\n\nAll \
+         replica processes are stopped. No errors."
     );
     Ok(())
 }
