@@ -535,8 +535,8 @@ fn free_base_port(n: usize) -> Result<u16, String> {
 struct Snapshot {
     replicas: Option<procfs::Usage>,
     loadgen: procfs::Usage,
-    /// Per replica: (batches committed, requests executed), `None` where the scrape failed.
-    metrics: Vec<Option<(f64, f64)>>,
+    /// Per replica: its counters, `None` where the scrape failed.
+    metrics: Vec<Option<Scraped>>,
 }
 
 async fn snapshot(target: &Target) -> Snapshot {
@@ -557,8 +557,17 @@ async fn snapshot(target: &Target) -> Snapshot {
     }
 }
 
-/// `pbft_batches_committed_total` and `pbft_requests_executed_total` from a replica's `/metrics`.
-async fn scrape(addr: SocketAddr) -> Option<(f64, f64)> {
+/// The counters a run reads from each replica's `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Scraped {
+    batches: f64,
+    requests: f64,
+    peer_bytes: f64,
+}
+
+/// `pbft_batches_committed_total`, `pbft_requests_executed_total` and `pbft_peer_bytes_sent` from a replica's
+/// `/metrics`.
+async fn scrape(addr: SocketAddr) -> Option<Scraped> {
     let fetch = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
         let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -570,10 +579,11 @@ async fn scrape(addr: SocketAddr) -> Option<(f64, f64)> {
     let text = tokio::time::timeout(Duration::from_secs(2), fetch)
         .await
         .ok()??;
-    Some((
-        metric(&text, "pbft_batches_committed_total")?,
-        metric(&text, "pbft_requests_executed_total")?,
-    ))
+    Some(Scraped {
+        batches: metric(&text, "pbft_batches_committed_total")?,
+        requests: metric(&text, "pbft_requests_executed_total")?,
+        peer_bytes: metric(&text, "pbft_peer_bytes_sent")?,
+    })
 }
 
 /// The value of an unlabelled metric in the Prometheus text format.
@@ -585,18 +595,37 @@ fn metric(text: &str, name: &str) -> Option<f64> {
     })
 }
 
-/// The mean over replicas of the change of a counter between two snapshots (replicas that answered twice).
-fn mean_delta(
-    before: &[Option<(f64, f64)>],
-    after: &[Option<(f64, f64)>],
-    pick: fn((f64, f64)) -> f64,
-) -> Option<f64> {
-    let deltas: Vec<f64> = before
+/// The changes of a counter between two snapshots, for the replicas that answered twice.
+fn deltas(
+    before: &[Option<Scraped>],
+    after: &[Option<Scraped>],
+    pick: fn(Scraped) -> f64,
+) -> Vec<f64> {
+    before
         .iter()
         .zip(after)
         .filter_map(|(b, a)| Some(pick((*a)?) - pick((*b)?)))
-        .collect();
+        .collect()
+}
+
+/// The mean over replicas of the change of a counter between two snapshots (replicas that answered twice).
+fn mean_delta(
+    before: &[Option<Scraped>],
+    after: &[Option<Scraped>],
+    pick: fn(Scraped) -> f64,
+) -> Option<f64> {
+    let deltas = deltas(before, after, pick);
     (!deltas.is_empty()).then(|| deltas.iter().sum::<f64>() / deltas.len() as f64)
+}
+
+/// The sum over replicas of the change of a counter, if every replica answered twice.
+fn total_delta(
+    before: &[Option<Scraped>],
+    after: &[Option<Scraped>],
+    pick: fn(Scraped) -> f64,
+) -> Option<f64> {
+    let deltas = deltas(before, after, pick);
+    (!deltas.is_empty() && deltas.len() == before.len()).then(|| deltas.iter().sum())
 }
 
 /// A tiny deterministic generator for the read/write mix and keys (splitmix64).
@@ -776,8 +805,9 @@ async fn run_point(
             .wchar
             .zip(before.loadgen.wchar)
             .map(|(a, b)| a.saturating_sub(b)),
-        batches_committed: mean_delta(&before.metrics, &after.metrics, |m| m.0),
-        requests_executed: mean_delta(&before.metrics, &after.metrics, |m| m.1),
+        batches_committed: mean_delta(&before.metrics, &after.metrics, |m| m.batches),
+        requests_executed: mean_delta(&before.metrics, &after.metrics, |m| m.requests),
+        peer_bytes_sent: total_delta(&before.metrics, &after.metrics, |m| m.peer_bytes),
         replicas_with_pids: target.pids.len(),
     };
     let latency = histogram
@@ -1071,11 +1101,24 @@ mod tests {
 
     #[test]
     fn counter_deltas_are_averaged_over_replicas_that_answered_twice() {
-        let before = [Some((10.0, 100.0)), Some((12.0, 110.0)), None];
-        let after = [Some((20.0, 300.0)), Some((24.0, 330.0)), Some((1.0, 1.0))];
-        assert_eq!(mean_delta(&before, &after, |m| m.0), Some(11.0));
-        assert_eq!(mean_delta(&before, &after, |m| m.1), Some(210.0));
-        assert_eq!(mean_delta(&[None], &after[..1], |m| m.0), None);
+        let s = |batches, requests, peer_bytes| {
+            Some(Scraped {
+                batches,
+                requests,
+                peer_bytes,
+            })
+        };
+        let before = [s(10.0, 100.0, 5.0), s(12.0, 110.0, 7.0), None];
+        let after = [s(20.0, 300.0, 15.0), s(24.0, 330.0, 27.0), s(1.0, 1.0, 1.0)];
+        assert_eq!(mean_delta(&before, &after, |m| m.batches), Some(11.0));
+        assert_eq!(mean_delta(&before, &after, |m| m.requests), Some(210.0));
+        assert_eq!(mean_delta(&[None], &after[..1], |m| m.batches), None);
+        // A sum needs every replica: one that did not answer would make it too small.
+        assert_eq!(total_delta(&before, &after, |m| m.peer_bytes), None);
+        assert_eq!(
+            total_delta(&before[..2], &after[..2], |m| m.peer_bytes),
+            Some(30.0)
+        );
     }
 
     #[test]

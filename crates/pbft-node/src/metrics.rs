@@ -47,6 +47,7 @@ pub struct Metrics {
     peer_auth_failures: Gauge,
     peer_garbage_connections: Gauge,
     frames_dropped: Gauge,
+    peer_bytes_sent: Gauge,
     batch_size: Histogram,
     submit_latency: Histogram,
 }
@@ -67,8 +68,12 @@ impl Metrics {
         let messages_unauthenticated = Counter::default();
         let refused = Family::<RefusalLabels, Counter>::default();
         let refused_total = Counter::default();
-        let (peer_auth_failures, peer_garbage_connections, frames_dropped) =
-            (Gauge::default(), Gauge::default(), Gauge::default());
+        let (peer_auth_failures, peer_garbage_connections, frames_dropped, peer_bytes_sent) = (
+            Gauge::default(),
+            Gauge::default(),
+            Gauge::default(),
+            Gauge::default(),
+        );
         let (
             view,
             last_executed,
@@ -166,6 +171,11 @@ impl Metrics {
             frames_dropped.clone(),
         );
         registry.register(
+            "peer_bytes_sent",
+            "Bytes of frames written to peers since start, with their length prefixes (before TLS overhead)",
+            peer_bytes_sent.clone(),
+        );
+        registry.register(
             "batch_size_requests",
             "Requests per committed batch",
             batch_size.clone(),
@@ -193,6 +203,7 @@ impl Metrics {
             peer_auth_failures,
             peer_garbage_connections,
             frames_dropped,
+            peer_bytes_sent,
             batch_size,
             submit_latency,
         }
@@ -249,6 +260,7 @@ impl Metrics {
         self.peer_garbage_connections
             .set(gauge_value(stats.garbage_connections));
         self.frames_dropped.set(gauge_value(stats.frames_dropped));
+        self.peer_bytes_sent.set(gauge_value(stats.bytes_sent));
     }
 
     pub fn counters(&self) -> Counters {

@@ -78,6 +78,8 @@ pub struct Raw {
     /// Deltas of the replicas' metrics, averaged over the replicas that answered at both ends.
     pub batches_committed: Option<f64>,
     pub requests_executed: Option<f64>,
+    /// The change of `pbft_peer_bytes_sent`, summed over the replicas that answered at both ends.
+    pub peer_bytes_sent: Option<f64>,
     pub replicas_with_pids: usize,
 }
 
@@ -106,6 +108,9 @@ pub struct Report {
     pub replica_storage_bytes_per_request: Option<f64>,
     /// Bytes the load generator wrote per committed request (its gRPC requests to every replica).
     pub loadgen_bytes_written_per_request: Option<f64>,
+    /// Bytes of protocol messages all replicas sent one another per committed request (frames with their length
+    /// prefixes, before TLS overhead), from `pbft_peer_bytes_sent`: network bytes between replicas alone.
+    pub peer_bytes_per_request: Option<f64>,
     /// Batches committed per second, from the replicas' `pbft_batches_committed_total`.
     pub batches_per_s: Option<f64>,
     /// Requests executed per second from the replicas' `pbft_requests_executed_total` (a cross-check).
@@ -158,6 +163,7 @@ impl Report {
             loadgen_bytes_written_per_request: raw
                 .loadgen_wchar
                 .and_then(|b| per_request(b as f64)),
+            peer_bytes_per_request: raw.peer_bytes_sent.and_then(per_request),
             batches_per_s: raw.batches_committed.and_then(per_second),
             executed_per_s: raw.requests_executed.and_then(per_second),
             mean_batch_size: match (raw.batches_committed, raw.requests_executed) {
@@ -194,6 +200,7 @@ impl Report {
              \x20 replica CPU     {} us per request ({} cores busy)\n\
              \x20 load gen. CPU   {} us per request ({:.2} cores busy)\n\
              \x20 bytes written   {} per request by the replicas (sockets and journal; {} reached the disk), {} by the load generator\n\
+             \x20 peer bytes      {} per request between the replicas (protocol messages, before TLS)\n\
              \x20 batches         {} per second, {} requests each on average\n\
              \x20 load average    {} before, {} after ({} cores)",
             self.config.replicas,
@@ -214,6 +221,7 @@ impl Report {
             opt(self.replica_bytes_written_per_request, 0),
             opt(self.replica_storage_bytes_per_request, 0),
             opt(self.loadgen_bytes_written_per_request, 0),
+            opt(self.peer_bytes_per_request, 0),
             opt(self.batches_per_s, 1),
             opt(self.mean_batch_size, 1),
             self.loadavg_before,
@@ -231,7 +239,7 @@ pub const CSV_HEADER: &str = "mode,replicas,clients,window,target_rate,request_s
 batch_size,batch_delay_ms,elapsed_s,committed,failed,unsent,throughput_rps,latency_samples,latency_mean_ms,\
 latency_p50_ms,latency_p90_ms,latency_p99_ms,latency_max_ms,replica_cpu_us_per_request,replica_cores_busy,\
 loadgen_cpu_us_per_request,loadgen_cores_busy,replica_bytes_written_per_request,\
-replica_storage_bytes_per_request,loadgen_bytes_written_per_request,batches_per_s,executed_per_s,mean_batch_size,loadavg_before,loadavg_after,cores";
+replica_storage_bytes_per_request,loadgen_bytes_written_per_request,peer_bytes_per_request,batches_per_s,executed_per_s,mean_batch_size,loadavg_before,loadavg_after,cores";
 
 /// One CSV row (no field needs quoting: load averages are space-separated numbers). Unknown values are empty.
 pub fn csv_row(r: &Report) -> String {
@@ -271,6 +279,7 @@ pub fn csv_row(r: &Report) -> String {
         of(r.replica_bytes_written_per_request),
         of(r.replica_storage_bytes_per_request),
         of(r.loadgen_bytes_written_per_request),
+        of(r.peer_bytes_per_request),
         of(r.batches_per_s),
         of(r.executed_per_s),
         of(r.mean_batch_size),
@@ -350,6 +359,7 @@ mod tests {
             loadgen_wchar: None,
             batches_committed: Some(500.0),
             requests_executed: Some(5000.0),
+            peer_bytes_sent: Some(15_000_000.0),
             replicas_with_pids: 4,
         };
         let r = Report::compute(config(), &raw, Latency::default());
@@ -360,6 +370,7 @@ mod tests {
         assert_eq!(r.replica_bytes_written_per_request, Some(2000.0));
         assert_eq!(r.replica_storage_bytes_per_request, Some(1000.0));
         assert_eq!(r.loadgen_bytes_written_per_request, None);
+        assert_eq!(r.peer_bytes_per_request, Some(3000.0));
         assert_eq!(r.batches_per_s, Some(50.0));
         assert_eq!(r.mean_batch_size, Some(10.0));
         assert!(r.notes.is_empty(), "{:?}", r.notes);

@@ -93,6 +93,8 @@ pub struct TransportStats {
     pub peers_connected: usize,
     /// Frames written and flushed to a peer's connection.
     pub frames_sent: u64,
+    /// Bytes of those frames, with their 4-byte length prefixes (TLS adds its record overhead on top).
+    pub bytes_sent: u64,
     /// Frames read from authenticated peers and handed to the inbound channel.
     pub frames_received: u64,
     /// Frames dropped on the sending side: a full queue (oldest first), a connection lost with frames in flight,
@@ -109,6 +111,7 @@ pub struct TransportStats {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub frames_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
     pub frames_received: AtomicU64,
     pub frames_dropped: AtomicU64,
     pub auth_failures: AtomicU64,
@@ -178,6 +181,7 @@ impl TransportLink {
                 .filter(|q| q.is_connected())
                 .count(),
             frames_sent: c.frames_sent.load(Ordering::Relaxed),
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
             frames_received: c.frames_received.load(Ordering::Relaxed),
             frames_dropped: c.frames_dropped.load(Ordering::Relaxed),
             auth_failures: c.auth_failures.load(Ordering::Relaxed),

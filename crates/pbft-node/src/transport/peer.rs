@@ -257,6 +257,7 @@ impl Dialer {
                 }
             }
             let count = batch.len() as u64;
+            let bytes: u64 = batch.iter().map(|f| f.len() as u64 + 4).sum();
             let write = async {
                 for frame in &batch {
                     write_frame(&mut writer, frame).await?;
@@ -265,7 +266,10 @@ impl Dialer {
             };
             let counters = &self.shared.counters;
             match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-                Ok(Ok(())) => Counters::add(&counters.frames_sent, count),
+                Ok(Ok(())) => {
+                    Counters::add(&counters.frames_sent, count);
+                    Counters::add(&counters.bytes_sent, bytes);
+                }
                 Ok(Err(e)) => {
                     Counters::add(&counters.frames_dropped, count);
                     return Ended::Io(e);

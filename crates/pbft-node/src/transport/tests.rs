@@ -153,6 +153,8 @@ async fn three_replicas_exchange_frames_both_ways_and_broadcast() {
             ),
             (4, 4, 0)
         );
+        // Two 4-byte frames and a 10-byte broadcast to two peers, each with a 4-byte length prefix.
+        assert_eq!(stats.bytes_sent, 2 * (4 + 4) + 2 * (10 + 4));
         assert_eq!((stats.auth_failures, stats.garbage_connections), (0, 0));
     }
     for (t, _) in nodes {
