@@ -31,7 +31,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::client::connect;
-use report::{Latency, Raw, Report, RunConfig};
+use report::{Failover, Latency, Raw, Report, RunConfig};
 
 /// Cluster sizes the benchmark starts (n = 3f + 1 for f = 1, 2, 3, 5).
 const SIZES: [usize; 4] = [4, 7, 10, 16];
@@ -101,6 +101,10 @@ pub struct BenchArgs {
     /// Keep the started cluster's directory (keys, configuration, journals, replica logs).
     #[arg(long)]
     keep: bool,
+    /// Kill the primary's process this many seconds into the measured interval (a cluster the benchmark started,
+    /// one run), and report how long throughput took to come back to 80% of its rate in the 2 s before.
+    #[arg(long, value_parser = parse_seconds, conflicts_with_all = ["attach", "sweep"])]
+    kill_primary_at: Option<f64>,
 }
 
 fn parse_replicas(s: &str) -> Result<usize, String> {
@@ -254,6 +258,8 @@ pub fn run(args: &BenchArgs) -> ExitCode {
 /// Replica processes the benchmark started. Dropping it kills them.
 struct Replicas {
     children: Vec<Child>,
+    /// Replicas killed on purpose (`--kill-primary-at`).
+    killed: Vec<usize>,
 }
 
 impl Replicas {
@@ -279,7 +285,23 @@ impl Replicas {
                 .map_err(|e| format!("cannot start replica {i}: {e}"))?;
             children.push(child);
         }
-        Ok(Replicas { children })
+        Ok(Replicas {
+            children,
+            killed: Vec::new(),
+        })
+    }
+
+    /// Kills replica `i` (SIGKILL), as a crash would.
+    fn kill(&mut self, i: usize) -> Result<(), String> {
+        let child = self
+            .children
+            .get_mut(i)
+            .ok_or_else(|| format!("no replica {i} to kill"))?;
+        child
+            .start_kill()
+            .map_err(|e| format!("cannot kill replica {i}: {e}"))?;
+        self.killed.push(i);
+        Ok(())
     }
 
     fn pids(&self) -> Vec<u32> {
@@ -288,6 +310,9 @@ impl Replicas {
 
     fn check_alive(&mut self) -> Result<(), String> {
         for (i, child) in self.children.iter_mut().enumerate() {
+            if self.killed.contains(&i) {
+                continue;
+            }
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!(
                     "replica {i} exited during the benchmark ({status})"
@@ -366,7 +391,8 @@ async fn bench(args: &BenchArgs, plan: &Plan, dir: &Path) -> Result<(), String> 
         };
         let label = format!("run {}/{}", index + 1, plan.loads.len());
         let used = clients.split_off(clients.len() - load.network_clients());
-        let (back, report) = run_point(args, &target, load, config, used, &value, &label).await?;
+        let (back, report) =
+            run_point(args, &mut target, load, config, used, &value, &label).await?;
         clients.extend(back);
         println!("{}", report.summary());
         reports.push(report);
@@ -557,6 +583,52 @@ async fn snapshot(target: &Target) -> Snapshot {
     }
 }
 
+/// The primary of the highest view any replica reports (`pbft_view` in `/metrics`); replica 0 if none answers.
+async fn current_primary(http: &[SocketAddr]) -> usize {
+    let mut view = 0u64;
+    for addr in http {
+        if let Some(text) = metrics_text(*addr).await
+            && let Some(v) = metric(&text, "pbft_view")
+        {
+            view = view.max(v as u64);
+        }
+    }
+    usize::try_from(view).unwrap_or(0) % http.len().max(1)
+}
+
+/// Throughput around the kill at `at`, from the completion counts sampled every 100 ms: the rate in the 2 s
+/// before it, and when a 500 ms window after it first reached 80% of that rate again.
+fn failover(timeline: &[(Instant, u64)], start: Instant, primary: usize, at: Instant) -> Failover {
+    let rate = |a: &(Instant, u64), b: &(Instant, u64)| {
+        let secs = (b.0 - a.0).as_secs_f64();
+        (secs > 0.0).then(|| (b.1 - a.1) as f64 / secs)
+    };
+    let at_or_after = |t: Instant| timeline.iter().position(|s| s.0 >= t);
+    let before_start = at
+        .checked_sub(Duration::from_secs(2))
+        .and_then(at_or_after)
+        .unwrap_or(0);
+    let kill_index = at_or_after(at).unwrap_or(timeline.len().saturating_sub(1));
+    let rate_before = match (timeline.get(before_start), timeline.get(kill_index)) {
+        (Some(a), Some(b)) => rate(a, b).unwrap_or(0.0),
+        _ => 0.0,
+    };
+    let recovered_after_s = (kill_index..timeline.len()).find_map(|i| {
+        let from = &timeline[i];
+        let j = timeline[i..]
+            .iter()
+            .position(|s| s.0 >= from.0 + Duration::from_millis(500))?;
+        let r = rate(from, &timeline[i + j])?;
+        (r >= 0.8 * rate_before).then(|| (from.0 - at).as_secs_f64())
+    });
+    Failover {
+        primary,
+        killed_at_s: (at - start).as_secs_f64(),
+        rate_before,
+        recovered_after_s,
+    }
+}
+
 /// The counters a run reads from each replica's `/metrics`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Scraped {
@@ -568,6 +640,16 @@ struct Scraped {
 /// `pbft_batches_committed_total`, `pbft_requests_executed_total` and `pbft_peer_bytes_sent` from a replica's
 /// `/metrics`.
 async fn scrape(addr: SocketAddr) -> Option<Scraped> {
+    let text = metrics_text(addr).await?;
+    Some(Scraped {
+        batches: metric(&text, "pbft_batches_committed_total")?,
+        requests: metric(&text, "pbft_requests_executed_total")?,
+        peer_bytes: metric(&text, "pbft_peer_bytes_sent")?,
+    })
+}
+
+/// A replica's `/metrics` page, or `None` if it does not answer within 2 s.
+async fn metrics_text(addr: SocketAddr) -> Option<String> {
     let fetch = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
         let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -576,14 +658,9 @@ async fn scrape(addr: SocketAddr) -> Option<Scraped> {
         stream.read_to_string(&mut text).await.ok()?;
         Some(text)
     };
-    let text = tokio::time::timeout(Duration::from_secs(2), fetch)
+    tokio::time::timeout(Duration::from_secs(2), fetch)
         .await
-        .ok()??;
-    Some(Scraped {
-        batches: metric(&text, "pbft_batches_committed_total")?,
-        requests: metric(&text, "pbft_requests_executed_total")?,
-        peer_bytes: metric(&text, "pbft_peer_bytes_sent")?,
-    })
+        .ok()?
 }
 
 /// The value of an unlabelled metric in the Prometheus text format.
@@ -687,7 +764,7 @@ impl Window {
 /// One run: load for warm-up plus duration, snapshots at both ends of the measured interval.
 async fn run_point(
     args: &BenchArgs,
-    target: &Target,
+    target: &mut Target,
     load: Load,
     config: RunConfig,
     clients: Vec<NetClient>,
@@ -751,6 +828,12 @@ async fn run_point(
     let mut before: Option<Snapshot> = None;
     let mut last = (Instant::now(), 0u64);
     let mut rate_now = 0.0;
+    // Completions so far, every 100 ms, for the throughput around a killed primary.
+    let mut timeline: Vec<(Instant, u64)> = Vec::new();
+    let kill_at = args
+        .kill_primary_at
+        .map(|s| t0 + Duration::from_secs_f64(s));
+    let mut killed: Option<(usize, Instant)> = None;
     let after = loop {
         let now = Instant::now();
         if before.is_none() && now >= t0 {
@@ -760,6 +843,16 @@ async fn run_point(
             break snapshot(target).await;
         }
         let all = counts.all.load(Ordering::Relaxed);
+        timeline.push((now, all));
+        if killed.is_none()
+            && kill_at.is_some_and(|at| now >= at)
+            && let Some(replicas) = &mut target.replicas
+        {
+            let primary = current_primary(&target.http).await;
+            replicas.kill(primary)?;
+            killed = Some((primary, now));
+            bar.println(format!("killed the primary, replica {primary}"));
+        }
         if now - last.0 >= Duration::from_millis(500) {
             rate_now = (all - last.1) as f64 / (now - last.0).as_secs_f64();
             last = (now, all);
@@ -770,7 +863,14 @@ async fn run_point(
             if now < t0 { "warm-up" } else { "measuring" }
         ));
         let next = now + Duration::from_millis(100);
-        tokio::time::sleep_until(next.min(if before.is_none() { t0 } else { t1 })).await;
+        let mut wake = next.min(if before.is_none() { t0 } else { t1 });
+        if killed.is_none()
+            && let Some(at) = kill_at
+            && at > now
+        {
+            wake = wake.min(at);
+        }
+        tokio::time::sleep_until(wake).await;
     };
     bar.set_message("waiting for requests in flight".to_string());
     let (clients, unsent) = generator
@@ -815,6 +915,9 @@ async fn run_point(
         .map(|h| Latency::of(&h))
         .map_err(|_| "a load task panicked".to_string())?;
     let mut report = Report::compute(config, &raw, latency);
+    if let Some((primary, at)) = killed {
+        report.failover = Some(failover(&timeline, start, primary, at));
+    }
     report.loadavg_before = loadavg_before;
     report.loadavg_after = procfs::loadavg();
     report.cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -1118,6 +1221,35 @@ mod tests {
         assert_eq!(
             total_delta(&before[..2], &after[..2], |m| m.peer_bytes),
             Some(30.0)
+        );
+    }
+
+    #[test]
+    fn failover_measures_the_rate_before_and_the_time_to_get_back_to_80_percent() {
+        // 100 requests per 100 ms, nothing for 1.2 s after the kill at 5 s, then 100 per 100 ms again.
+        let start = Instant::now();
+        let mut all = 0;
+        let timeline: Vec<(Instant, u64)> = (0..100)
+            .map(|i| {
+                let t = i as f64 / 10.0;
+                if !(5.0..6.2).contains(&t) && i > 0 {
+                    all += 100;
+                }
+                (start + Duration::from_millis(i * 100), all)
+            })
+            .collect();
+        let f = failover(&timeline, start, 0, start + Duration::from_secs(5));
+        // The sample at the kill already missed its 100 requests: 19 of the 20 steps before it count.
+        assert!((f.rate_before - 950.0).abs() < 1.0, "{f:?}");
+        let back = f.recovered_after_s.expect("recovered");
+        assert!((0.9..=1.3).contains(&back), "{f:?}");
+        // Never back: no recovery time.
+        let flat: Vec<(Instant, u64)> = (0..100)
+            .map(|i| (start + Duration::from_millis(i * 100), i.min(50) * 100))
+            .collect();
+        assert_eq!(
+            failover(&flat, start, 0, start + Duration::from_secs(5)).recovered_after_s,
+            None
         );
     }
 

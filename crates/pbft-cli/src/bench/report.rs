@@ -121,6 +121,21 @@ pub struct Report {
     pub loadavg_after: String,
     pub cores: usize,
     pub notes: Vec<String>,
+    /// With `--kill-primary-at`: the throughput around the killed primary.
+    pub failover: Option<Failover>,
+}
+
+/// What happened to throughput when the primary's process was killed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Failover {
+    /// The replica that was primary, and when (seconds from the start of the run, warm-up included).
+    pub primary: usize,
+    pub killed_at_s: f64,
+    /// Completions per second in the 2 s before the kill.
+    pub rate_before: f64,
+    /// Seconds from the kill to the first 500 ms window with at least 80% of `rate_before` (`None`: not within
+    /// the run).
+    pub recovered_after_s: Option<f64>,
 }
 
 impl Report {
@@ -175,6 +190,7 @@ impl Report {
             cores: 0,
             notes,
             config,
+            failover: None,
         }
     }
 
@@ -228,6 +244,18 @@ impl Report {
             self.loadavg_after,
             self.cores,
         );
+        if let Some(f) = &self.failover {
+            s.push_str(&format!(
+                "\n  failover        primary (replica {}) killed at {:.1}s after {:.0} requests/s; back to 80% of that {}",
+                f.primary,
+                f.killed_at_s,
+                f.rate_before,
+                match f.recovered_after_s {
+                    Some(t) => format!("after {t:.2}s"),
+                    None => "not within the run".to_string(),
+                }
+            ));
+        }
         for note in &self.notes {
             s.push_str(&format!("\n  note: {note}"));
         }
