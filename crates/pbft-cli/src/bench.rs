@@ -449,11 +449,7 @@ async fn start_cluster(args: &BenchArgs, plan: &Plan, dir: &Path) -> Result<Targ
         dir,
     )
     .map_err(|e| e.to_string())?;
-    let setups = net
-        .client_files
-        .iter()
-        .map(|p| ClientFile::load(p).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let setups = net.client_setups().map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the pbft binary: {e}"))?;
     let replicas = Replicas::start(&exe, dir, args.replicas)?;
     let http = setups[0].cluster.addresses.iter().map(|a| a.http).collect();

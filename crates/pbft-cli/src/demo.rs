@@ -12,7 +12,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use pbft_apps::{KvOp, KvResult};
 use pbft_client::net::NetClient;
-use pbft_node::config::{AppKind, ClientFile, ClientSetup, ParamsFile};
+use pbft_node::config::{AppKind, ClientSetup, ParamsFile};
 use pbft_node::testnet::{TestnetSpec, write};
 use pbft_types::ReplicaId;
 use pbft_types::wire::ReplicaStatus;
@@ -67,6 +67,29 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
+    /// Starts every replica of the testnet in `dir` and waits until each is connected to the others; `monitor`
+    /// is the client whose key reads their status.
+    pub(crate) async fn launch(dir: &Path, monitor: &ClientSetup) -> Result<Cluster, String> {
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find the pbft binary: {e}"))?;
+        let mut cluster = Cluster {
+            exe,
+            dir: dir.to_path_buf(),
+            children: (0..REPLICAS).map(|_| None).collect(),
+            monitor: connect(monitor, Duration::from_secs(5))?,
+        };
+        for i in 0..REPLICAS {
+            cluster.start(i)?;
+        }
+        cluster
+            .wait_for(Duration::from_secs(20), "starting the replicas", |s| {
+                s.iter()
+                    .all(|s| s.is_some_and(|s| s.peers_connected as usize == REPLICAS - 1))
+            })
+            .await?;
+        Ok(cluster)
+    }
+
     pub(crate) fn start(&mut self, i: usize) -> Result<(), String> {
         let log_path = self.dir.join(format!("replica-{i}.log"));
         let log = std::fs::OpenOptions::new()
@@ -167,7 +190,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<(), String> {
     let started = Instant::now();
     println!("PBFT demo: four replicas tolerate one faulty replica (n = 3f + 1 with f = 1).\n");
     let base_port = free_base_port()?;
-    write(
+    let net = write(
         &TestnetSpec {
             replicas: REPLICAS,
             clients: args.clients,
@@ -189,25 +212,8 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<(), String> {
         base_port + 100,
         base_port + 200
     );
-    let setups = (0..args.clients)
-        .map(|c| ClientFile::load(&dir.join(format!("client-{c}.toml"))).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<ClientSetup>, String>>()?;
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the pbft binary: {e}"))?;
-    let mut cluster = Cluster {
-        exe,
-        dir: dir.to_path_buf(),
-        children: (0..REPLICAS).map(|_| None).collect(),
-        monitor: connect(&setups[0], Duration::from_secs(5))?,
-    };
-    for i in 0..REPLICAS {
-        cluster.start(i)?;
-    }
-    cluster
-        .wait_for(Duration::from_secs(20), "starting the replicas", |s| {
-            s.iter()
-                .all(|s| s.is_some_and(|s| s.peers_connected as usize == REPLICAS - 1))
-        })
-        .await?;
+    let setups = net.client_setups().map_err(|e| e.to_string())?;
+    let mut cluster = Cluster::launch(dir, &setups[0]).await?;
     println!(
         "2. Started {REPLICAS} replica processes; each is connected to the other three. Replica 0 is the \
          primary of view 0: it orders requests, the backups check and vote.\n"

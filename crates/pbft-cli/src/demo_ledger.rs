@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use pbft_apps::ledger::{CertifiedBlock, LedgerOp, LedgerResult, Transfer};
 use pbft_client::net::NetClient;
 use pbft_crypto::KeyPair;
-use pbft_node::config::{AppKind, ClientFile, ClusterFile, ParamsFile};
+use pbft_node::config::{AppKind, ClusterFile, ParamsFile};
 use pbft_node::ledger::{block_limit, fetch};
 use pbft_node::testnet::{GENESIS_BALANCE, TestnetSpec, write};
 use pbft_types::wire;
@@ -135,27 +135,8 @@ pub async fn demo(scene_seconds: u64, dir: &Path) -> Result<(), String> {
          each start with {GENESIS_BALANCE} in the genesis written into cluster.toml.",
         dir.display()
     );
-    let setups = net
-        .client_files
-        .iter()
-        .map(|p| ClientFile::load(p).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the pbft binary: {e}"))?;
-    let mut cluster = Cluster {
-        exe,
-        dir: dir.to_path_buf(),
-        children: (0..REPLICAS).map(|_| None).collect(),
-        monitor: connect(&setups[0], Duration::from_secs(5))?,
-    };
-    for i in 0..REPLICAS {
-        cluster.start(i)?;
-    }
-    cluster
-        .wait_for(Duration::from_secs(20), "starting the replicas", |s| {
-            s.iter()
-                .all(|s| s.is_some_and(|s| s.peers_connected as usize == REPLICAS - 1))
-        })
-        .await?;
+    let setups = net.client_setups().map_err(|e| e.to_string())?;
+    let mut cluster = Cluster::launch(dir, &setups[0]).await?;
     println!("2. Started {REPLICAS} replicas, each running the ledger.\n");
     let mut workers = setups
         .iter()

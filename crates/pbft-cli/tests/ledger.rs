@@ -197,38 +197,25 @@ fn chains_agree_after_a_restart_past_the_window_and_verify_offline() {
         export.to_str().unwrap(),
     ]);
     assert!(ok, "{out}");
-    let (ok, out) = pbft(&[
-        "ledger",
-        "verify",
-        "--cluster",
-        cluster_file,
-        "--from",
-        export.to_str().unwrap(),
-    ]);
+    // `pbft ledger verify --cluster ... --from FROM [--head HEAD]`.
+    let verify = |from: &std::path::Path, head: Option<&str>| {
+        let mut args = vec![
+            "ledger",
+            "verify",
+            "--cluster",
+            cluster_file,
+            "--from",
+            from.to_str().unwrap(),
+        ];
+        args.extend(head.map(|h| ["--head", h]).into_iter().flatten());
+        pbft(&args)
+    };
+    let (ok, out) = verify(&export, None);
     assert!(ok, "{out}");
     assert!(out.contains(&format!("{top} blocks")), "{out}");
-    let last = reference.last().unwrap();
-    let (ok, out) = pbft(&[
-        "ledger",
-        "verify",
-        "--cluster",
-        cluster_file,
-        "--from",
-        export.to_str().unwrap(),
-        "--head",
-        last,
-    ]);
+    let (ok, out) = verify(&export, reference.last().map(String::as_str));
     assert!(ok, "{out}");
-    let (ok, out) = pbft(&[
-        "ledger",
-        "verify",
-        "--cluster",
-        cluster_file,
-        "--from",
-        export.to_str().unwrap(),
-        "--head",
-        &reference[0],
-    ]);
+    let (ok, out) = verify(&export, Some(&reference[0]));
     assert!(!ok && out.contains("does not end with the head"), "{out}");
     let bytes = std::fs::read(&export).unwrap();
     let flipped = cluster.path().join("flipped.bin");
@@ -236,29 +223,14 @@ fn chains_agree_after_a_restart_past_the_window_and_verify_offline() {
         let mut copy = bytes.clone();
         copy[at] ^= 0x04;
         std::fs::write(&flipped, &copy).unwrap();
-        let (ok, out) = pbft(&[
-            "ledger",
-            "verify",
-            "--cluster",
-            cluster_file,
-            "--from",
-            flipped.to_str().unwrap(),
-        ]);
+        let (ok, out) = verify(&flipped, None);
         assert!(!ok, "a flip at byte {at} was accepted: {out}");
         assert!(out.contains("NOT valid: block "), "{out}");
     }
 
     // A stopped replica's data directory verifies too.
     cluster.kill(2);
-    let dir = cluster.path().join("data/replica-2");
-    let (ok, out) = pbft(&[
-        "ledger",
-        "verify",
-        "--cluster",
-        cluster_file,
-        "--from",
-        dir.to_str().unwrap(),
-    ]);
+    let (ok, out) = verify(&cluster.path().join("data/replica-2"), None);
     assert!(ok, "{out}");
 }
 

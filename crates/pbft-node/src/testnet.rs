@@ -63,6 +63,16 @@ pub struct Testnet {
     pub account_files: Vec<PathBuf>,
 }
 
+impl Testnet {
+    /// Every client's configuration, loaded.
+    pub fn client_setups(&self) -> Result<Vec<crate::config::ClientSetup>, ConfigFileError> {
+        self.client_files
+            .iter()
+            .map(|p| ClientFile::load(p))
+            .collect()
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TestnetError + '_ {
     move |source| TestnetError::Io {
         path: path.to_path_buf(),
