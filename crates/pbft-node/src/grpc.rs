@@ -98,7 +98,11 @@ impl LedgerApi for GrpcLedger {
     ) -> Result<Response<Self::GetBlocksStream>, Status> {
         let r = request.into_inner();
         let limit = usize::try_from(r.limit).unwrap_or(usize::MAX);
-        let blocks = self.ledger.blocks(r.from, r.to, limit).map_err(internal)?;
+        let blocks = self
+            .ledger
+            .off_thread(move |l| l.blocks(r.from, r.to, limit))
+            .await
+            .map_err(internal)?;
         let items: Vec<_> = blocks.iter().map(|b| Ok(b.to_wire())).collect();
         Ok(Response::new(tokio_stream::iter(items)))
     }
@@ -108,7 +112,11 @@ impl LedgerApi for GrpcLedger {
         Ok(Response::new(ChainHead {
             height,
             hash: hash.0.to_vec().into(),
-            contiguous_from: self.ledger.contiguous_from().map_err(internal)?,
+            contiguous_from: self
+                .ledger
+                .off_thread(LedgerService::contiguous_from)
+                .await
+                .map_err(internal)?,
         }))
     }
 
@@ -117,7 +125,12 @@ impl LedgerApi for GrpcLedger {
         request: Request<BlockHash>,
     ) -> Result<Response<CertifiedBlockMsg>, Status> {
         let hash = digest("hash", &request.into_inner().hash)?;
-        match self.ledger.block_by_hash(&hash).map_err(internal)? {
+        let found = self
+            .ledger
+            .off_thread(move |l| l.block_by_hash(&hash))
+            .await
+            .map_err(internal)?;
+        match found {
             Some(block) => Ok(Response::new(block.to_wire())),
             None => Err(Status::not_found(format!("no block with hash {hash}"))),
         }
@@ -128,7 +141,12 @@ impl LedgerApi for GrpcLedger {
         request: Request<EntryQuery>,
     ) -> Result<Response<pbft_types::wire::EntryProof>, Status> {
         let d = digest("request_digest", &request.into_inner().request_digest)?;
-        match self.ledger.entry(&d).map_err(internal)? {
+        let found = self
+            .ledger
+            .off_thread(move |l| l.entry(&d))
+            .await
+            .map_err(internal)?;
+        match found {
             Some(proof) => Ok(Response::new(proof.to_wire())),
             None => Err(Status::not_found(format!(
                 "no executed request with digest {d}"

@@ -260,7 +260,10 @@ async fn ledger_head(State(ledger): State<LedgerService>) -> Result<Json<HeadBod
     Ok(Json(HeadBody {
         height,
         hash: hash.to_string(),
-        contiguous_from: ledger.contiguous_from().map_err(internal)?,
+        contiguous_from: ledger
+            .off_thread(LedgerService::contiguous_from)
+            .await
+            .map_err(internal)?,
     }))
 }
 
@@ -276,7 +279,10 @@ async fn ledger_blocks(
 ) -> Result<Json<Vec<BlockBody>>, Failure> {
     let from = range.from.unwrap_or(1);
     let to = range.to.unwrap_or(u64::MAX);
-    let blocks = ledger.blocks(from, to, 0).map_err(internal)?;
+    let blocks = ledger
+        .off_thread(move |l| l.blocks(from, to, 0))
+        .await
+        .map_err(internal)?;
     Ok(Json(blocks.iter().map(block_body).collect()))
 }
 
@@ -286,13 +292,15 @@ async fn ledger_block(
     Path(id): Path<String>,
 ) -> Result<Json<BlockBody>, Failure> {
     let block = if id == "latest" {
-        ledger.block(ledger.head().0).map_err(internal)?
+        let height = ledger.head().0;
+        ledger.off_thread(move |l| l.block(height)).await
     } else if let Ok(height) = id.parse::<u64>() {
-        ledger.block(height).map_err(internal)?
+        ledger.off_thread(move |l| l.block(height)).await
     } else {
         let hash = Digest(hex32("a block hash", &id)?);
-        ledger.block_by_hash(&hash).map_err(internal)?
-    };
+        ledger.off_thread(move |l| l.block_by_hash(&hash)).await
+    }
+    .map_err(internal)?;
     block
         .map(|b| Json(block_body(&b)))
         .ok_or_else(|| fail(StatusCode::NOT_FOUND, format!("no block {id} here")))
@@ -303,12 +311,16 @@ async fn ledger_transaction(
     Path(digest): Path<String>,
 ) -> Result<Json<ProofBody>, Failure> {
     let d = Digest(hex32("a request digest", &digest)?);
-    let proof = ledger.entry(&d).map_err(internal)?.ok_or_else(|| {
-        fail(
-            StatusCode::NOT_FOUND,
-            format!("no executed request with digest {digest} here"),
-        )
-    })?;
+    let proof = ledger
+        .off_thread(move |l| l.entry(&d))
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| {
+            fail(
+                StatusCode::NOT_FOUND,
+                format!("no executed request with digest {digest} here"),
+            )
+        })?;
     Ok(Json(ProofBody {
         height: proof.header.height,
         index: proof.index,

@@ -37,6 +37,8 @@ pub enum LedgerError {
     Archived { height: u64, fault: BlockFault },
     #[error("the block of batch {height} cannot be archived: {reason}")]
     Unarchivable { height: u64, reason: String },
+    #[error("the archive read was interrupted: {0}")]
+    Interrupted(String),
 }
 
 /// The largest encoded block a replica accepts from elsewhere: a batch fits in a message, and results and the
@@ -143,6 +145,17 @@ impl LedgerService {
     fn decode(&self, height: u64, bytes: &[u8]) -> Result<CertifiedBlock, LedgerError> {
         CertifiedBlock::decode(bytes, self.limit)
             .map_err(|fault| LedgerError::Archived { height, fault })
+    }
+
+    /// Runs `read` (archive reads, which block on disk) on the blocking pool, not on the async API's threads.
+    pub async fn off_thread<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&LedgerService) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let service = self.clone();
+        tokio::task::spawn_blocking(move || read(&service))
+            .await
+            .map_err(|e| LedgerError::Interrupted(e.to_string()))?
     }
 
     /// The height and hash of the replica's latest block (the genesis hash at height 0).
@@ -258,7 +271,7 @@ pub async fn backfill(service: LedgerService, peers: Vec<String>) {
     // at the next look.
     let mut head_missing = None;
     loop {
-        let gap = match service.next_gap() {
+        let gap = match service.off_thread(LedgerService::next_gap).await {
             Ok(gap) => gap,
             Err(e) => {
                 tracing::error!(error = %e, "ledger backfill: cannot read the archive");
@@ -279,10 +292,13 @@ pub async fn backfill(service: LedgerService, peers: Vec<String>) {
         let from = top.saturating_sub(BACKFILL_BATCH - 1).max(1);
         let fetched = fetch(peer, from, top, service.limit).await;
         let taken = match fetched {
-            Ok(blocks) => service.take(top, expected, blocks).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "ledger backfill: cannot write the archive");
-                0
-            }),
+            Ok(blocks) => service
+                .off_thread(move |s| s.take(top, expected, blocks))
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "ledger backfill: cannot write the archive");
+                    0
+                }),
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "ledger backfill: fetch failed");
                 0

@@ -12,9 +12,13 @@ use pbft_core::{ExecContext, ExecutedBatch, StateMachine};
 use pbft_crypto::Verified;
 use pbft_types::{ClientId, ReplicaId, Request, SeqNo, Timestamp};
 
-use crate::violation::{Violation, describe_optional, describe_result};
+use crate::violation::Violation;
 use crate::workload::{SimApp, ledger_genesis};
 use pbft_apps::{Ledger, LedgerReader};
+
+/// How many batches' records the model keeps: far more than the log window of any simulated cluster (a replica
+/// further behind catches up by state transfer, not by committing), far fewer than a long run has.
+const RECORDS_KEPT: u64 = 1 << 16;
 
 #[derive(Clone, Debug)]
 struct Executed {
@@ -23,6 +27,7 @@ struct Executed {
 }
 
 pub struct Model {
+    app: SimApp,
     /// Every request a simulated client sent, with its operation.
     issued: HashMap<(ClientId, Timestamp), Bytes>,
     last_executed: HashMap<ClientId, Timestamp>,
@@ -45,6 +50,7 @@ impl Model {
             }
         };
         Model {
+            app,
             issued: HashMap::new(),
             last_executed: HashMap::new(),
             executed: HashMap::new(),
@@ -127,8 +133,8 @@ impl Model {
                             seq,
                             client,
                             timestamp,
-                            got: describe_result(result),
-                            expected: describe_result(&expected),
+                            got: self.app.describe_result(result),
+                            expected: self.app.describe_result(&expected),
                         });
                     }
                     self.last_executed.insert(client, timestamp);
@@ -158,6 +164,12 @@ impl Model {
             results,
         });
         self.records.insert(seq, record);
+        // A replica that commits `seq` later is checked against this record. One that fell further behind than
+        // the log window cannot commit those batches any more (its peers collected them; it installs a
+        // checkpoint instead), so records much older than the newest are not asked for.
+        if let Some(old) = seq.0.checked_sub(RECORDS_KEPT) {
+            self.records.remove(&SeqNo(old));
+        }
         Ok(())
     }
 
@@ -173,8 +185,8 @@ impl Model {
             Some(e) if e.result != *result => Err(Violation::ClientResult {
                 client,
                 timestamp,
-                got: describe_result(result),
-                expected: describe_optional(&Some(e.result.clone())),
+                got: self.app.describe_result(result),
+                expected: self.app.describe_result(&e.result),
             }),
             Some(_) => Ok(()),
         }
