@@ -21,7 +21,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use pbft_apps::KvOp;
-use pbft_client::net::NetClient;
+use pbft_client::net::{Connections, NetClient};
 use pbft_node::config::{AppKind, ClientFile, ClientSetup, ParamsFile};
 use pbft_node::testnet::{TestnetSpec, write};
 use pbft_types::ReplicaId;
@@ -30,7 +30,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::client::connect;
+use crate::client::{connect, connect_shared};
 use report::{Failover, Latency, Raw, Report, RunConfig};
 
 /// Cluster sizes the benchmark starts (n = 3f + 1 for f = 1, 2, 3, 5).
@@ -105,6 +105,11 @@ pub struct BenchArgs {
     /// one run), and report how long throughput took to come back to 80% of its rate in the 2 s before.
     #[arg(long, value_parser = parse_seconds, conflicts_with_all = ["attach", "sweep"])]
     kill_primary_at: Option<f64>,
+    /// Sets of connections (one HTTP/2 connection per replica each) the network clients share, round robin, as
+    /// the clients of one application server would; 0 gives every network client its own. Sharing costs the
+    /// replicas and the load generator less per request (see BENCHMARKS.md).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
 }
 
 fn parse_replicas(s: &str) -> Result<usize, String> {
@@ -351,11 +356,25 @@ async fn bench(args: &BenchArgs, plan: &Plan, dir: &Path) -> Result<(), String> 
         target.pids.len(),
         procfs::loadavg()
     );
+    // Network clients share `--connections` sets of connections to the replicas, round robin (0: one set each).
+    let addresses: Vec<SocketAddr> = target.setups[0]
+        .cluster
+        .addresses
+        .iter()
+        .map(|a| a.api)
+        .collect();
+    let shared = (0..args.connections)
+        .map(|_| Connections::new(&addresses).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, String>>()?;
     let mut clients = target
         .setups
         .iter()
         .take(plan.clients_needed)
-        .map(|s| connect(s, REQUEST_DEADLINE))
+        .enumerate()
+        .map(|(i, s)| match shared.get(i % shared.len().max(1)) {
+            Some(connections) => connect_shared(s, REQUEST_DEADLINE, connections),
+            None => connect(s, REQUEST_DEADLINE),
+        })
         .collect::<Result<Vec<NetClient>, String>>()?;
     let value = Bytes::from(vec![b'v'; args.request_size]);
     let mut reports = Vec::new();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use pbft_apps::{KvOp, KvResult};
-use pbft_client::net::{NetClient, NetClientConfig};
+use pbft_client::net::{Connections, NetClient, NetClientConfig};
 use pbft_crypto::Signer;
 use pbft_node::config::{ClientFile, ClientSetup};
 use pbft_types::{Principal, ReplicaId, Request, Timestamp};
@@ -66,17 +66,30 @@ fn kv_op(op: &RequestOp) -> KvOp {
     }
 }
 
-/// The network client of a client configuration.
-pub fn connect(setup: &ClientSetup, deadline: Duration) -> Result<NetClient, String> {
-    NetClient::new(NetClientConfig {
+/// The settings of a network client of a client configuration.
+fn settings(setup: &ClientSetup, deadline: Duration) -> NetClientConfig {
+    NetClientConfig {
         config: setup.cluster.config.clone(),
         id: setup.id,
         key: setup.key.clone(),
         replicas: setup.cluster.addresses.iter().map(|a| a.api).collect(),
         retransmit_after: Duration::from_millis(500),
         deadline,
-    })
-    .map_err(|e| e.to_string())
+    }
+}
+
+/// The network client of a client configuration.
+pub fn connect(setup: &ClientSetup, deadline: Duration) -> Result<NetClient, String> {
+    NetClient::new(settings(setup, deadline)).map_err(|e| e.to_string())
+}
+
+/// A network client of a client configuration that calls the replicas over `connections`, shared with others.
+pub fn connect_shared(
+    setup: &ClientSetup,
+    deadline: Duration,
+    connections: &Connections,
+) -> Result<NetClient, String> {
+    NetClient::with_connections(settings(setup, deadline), connections).map_err(|e| e.to_string())
 }
 
 pub fn run(args: &ClientArgs) -> ExitCode {

@@ -62,24 +62,16 @@ pub struct NetClient {
     deadline: Duration,
 }
 
-/// One replica's answer to one call.
-type CallResult = (ReplicaId, Result<SignedEnvelope, tonic::Status>);
+/// A connection to every replica's gRPC API, opened at the first call; clones share it.
+#[derive(Clone, Debug)]
+pub struct Connections {
+    replicas: Vec<ReplicaApiClient<Channel>>,
+}
 
-impl NetClient {
-    /// Prepares connections to every replica; none is opened before the first call, so a replica that is down
-    /// does not stop the client from starting.
-    pub fn new(settings: NetClientConfig) -> Result<NetClient, NetError> {
-        if settings.replicas.len() != settings.config.n() {
-            return Err(NetError::Config(format!(
-                "{} replica addresses for {} replicas",
-                settings.replicas.len(),
-                settings.config.n()
-            )));
-        }
-        let keyring =
-            Keyring::new(&settings.config).map_err(|e| NetError::Config(e.to_string()))?;
-        let replicas = settings
-            .replicas
+impl Connections {
+    /// `replicas`: the gRPC address of every replica, in replica id order.
+    pub fn new(replicas: &[SocketAddr]) -> Result<Connections, NetError> {
+        let replicas = replicas
             .iter()
             .map(|addr| {
                 let endpoint = Endpoint::from_shared(format!("http://{addr}"))
@@ -90,6 +82,37 @@ impl NetClient {
                 Ok(ReplicaApiClient::new(endpoint.connect_lazy()))
             })
             .collect::<Result<Vec<_>, NetError>>()?;
+        Ok(Connections { replicas })
+    }
+}
+
+/// One replica's answer to one call.
+type CallResult = (ReplicaId, Result<SignedEnvelope, tonic::Status>);
+
+impl NetClient {
+    /// Prepares connections to every replica; none is opened before the first call, so a replica that is down
+    /// does not stop the client from starting.
+    pub fn new(settings: NetClientConfig) -> Result<NetClient, NetError> {
+        let connections = Connections::new(&settings.replicas)?;
+        NetClient::with_connections(settings, &connections)
+    }
+
+    /// A client whose calls travel over `connections`, which many clients may share (each call is one HTTP/2
+    /// stream). `settings.replicas` is not used.
+    pub fn with_connections(
+        settings: NetClientConfig,
+        connections: &Connections,
+    ) -> Result<NetClient, NetError> {
+        if connections.replicas.len() != settings.config.n() {
+            return Err(NetError::Config(format!(
+                "{} replica addresses for {} replicas",
+                connections.replicas.len(),
+                settings.config.n()
+            )));
+        }
+        let keyring =
+            Keyring::new(&settings.config).map_err(|e| NetError::Config(e.to_string()))?;
+        let replicas = connections.replicas.clone();
         let signer = Signer::new(Principal::Client(settings.id), settings.key);
         Ok(NetClient {
             core: Client::new(settings.config, signer, settings.retransmit_after),
