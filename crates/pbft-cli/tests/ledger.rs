@@ -14,8 +14,9 @@ use pbft_apps::ledger::{LedgerOp, LedgerResult, Transfer};
 use pbft_crypto::KeyPair;
 use pbft_node::config::{AppKind, ParamsFile};
 
-/// Port range (e2e.rs uses 21000..23400, durability.rs 24000..25800).
+/// Port ranges (e2e.rs uses 21000..23400, durability.rs 24000..25800).
 const CHAIN: u16 = 26000;
+const KILLED: u16 = 26300;
 
 fn head(cluster: &Cluster, i: usize) -> Option<(u64, String, u64)> {
     let (status, body) = http(cluster.http_addr(i), "GET", "/v1/ledger/head", None);
@@ -108,24 +109,7 @@ fn chains_agree_after_a_restart_past_the_window_and_verify_offline() {
     }
 
     // Replica 3 reaches the others' head and holds every block below it.
-    let start = Instant::now();
-    let top = loop {
-        let heads: Vec<_> = (0..4).map(|i| head(&cluster, i)).collect();
-        let top = heads[0].as_ref().map(|h| h.0).unwrap_or(0);
-        if top > 0
-            && heads
-                .iter()
-                .all(|h| h.as_ref().is_some_and(|h| h.0 == top && h.2 == 1))
-        {
-            break top;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "the replicas' chains did not meet: {heads:?}\nreplica 3's log:\n{}",
-            cluster.log(3)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let top = chains_meet(&cluster);
     let log = cluster.log(3);
     assert!(
         log.contains("installed the state of a certified checkpoint"),
@@ -232,6 +216,80 @@ fn chains_agree_after_a_restart_past_the_window_and_verify_offline() {
     cluster.kill(2);
     let (ok, out) = verify(&cluster.path().join("data/replica-2"), None);
     assert!(ok, "{out}");
+}
+
+/// Waits until every replica's head is the same height and each holds every block below it; returns the height.
+fn chains_meet(cluster: &Cluster) -> u64 {
+    let start = Instant::now();
+    loop {
+        let heads: Vec<_> = (0..4).map(|i| head(cluster, i)).collect();
+        let top = heads[0].as_ref().map(|h| h.0).unwrap_or(0);
+        if top > 0
+            && heads
+                .iter()
+                .all(|h| h.as_ref().is_some_and(|h| h.0 == top && h.2 == 1))
+        {
+            return top;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the replicas' chains did not meet: {heads:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_replica_killed_within_the_window_keeps_its_blocks_on_disk() {
+    // Blocks are archived in the same write as the journal entries of their batch: a replica that restarts
+    // from its journal has every block it executed and fetches none.
+    let mut cluster = Cluster::create_app(KILLED, 1, ParamsFile::default(), AppKind::Ledger);
+    for i in 0..4 {
+        cluster.spawn(i);
+    }
+    cluster.wait_connected();
+    let payer = KeyPair::load(&cluster.path().join("account-0.key")).unwrap();
+    let payee = KeyPair::load(&cluster.path().join("account-1.key")).unwrap();
+    let mut client = cluster.client();
+    let mut nonce = 0;
+    let mut pay = |cluster: &Cluster| {
+        let op = LedgerOp::Transfer(
+            Transfer {
+                from: payer.public_key(),
+                to: payee.public_key(),
+                amount: 1,
+                nonce,
+            }
+            .sign(&payer),
+        );
+        let result = cluster.rt.block_on(client.submit(op.encode())).unwrap();
+        assert!(matches!(
+            LedgerResult::decode(&result),
+            Some(LedgerResult::Transfer { .. })
+        ));
+        nonce += 1;
+    };
+    for _ in 0..20 {
+        pay(&cluster);
+    }
+    cluster.kill(1);
+    for _ in 0..10 {
+        pay(&cluster);
+    }
+    cluster.spawn(1);
+    cluster.wait_connected();
+    for _ in 0..5 {
+        pay(&cluster);
+    }
+    let top = chains_meet(&cluster);
+    let log = cluster.log(1);
+    assert!(log.contains("recovered from the journal"), "{log}");
+    assert!(
+        !log.contains("fetched blocks skipped by state transfer"),
+        "replica 1 had to fetch blocks it had executed:\n{log}"
+    );
+    let reference = hashes(&cluster, 0, top);
+    assert_eq!(hashes(&cluster, 1, top), reference);
 }
 
 #[test]
