@@ -223,6 +223,14 @@ impl Ledger {
         }
     }
 
+    /// An independent copy of this ledger's state (the chain verifier replays a block on one, so that a bad
+    /// block changes nothing).
+    pub(crate) fn fork(&self) -> Ledger {
+        Ledger {
+            state: Arc::new(RwLock::new(self.read().clone())),
+        }
+    }
+
     pub fn reader(&self) -> LedgerReader {
         LedgerReader {
             state: self.state.clone(),
@@ -246,16 +254,20 @@ impl Ledger {
         result.encode()
     }
 
-    /// Closes block `height` over the requests just executed and moves the head to it.
-    pub fn close_block(&mut self, height: u64, entries: Vec<Entry>) -> CertifiedBlock {
+    /// Closes block `height` over the requests just executed, whose batch digest is `batch_digest` (the
+    /// caller has it: the replicas agreed on it, or a verifier checked it), and moves the head to it.
+    pub fn close_block(
+        &mut self,
+        height: u64,
+        batch_digest: Digest,
+        entries: Vec<Entry>,
+    ) -> CertifiedBlock {
         let mut state = self.write();
         let leaves: Vec<Digest> = entries.iter().map(Entry::leaf).collect();
         let header = BlockHeader {
             height,
             previous: state.head,
-            batch_digest: pbft_crypto::batch_digest_of_bodies(
-                entries.iter().map(|e| e.request.as_ref()),
-            ),
+            batch_digest,
             entries_root: merkle::root(&leaves),
             state_root: state.state_root(),
             entries: entries.len() as u64,
@@ -344,7 +356,7 @@ impl StateMachine for Ledger {
                 result: result.clone(),
             })
             .collect();
-        let block = self.close_block(batch.seq.0, entries);
+        let block = self.close_block(batch.seq.0, batch.digest, entries);
         Some(encode_block(block.header_bytes(), &block.entries))
     }
 }

@@ -18,6 +18,9 @@ pub struct ExecContext {
 #[derive(Clone, Copy, Debug)]
 pub struct ExecutedBatch<'a> {
     pub seq: SeqNo,
+    /// The batch digest the replicas agreed on (what its COMMITs sign), so the application need not hash the
+    /// requests again.
+    pub digest: Digest,
     pub requests: &'a [Verified<Request>],
     pub results: &'a [Option<Bytes>],
 }

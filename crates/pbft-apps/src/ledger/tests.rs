@@ -54,6 +54,11 @@ fn request_body(timestamp: u64, operation: Bytes) -> Bytes {
     .encode_body()
 }
 
+/// The batch digest of `entries`' requests, as the replicas would have agreed on it.
+fn digest_of(entries: &[Entry]) -> Digest {
+    pbft_crypto::batch_digest_of_bodies(entries.iter().map(|e| e.request.as_ref()))
+}
+
 fn commits(height: u64, digest: Digest, signers: &[u64]) -> Vec<Signed<Commit>> {
     signers
         .iter()
@@ -74,7 +79,7 @@ fn chain(blocks: u64, per_block: u64) -> Vec<CertifiedBlock> {
     let mut timestamp = 0;
     (1..=blocks)
         .map(|height| {
-            let entries = (0..per_block)
+            let entries: Vec<Entry> = (0..per_block)
                 .map(|_| {
                     timestamp += 1;
                     let op = transfer(0, 1, 1, timestamp - 1);
@@ -85,7 +90,7 @@ fn chain(blocks: u64, per_block: u64) -> Vec<CertifiedBlock> {
                     }
                 })
                 .collect();
-            let mut block = ledger.close_block(height, entries);
+            let mut block = ledger.close_block(height, digest_of(&entries), entries);
             block.commits = commits(height, block.header.batch_digest, &[0, 1, 2]);
             block
         })
@@ -206,7 +211,11 @@ fn a_snapshot_restores_the_same_state_and_head() {
                 .operation;
             ledger.execute_operation(&op);
         }
-        ledger.close_block(block.height(), block.entries.clone());
+        ledger.close_block(
+            block.height(),
+            digest_of(&block.entries),
+            block.entries.clone(),
+        );
     }
     assert_eq!(ledger.head(), (3, blocks[2].hash()));
     other.restore(&ledger.snapshot()).expect("restores");

@@ -67,9 +67,7 @@ impl ChainVerifier {
         }
         let view = block.check(&self.keyring, self.quorum).map_err(bad)?;
         // Replayed on copies, so that a bad block changes nothing.
-        let mut replay = Ledger {
-            state: std::sync::Arc::new(std::sync::RwLock::new(self.replay.read().clone())),
-        };
+        let mut replay = self.replay.fork();
         let mut clients = self.clients.clone();
         let mut entries = Vec::with_capacity(block.entries.len());
         for (index, entry) in block.entries.iter().enumerate() {
@@ -108,7 +106,8 @@ impl ChainVerifier {
                 result,
             });
         }
-        let expected = replay.close_block(height, entries);
+        // `check` made sure the entries hash to the header's batch digest.
+        let expected = replay.close_block(height, block.header.batch_digest, entries);
         if expected.header.state_root != block.header.state_root {
             return Err(bad(BlockFault::StateRoot));
         }

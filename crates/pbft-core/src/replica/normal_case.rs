@@ -386,7 +386,7 @@ impl Replica {
             let header = header.clone();
             let certificate = slot.commits.matching(&digest).cloned().collect();
             let prepared = slot.prepares.matching(&digest).cloned().collect();
-            let (results, record) = self.execute_batch(seq, &batch);
+            let (results, record) = self.execute_batch(seq, digest, &batch);
             self.last_executed = seq;
             self.persist(JournalEntry::Executed {
                 header,
@@ -414,11 +414,13 @@ impl Replica {
     pub(super) fn execute_batch(
         &mut self,
         seq: SeqNo,
+        digest: Digest,
         batch: &Batch,
     ) -> (Vec<Option<bytes::Bytes>>, Option<bytes::Bytes>) {
         let results: Vec<_> = batch.iter().map(|r| self.execute_request(seq, r)).collect();
         let record = self.app.end_batch(ExecutedBatch {
             seq,
+            digest,
             requests: batch,
             results: &results,
         });

@@ -186,7 +186,7 @@ impl Replica {
             });
         }
         // The block the application makes again was kept by the driver with the batch before the crash.
-        let _ = self.execute_batch(seq, &batch);
+        let _ = self.execute_batch(seq, header.digest, &batch);
         self.last_executed = seq;
         if seq.0.is_multiple_of(self.config.params.checkpoint_interval) {
             self.take_checkpoint(seq);

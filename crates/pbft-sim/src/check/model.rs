@@ -160,6 +160,7 @@ impl Model {
         // The results were checked one by one above, so they are the model's own.
         let record = self.store.end_batch(ExecutedBatch {
             seq,
+            digest: pbft_crypto::batch_digest(batch.iter().map(|r| r.signed())),
             requests: batch,
             results,
         });
