@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, http, metric, noise};
 use pbft_apps::{KvOp, KvResult};
-use pbft_client::net::NetError;
+use pbft_client::net::{NetClient, NetError};
 use pbft_crypto::{KeyPair, Signer};
 use pbft_types::{Principal, Request, Timestamp};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -28,6 +28,7 @@ const GARBAGE: u16 = 22500;
 const RESTART: u16 = 22800;
 const PYTHON: u16 = 23100;
 const IMPOSTOR_LISTENER: u16 = 23400;
+const STREAMED: u16 = 23700;
 
 fn status_json(cluster: &Cluster, i: usize) -> serde_json::Value {
     let (code, body) = http(cluster.http_addr(i), "GET", "/v1/status", None);
@@ -507,6 +508,73 @@ fn a_restarted_replica_catches_up() {
     eprintln!(
         "replica 3 caught up to {} (others at {target})",
         status.last_executed
+    );
+}
+
+/// Replica `i`'s count of client requests it accepted (authenticated and submitted), from its metrics.
+fn requests_submitted(cluster: &Cluster, i: usize) -> f64 {
+    let (code, metrics) = http(cluster.http_addr(i), "GET", "/metrics", None);
+    assert_eq!(code, 200, "metrics of replica {i}");
+    metric(&metrics, "pbft_requests_submitted_total").unwrap_or(0.0)
+}
+
+/// Two clients share streamed connections (one SubmitStream per replica): their requests travel concurrently on
+/// the same streams and each gets its own result. A replica that restarts loses its end of the stream; the
+/// clients' next requests open a new one, and the restarted replica gets them on it.
+#[test]
+fn streamed_clients_commit_and_reconnect_after_a_restart() {
+    let mut cluster = Cluster::start(STREAMED);
+    let connections = cluster.streamed_connections();
+    let mut a = cluster.client_over(0, &connections);
+    let mut b = cluster.client_over(1, &connections);
+    let both = |cluster: &Cluster, a: &mut NetClient, b: &mut NetClient, round: usize| {
+        let put = |who: &str| KvOp::Put {
+            key: format!("{who}{round}").into_bytes().into(),
+            value: format!("{round}").into_bytes().into(),
+        };
+        let (ra, rb) = cluster.rt.block_on(async {
+            tokio::join!(a.submit(put("a").encode()), b.submit(put("b").encode()))
+        });
+        for r in [ra, rb] {
+            assert_eq!(KvResult::decode(&r.unwrap()).unwrap(), KvResult::Done);
+        }
+    };
+    for round in 0..3 {
+        both(&cluster, &mut a, &mut b, round);
+    }
+    // Reads see the writes of the other client.
+    let read = KvOp::Get {
+        key: b"b2".to_vec().into(),
+    };
+    assert_eq!(
+        cluster.submit(&mut a, read).unwrap(),
+        KvResult::Value(b"2".to_vec().into())
+    );
+
+    cluster.kill(3);
+    for round in 3..6 {
+        both(&cluster, &mut a, &mut b, round);
+    }
+    cluster.spawn(3);
+    cluster.wait_connected();
+    for round in 6..12 {
+        both(&cluster, &mut a, &mut b, round);
+    }
+    // The restarted process counts from zero: whatever it accepted came on a stream opened after the restart
+    // (a client sends every request to every replica, though it may complete before this one answers).
+    let start = Instant::now();
+    while requests_submitted(&cluster, 3) < 1.0 {
+        assert!(
+            start.elapsed() < common::PATIENCE,
+            "the restarted replica 3 got no request on a new stream"
+        );
+        // The retransmission pause may still run: keep the clients sending.
+        both(&cluster, &mut a, &mut b, 100);
+    }
+    assert!(
+        requests_submitted(&cluster, 0) >= 25.0,
+        "replica 0 accepted {} requests",
+        requests_submitted(&cluster, 0)
     );
 }
 
