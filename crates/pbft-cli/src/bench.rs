@@ -27,13 +27,14 @@ use pbft_apps::KvOp;
 use pbft_client::net::{Connections, NetClient};
 use pbft_node::config::{AppKind, ClientFile, ClientSetup, ParamsFile};
 use pbft_node::testnet::{TestnetSpec, write};
-use pbft_types::ReplicaId;
+use pbft_types::{ClientAuth, ReplicaId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::client::{connect, connect_shared};
+use crate::testnet::AuthChoice;
 use report::{Failover, Latency, Raw, Report, RunConfig};
 
 /// Cluster sizes the benchmark starts (n = 3f + 1 for f = 1, 2, 3, 5).
@@ -51,7 +52,7 @@ pub struct BenchArgs {
     /// `pbft testnet` writes them). Every client-*.toml in that directory is used, one per network client, so it
     /// must hold at least clients x window of them (open loop: --pool). Replica CPU and bytes are measured only
     /// if the replica processes are found on this machine (`pbft replica --config <that directory>/...`).
-    #[arg(long, value_name = "CLIENT_CONFIG", conflicts_with_all = ["replicas", "batch_size", "batch_delay_ms", "base_port", "keep"])]
+    #[arg(long, value_name = "CLIENT_CONFIG", conflicts_with_all = ["replicas", "batch_size", "batch_delay_ms", "client_auth", "base_port", "keep"])]
     attach: Option<PathBuf>,
     /// Closed loop: logical clients, each sending its next request as soon as one completes.
     #[arg(long, default_value_t = 8)]
@@ -90,6 +91,10 @@ pub struct BenchArgs {
     /// How long the primary waits to fill a batch, in milliseconds; the replicas' default if not given.
     #[arg(long)]
     batch_delay_ms: Option<u64>,
+    /// How clients authenticate requests and replicas their replies in the started cluster: MAC
+    /// authenticators (the fast path the targets assume) or ed25519 signatures.
+    #[arg(long, value_enum, default_value_t = AuthChoice::Macs)]
+    client_auth: AuthChoice,
     /// Run one point per value, comma-separated: client counts (closed loop) or, with --rate or --open,
     /// request rates. Draws a throughput-latency chart (throughput-latency.svg) in --out.
     #[arg(long, value_delimiter = ',')]
@@ -373,6 +378,7 @@ struct Target {
     pids: Vec<u32>,
     replicas: Option<Replicas>,
     n: usize,
+    client_auth: ClientAuth,
 }
 
 async fn bench(args: &BenchArgs, plan: &Plan, dir: &Path) -> Result<(), String> {
@@ -437,6 +443,10 @@ async fn bench(args: &BenchArgs, plan: &Plan, dir: &Path) -> Result<(), String> 
             batch_delay_ms: args.batch_delay_ms,
             transport: args.transport.name().into(),
             connections: args.connections,
+            client_auth: match target.client_auth {
+                ClientAuth::Signatures => "signatures".into(),
+                ClientAuth::Macs => "macs".into(),
+            },
         };
         let config = match load {
             Load::Closed { clients, window } => RunConfig {
@@ -496,6 +506,7 @@ async fn start_cluster(args: &BenchArgs, plan: &Plan, dir: &Path) -> Result<Targ
     let params = ParamsFile {
         max_batch_size: args.batch_size,
         batch_delay_ms: args.batch_delay_ms,
+        client_auth: Some(args.client_auth.file()),
         ..ParamsFile::default()
     };
     let net = write(
@@ -521,6 +532,7 @@ async fn start_cluster(args: &BenchArgs, plan: &Plan, dir: &Path) -> Result<Targ
         pids: replicas.pids(),
         replicas: Some(replicas),
         n: args.replicas,
+        client_auth: args.client_auth.into(),
     })
 }
 
@@ -566,12 +578,14 @@ fn attach(client_file: &Path, needed: usize) -> Result<Target, String> {
         );
     }
     let http = setups[0].cluster.addresses.iter().map(|a| a.http).collect();
+    let client_auth = setups[0].cluster.config.params.client_auth;
     Ok(Target {
         setups,
         http,
         pids: if pids.len() == n { pids } else { Vec::new() },
         replicas: None,
         n,
+        client_auth,
     })
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use pbft_node::config::{AppKind, ParamsFile};
+use pbft_node::config::{AppKind, ClientAuthFile, ParamsFile};
 use pbft_node::testnet::{TestnetSpec, write};
 
 #[derive(Debug, Args)]
@@ -31,6 +31,35 @@ pub struct TestnetArgs {
     /// For the ledger: accounts to make keys for (`account-J.key`), each starting with 1,000,000 in the genesis.
     #[arg(long, default_value_t = 4)]
     accounts: usize,
+    /// How clients authenticate requests (and replicas their replies): ed25519 signatures, which anyone can
+    /// check and no client can abuse, or MAC authenticators, about 100 times cheaper; a faulty client can force
+    /// view changes with a wrong authenticator.
+    #[arg(long, value_enum, default_value_t = AuthChoice::Signatures)]
+    client_auth: AuthChoice,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthChoice {
+    Signatures,
+    Macs,
+}
+
+impl AuthChoice {
+    pub fn file(self) -> ClientAuthFile {
+        match self {
+            AuthChoice::Signatures => ClientAuthFile::Signatures,
+            AuthChoice::Macs => ClientAuthFile::Macs,
+        }
+    }
+}
+
+impl From<AuthChoice> for pbft_types::ClientAuth {
+    fn from(choice: AuthChoice) -> Self {
+        match choice {
+            AuthChoice::Signatures => pbft_types::ClientAuth::Signatures,
+            AuthChoice::Macs => pbft_types::ClientAuth::Macs,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -54,7 +83,10 @@ pub fn run(args: &TestnetArgs) -> ExitCode {
         clients: args.clients,
         hosts: args.hosts.clone(),
         base_port: args.base_port,
-        params: ParamsFile::default(),
+        params: ParamsFile {
+            client_auth: Some(args.client_auth.file()),
+            ..ParamsFile::default()
+        },
         app: args.app.kind(),
         accounts: args.accounts,
     };

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use common::{Cluster, http, metric, noise};
 use pbft_apps::{KvOp, KvResult};
 use pbft_client::net::{NetClient, NetError};
-use pbft_crypto::{KeyPair, Signer};
+use pbft_crypto::{KeyPair, SessionKeys, Signer};
+use pbft_node::config::{ClientAuthFile, ParamsFile};
 use pbft_types::wire::replica_api_client::ReplicaApiClient;
 use pbft_types::wire::{Refusal, SignedEnvelope};
-use pbft_types::{Principal, Request, Timestamp};
+use pbft_types::{ClientAuth, Principal, Request, Timestamp};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
 // Port ranges: each test uses base..base+300 (peers, gRPC, HTTP).
@@ -32,6 +33,7 @@ const PYTHON: u16 = 23100;
 const IMPOSTOR_LISTENER: u16 = 23400;
 const STREAMED: u16 = 23700;
 const STREAM_REFUSALS: u16 = 20700;
+const MACS: u16 = 26600;
 
 fn status_json(cluster: &Cluster, i: usize) -> serde_json::Value {
     let (code, body) = http(cluster.http_addr(i), "GET", "/v1/status", None);
@@ -44,6 +46,31 @@ fn wall_clock_micros() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64
+}
+
+/// Posts an encoded request envelope to replica `i`'s HTTP API.
+fn post_request(cluster: &Cluster, i: usize, envelope: &[u8]) -> (u16, String) {
+    let body = format!("{{\"request\": \"{}\"}}", hex::encode(envelope));
+    http(cluster.http_addr(i), "POST", "/v1/requests", Some(&body))
+}
+
+/// A request of client 0 carrying `op`, with a fresh timestamp.
+fn request_of(cluster: &Cluster, op: KvOp) -> Request {
+    Request {
+        client: cluster.setup.id,
+        timestamp: Timestamp(wall_clock_micros()),
+        operation: op.encode(),
+    }
+}
+
+/// Client 0's MAC sessions with the replicas, from its true key.
+fn sessions_of(cluster: &Cluster) -> SessionKeys {
+    SessionKeys::for_client(
+        &cluster.setup.cluster.config,
+        cluster.setup.id,
+        &cluster.setup.key,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -194,6 +221,21 @@ fn rejects_a_client_with_a_wrong_key() {
     );
     let (code, answer) = http(cluster.http_addr(1), "POST", "/v1/requests", Some(&body));
     assert_eq!(code, 401, "{answer}");
+    // A request sealed with MACs under the client's true key: this cluster requires signatures.
+    assert_eq!(
+        cluster.setup.cluster.config.params.client_auth,
+        ClientAuth::Signatures
+    );
+    let sealed = sessions_of(&cluster).seal_request(request_of(
+        &cluster,
+        KvOp::Put {
+            key: b"stolen".to_vec().into(),
+            value: b"z".to_vec().into(),
+        },
+    ));
+    let (code, answer) = post_request(&cluster, 1, &sealed.encode());
+    assert_eq!(code, 401, "{answer}");
+    assert!(answer.contains("requires signatures"), "{answer}");
     // Not hex at all: a bad request, not an authentication failure.
     let (code, answer) = http(
         cluster.http_addr(1),
@@ -208,6 +250,86 @@ fn rejects_a_client_with_a_wrong_key() {
     assert_eq!(cluster.get(&mut client, "stolen"), None);
     cluster.put(&mut client, "mine", "ok");
     assert_eq!(cluster.get(&mut client, "mine").as_deref(), Some("ok"));
+}
+
+#[test]
+fn macs_authenticate_requests_and_replies() {
+    let params = ParamsFile {
+        client_auth: Some(ClientAuthFile::Macs),
+        ..ParamsFile::default()
+    };
+    let mut cluster = Cluster::create_with(MACS, 2, params);
+    for i in 0..cluster.n {
+        cluster.spawn(i);
+    }
+    cluster.wait_connected();
+    assert_eq!(
+        cluster.setup.cluster.config.params.client_auth,
+        ClientAuth::Macs
+    );
+
+    // The network client seals with MACs (the cluster file says so) and accepts MACed replies.
+    let mut client = cluster.client();
+    for i in 0..5 {
+        cluster.put(&mut client, &format!("k{i}"), &i.to_string());
+    }
+    assert_eq!(cluster.get(&mut client, "k3").as_deref(), Some("3"));
+
+    // An impostor's MACs come from another key: no replica accepts them.
+    let mut impostor = cluster.impostor(Duration::from_millis(1500));
+    let op = KvOp::Put {
+        key: b"k3".to_vec().into(),
+        value: b"stolen".to_vec().into(),
+    };
+    match cluster.submit(&mut impostor, op) {
+        Err(NetError::Timeout(_)) => {}
+        other => panic!("a client with a wrong key got {other:?}"),
+    }
+
+    // A signed request is still accepted, and its reply comes back signed.
+    let signer = Signer::new(
+        Principal::Client(cluster.setup.id),
+        cluster.setup.key.clone(),
+    );
+    let signed = signer.sign(request_of(
+        &cluster,
+        KvOp::Put {
+            key: b"signed".to_vec().into(),
+            value: b"yes".to_vec().into(),
+        },
+    ));
+    let (code, answer) = post_request(&cluster, 2, &signed.into_signed().encode());
+    assert_eq!(code, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let reply = hex::decode(answer["reply"].as_str().unwrap()).unwrap();
+    let reply = pbft_types::Signed::<pbft_types::Reply>::decode(&reply, 1 << 20).unwrap();
+    assert!(reply.signature().is_some(), "{reply:?}");
+
+    // A MACed request posted over HTTP gets a MACed reply.
+    let sessions = sessions_of(&cluster);
+    let sealed = sessions.seal_request(request_of(
+        &cluster,
+        KvOp::Get {
+            key: b"signed".to_vec().into(),
+        },
+    ));
+    let (code, answer) = post_request(&cluster, 1, &sealed.encode());
+    assert_eq!(code, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let reply = hex::decode(answer["reply"].as_str().unwrap()).unwrap();
+    let reply = pbft_types::Signed::<pbft_types::Reply>::decode(&reply, 1 << 20).unwrap();
+    assert!(reply.signature().is_none(), "{reply:?}");
+    let keyring = pbft_crypto::Keyring::new(&cluster.setup.cluster.config)
+        .unwrap()
+        .with_sessions(sessions);
+    let reply = keyring.verify(reply).unwrap();
+    assert_eq!(
+        KvResult::decode(&reply.result).unwrap(),
+        KvResult::Value(b"yes".to_vec().into())
+    );
+
+    // The impostor changed nothing.
+    assert_eq!(cluster.get(&mut client, "k3").as_deref(), Some("3"));
 }
 
 /// A self-signed certificate for the ed25519 key with this seed, as a replica makes one.
@@ -611,10 +733,12 @@ fn a_stream_refuses_bad_requests_and_answers_good_ones() {
     let garbage = SignedEnvelope {
         body: b"\xff\xff\xff".to_vec().into(),
         signature: vec![0; 64].into(),
+        ..SignedEnvelope::default()
     };
     let huge = SignedEnvelope {
         body: vec![0; 4 << 20].into(),
         signature: vec![0; 64].into(),
+        ..SignedEnvelope::default()
     };
     let addr = cluster.setup.cluster.addresses[1].api;
     let (replies, refusals) = cluster.rt.block_on(async {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use pbft_crypto::{Signer, Verified};
+use pbft_crypto::{SessionKeys, Signer, Verified};
 use pbft_types::{
     ClientId, ClusterConfig, Principal, ReplicaId, Reply, Request, Signed, Timestamp, View,
 };
@@ -74,6 +74,8 @@ pub struct Client {
     config: ClusterConfig,
     id: ClientId,
     signer: Signer,
+    /// Set when requests are sealed with MAC authenticators instead of signatures.
+    sessions: Option<SessionKeys>,
     /// The timestamp of the latest request issued, 0 before the first: the next one is strictly larger.
     last_timestamp: Timestamp,
     outstanding: Option<Outstanding>,
@@ -100,6 +102,7 @@ impl Client {
         Client {
             id,
             signer,
+            sessions: None,
             last_timestamp: Timestamp(0),
             outstanding: None,
             backoff: Backoff::new(retransmit_after),
@@ -107,6 +110,21 @@ impl Client {
             view: View(0),
             config,
         }
+    }
+
+    /// Seals requests with MAC authenticators under `sessions` (this client's sessions with the replicas)
+    /// instead of signing them.
+    ///
+    /// # Panics
+    /// If `sessions` belong to another principal: a bug in the driver.
+    pub fn with_sessions(mut self, sessions: SessionKeys) -> Client {
+        assert_eq!(
+            sessions.holder(),
+            Principal::Client(self.id),
+            "a client seals with its own sessions"
+        );
+        self.sessions = Some(sessions);
+        self
     }
 
     pub fn id(&self) -> ClientId {
@@ -155,14 +173,15 @@ impl Client {
                     last: self.last_timestamp,
                 })?;
         let timestamp = Timestamp(next.max(clock));
-        let request = self
-            .signer
-            .sign(Request {
-                client: self.id,
-                timestamp,
-                operation,
-            })
-            .into_signed();
+        let request = Request {
+            client: self.id,
+            timestamp,
+            operation,
+        };
+        let request = match &self.sessions {
+            Some(sessions) => sessions.seal_request(request),
+            None => self.signer.sign(request).into_signed(),
+        };
         self.last_timestamp = timestamp;
         self.outstanding = Some(Outstanding {
             request: request.clone(),

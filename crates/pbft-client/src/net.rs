@@ -15,10 +15,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use pbft_crypto::{KeyPair, Keyring, Signer};
+use pbft_crypto::{KeyPair, Keyring, SessionKeys, Signer};
 use pbft_types::wire::replica_api_client::ReplicaApiClient;
 use pbft_types::wire::{ReplicaStatus, SignedEnvelope, StatusQuery};
-use pbft_types::{ClientId, ClusterConfig, Principal, ReplicaId, Reply, Signed, View};
+use pbft_types::{ClientAuth, ClientId, ClusterConfig, Principal, ReplicaId, Reply, Signed, View};
 use thiserror::Error;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
@@ -148,13 +148,21 @@ impl NetClient {
                 settings.config.n()
             )));
         }
-        let keyring =
+        let mut keyring =
             Keyring::new(&settings.config).map_err(|e| NetError::Config(e.to_string()))?;
         let replicas = connections.replicas.clone();
         let streams = connections.streams.clone();
-        let signer = Signer::new(Principal::Client(settings.id), settings.key);
+        let signer = Signer::new(Principal::Client(settings.id), settings.key.clone());
+        let mut core = Client::new(settings.config.clone(), signer, settings.retransmit_after);
+        if settings.config.params.client_auth == ClientAuth::Macs {
+            // Requests carry MACs, and so do the replies to them.
+            let sessions = SessionKeys::for_client(&settings.config, settings.id, &settings.key)
+                .map_err(|e| NetError::Config(e.to_string()))?;
+            core = core.with_sessions(sessions.clone());
+            keyring = keyring.with_sessions(sessions);
+        }
         Ok(NetClient {
-            core: Client::new(settings.config, signer, settings.retransmit_after),
+            core,
             keyring,
             replicas,
             streams,
@@ -230,7 +238,8 @@ impl NetClient {
             })
     }
 
-    /// A reply is used only if its signature is the replica's that answered the call.
+    /// A reply is used only if it is sealed (signed, or MACed with this client's session) by the replica that
+    /// answered the call.
     fn verify(
         &self,
         replica: ReplicaId,

@@ -400,6 +400,7 @@ mod tests {
         let garbage = SignedEnvelope {
             body: Bytes::from_static(b"\xff\xff"),
             signature: Bytes::new(),
+            ..SignedEnvelope::default()
         };
         demux.deliver(ReplyBatch {
             replies: vec![garbage, reply(5, 5)],

@@ -40,6 +40,8 @@ pub enum Timer {
     /// The replica moves to the next view when this fires: a request it holds did not execute in time (the
     /// request timer), or the NEW-VIEW it waits for did not come.
     ViewChange,
+    /// A backup forwards to the primary the client requests it has not seen in a PRE-PREPARE when this fires.
+    Relay,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,6 +15,7 @@ pub mod journal;
 mod log;
 mod pending;
 mod quorum;
+mod relay;
 mod replica;
 mod state_transfer;
 pub mod view_change;

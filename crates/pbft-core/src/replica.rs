@@ -27,6 +27,7 @@ use crate::io::{Dest, Input, Output, RejectReason, Rejection, Timer};
 use crate::journal::JournalEntry;
 use crate::log::Log;
 use crate::pending::Pending;
+use crate::relay::Unrelayed;
 use crate::state_transfer::Transfer;
 
 pub use recovery::RecoveryError;
@@ -88,6 +89,9 @@ pub struct Replica {
     /// Unfinished work: the newest request of each client that the replica holds (from the client, in a
     /// PRE-PREPARE, or proposed itself) and has not seen execute. The view-change timer watches these.
     waiting: Held,
+    /// Requests from clients this backup has not yet seen the primary propose (see `relay`).
+    unrelayed: Unrelayed,
+    relay_timer_set: bool,
     /// The state transfer in progress, if this replica is behind a certified checkpoint.
     transfer: Option<Transfer>,
     batch_timer_set: bool,
@@ -148,6 +152,8 @@ impl Replica {
             pending: Pending::default(),
             in_flight: HashMap::new(),
             waiting: Held::default(),
+            unrelayed: Unrelayed::default(),
+            relay_timer_set: false,
             transfer: None,
             batch_timer_set: false,
             status_timer_set: false,
@@ -178,6 +184,10 @@ impl Replica {
                 self.drive_transfer();
             }
             Input::TimerFired(Timer::ViewChange) => self.on_view_timer(),
+            Input::TimerFired(Timer::Relay) => {
+                self.relay_timer_set = false;
+                self.relay();
+            }
         }
         self.refresh_request_timer();
         self.arm_status_timer();

@@ -201,22 +201,50 @@ mod request {
         );
     }
 
+    fn relay_timer(c: &Cluster) -> Out {
+        Out::SetTimer(Timer::Relay, c.params().request_timeout / 4)
+    }
+
     #[test]
-    fn a_backup_forwards_a_client_request_to_the_primary() {
+    fn a_backup_forwards_a_client_request_the_primary_did_not_propose_in_time() {
         let c = Cluster::four();
         let mut backup = c.node(1);
         let r = c.request(1, 1, "a");
         // Until the request executes, the backup watches it with the view-change timer and keeps asking its peers
-        // for what it may have missed.
+        // for what it may have missed. The primary most likely got the request from the client too: the backup
+        // waits a while before it forwards it.
         assert_eq!(
             backup.step(Input::Request(r.clone())),
-            vec![
-                to_replica(0, ReplicaMsg::Request(r.signed().clone())),
-                c.view_timer(),
-                c.status_timer()
-            ]
+            vec![relay_timer(&c), c.view_timer(), c.status_timer()]
         );
         assert_eq!(backup.replica.status().pending_requests, 0);
+        // A second request while the relay timer runs does not set it again.
+        let r2 = c.request(2, 1, "b");
+        assert_eq!(backup.step(Input::Request(r2.clone())), vec![]);
+        // The primary proposed neither: both go to it.
+        let outs = backup.step(Input::TimerFired(Timer::Relay));
+        assert_eq!(outs.len(), 2, "{outs:?}");
+        assert!(outs.contains(&to_replica(0, ReplicaMsg::Request(r.signed().clone()))));
+        assert!(outs.contains(&to_replica(0, ReplicaMsg::Request(r2.signed().clone()))));
+        // Forwarded once only.
+        assert_eq!(backup.step(Input::TimerFired(Timer::Relay)), vec![]);
+    }
+
+    #[test]
+    fn a_backup_does_not_forward_a_request_the_primary_proposed() {
+        let c = Cluster::four();
+        let mut backup = c.node(1);
+        let r = c.request(1, 1, "a");
+        let r2 = c.request(2, 1, "b");
+        backup.step(Input::Request(r.clone()));
+        backup.step(Input::Request(r2.clone()));
+        // The primary's PRE-PREPARE carries the first: only the second is forwarded.
+        let outs = backup.step(c.deliver(0, c.pre_prepare(0, 0, 1, one(&r))));
+        assert!(!outs.is_empty());
+        assert_eq!(
+            backup.step(Input::TimerFired(Timer::Relay)),
+            vec![to_replica(0, ReplicaMsg::Request(r2.signed().clone()))]
+        );
     }
 
     #[test]

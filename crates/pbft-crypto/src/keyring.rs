@@ -5,10 +5,11 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use pbft_types::{
     BatchData, Body, Checkpoint, ClientId, ClusterConfig, Commit, FetchBatch, FetchState,
     NestedSignature, NewView, PrePrepare, Prepare, PreparedProof, Principal, PublicKeyBytes,
-    ReplicaId, ReplicaMsg, Request, Signed, StateChunk, Status, ViewChange,
+    ReplicaId, ReplicaMsg, Request, Seal, Signed, StateChunk, Status, ViewChange,
 };
 use thiserror::Error;
 
+use crate::mac::SessionKeys;
 use crate::seen::{SeenRequests, key_of};
 use crate::verified::{Verified, VerifiedPrepared};
 
@@ -18,6 +19,8 @@ pub enum KeyError {
     Invalid(Principal),
     #[error("the public key of {0} is weak (of small order): it would accept forged signatures")]
     Weak(Principal),
+    #[error("{0} is not in the cluster configuration")]
+    NotInCluster(Principal),
 }
 
 /// Why a message was not authenticated. It is dropped and counted; it never reaches the protocol.
@@ -36,6 +39,18 @@ pub enum AuthError {
     BadRequestInBatch { index: usize, error: Box<AuthError> },
     #[error("message {index} carried inside (signed by {signer}) does not verify")]
     BadNestedSignature { index: usize, signer: Principal },
+    #[error("the MAC of {0} does not verify")]
+    BadMac(Principal),
+    #[error("the authenticator of {sender} has {got} bytes, expected {expected}")]
+    BadAuthenticatorLength {
+        sender: Principal,
+        got: usize,
+        expected: usize,
+    },
+    #[error(
+        "{0} sent a MAC authenticator, but this cluster requires signatures (client_auth = \"signatures\")"
+    )]
+    MacsNotAccepted(Principal),
 }
 
 /// A replica message whose every signature has been checked.
@@ -111,11 +126,15 @@ impl VerifiedMsg {
 
 /// The public keys of the cluster's replicas and clients: the only way to a `Verified<T>` from received bytes.
 /// Clones share the set of client requests already verified (see `seen`).
+///
+/// A keyring built with `with_sessions` also checks MAC authenticators: a replica's, on client requests; a
+/// client's, on replies. Without session keys, only signatures are accepted.
 #[derive(Clone, Debug)]
 pub struct Keyring {
     replicas: Vec<VerifyingKey>,
     clients: HashMap<ClientId, VerifyingKey>,
     seen: Arc<SeenRequests>,
+    sessions: Option<Arc<SessionKeys>>,
 }
 
 fn parse_key(principal: Principal, bytes: &PublicKeyBytes) -> Result<VerifyingKey, KeyError> {
@@ -144,7 +163,19 @@ impl Keyring {
             replicas,
             clients,
             seen: Arc::default(),
+            sessions: None,
         })
+    }
+
+    /// The session keys this keyring checks MACs with, if it has any.
+    pub fn sessions(&self) -> Option<Arc<SessionKeys>> {
+        self.sessions.clone()
+    }
+
+    /// Also accepts messages sealed with a MAC authenticator by a principal `sessions` shares a key with.
+    pub fn with_sessions(mut self, sessions: SessionKeys) -> Keyring {
+        self.sessions = Some(Arc::new(sessions));
+        self
     }
 
     fn key(&self, principal: Principal) -> Result<&VerifyingKey, AuthError> {
@@ -157,12 +188,24 @@ impl Keyring {
 
     /// Checks a message's signature with `verify_strict`, which also refuses non-canonical and small-order
     /// encodings, and the signature of every message carried inside it: a `Verified<T>` holds nothing unchecked.
+    ///
+    /// A request or reply sealed with an authenticator is checked against this keyring's session keys instead.
     pub fn verify<T: Body>(&self, signed: Signed<T>) -> Result<Verified<T>, AuthError> {
         let signer = signed.value().signer();
-        let key = self.key(signer)?;
-        let signature = Signature::from_bytes(signed.signature());
-        key.verify_strict(signed.body(), &signature)
-            .map_err(|_| AuthError::BadSignature(signer))?;
+        match signed.seal() {
+            Seal::Signature(signature) => {
+                let key = self.key(signer)?;
+                key.verify_strict(signed.body(), &Signature::from_bytes(signature))
+                    .map_err(|_| AuthError::BadSignature(signer))?;
+            }
+            Seal::Authenticator(authenticator) => {
+                let sessions = self
+                    .sessions
+                    .as_ref()
+                    .ok_or(AuthError::MacsNotAccepted(signer))?;
+                sessions.check(signer, signed.body(), authenticator)?;
+            }
+        }
         self.verify_nested(&signed.value().nested())?;
         Ok(Verified::new(signed))
     }
@@ -186,10 +229,20 @@ impl Keyring {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let messages: Vec<&[u8]> = nested.iter().map(|n| n.body.as_ref()).collect();
+        // Only requests and replies decode without a signature, and neither is ever carried inside another
+        // signed message; a nested message without one fails here all the same.
         let signatures: Vec<Signature> = nested
             .iter()
-            .map(|n| Signature::from_bytes(n.signature))
-            .collect();
+            .enumerate()
+            .map(|(index, n)| {
+                n.signature
+                    .map(Signature::from_bytes)
+                    .ok_or(AuthError::BadNestedSignature {
+                        index,
+                        signer: n.signer,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
             return Ok(());
         }
@@ -228,10 +281,13 @@ impl Keyring {
             }
         }
         let messages: Vec<&[u8]> = items.iter().map(|s| s.body().as_ref()).collect();
-        let signatures: Vec<Signature> = items
-            .iter()
-            .map(|s| Signature::from_bytes(s.signature()))
-            .collect();
+        let mut signatures = Vec::with_capacity(items.len());
+        for s in items {
+            match s.signature() {
+                Some(signature) => signatures.push(Signature::from_bytes(signature)),
+                None => return false,
+            }
+        }
         // A signature that passes batch verification could still fail `verify_strict` if it used a
         // non-canonical encoding; the batch equation checks the same relation, and both refuse weak keys
         // (refused at load), so a correct client's requests verify the same way on every replica.
@@ -241,6 +297,10 @@ impl Keyring {
     /// A client's request, checked once: a request this keyring verified before (the same body with the same
     /// signature) is not checked again.
     pub fn verify_request(&self, request: Signed<Request>) -> Result<Verified<Request>, AuthError> {
+        if request.signature().is_none() {
+            // A MAC costs less to check than to look up.
+            return self.verify(request);
+        }
         let key = key_of(&request);
         if self.seen.contains(&key) {
             return Ok(Verified::new(request));
@@ -258,16 +318,25 @@ impl Keyring {
         batch: Vec<Signed<Request>>,
     ) -> Result<Vec<Verified<Request>>, AuthError> {
         let keys: Vec<_> = batch.iter().map(key_of).collect();
+        // Requests sealed with MACs are checked on their own (cheaply) with the ones seen before.
         let (seen, unseen): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .zip(&keys)
             .enumerate()
-            .partition(|(_, (_, key))| self.seen.contains(key));
+            .partition(|(_, (r, key))| r.signature().is_none() || self.seen.contains(key));
         let (unseen_at, unseen): (Vec<usize>, Vec<Signed<Request>>) =
             unseen.into_iter().map(|(i, (r, _))| (i, r)).unzip();
         let mut out: Vec<Option<Verified<Request>>> = (0..keys.len()).map(|_| None).collect();
         for (i, (r, _)) in seen {
-            out[i] = Some(Verified::new(r));
+            let verified = if r.signature().is_none() {
+                self.verify(r).map_err(|e| AuthError::BadRequestInBatch {
+                    index: i,
+                    error: Box::new(e),
+                })?
+            } else {
+                Verified::new(r)
+            };
+            out[i] = Some(verified);
         }
         for (at, result) in unseen_at.into_iter().zip(self.verify_batch(unseen)) {
             match result {
@@ -431,7 +500,8 @@ mod tests {
         let mut body = good.body().to_vec();
         let last = body.len() - 1;
         body[last] ^= 1;
-        let tampered = Signed::from_parts(Bytes::from(body), *good.signature(), prepare(1));
+        let tampered =
+            Signed::from_parts(Bytes::from(body), *good.signature().unwrap(), prepare(1));
         assert!(keyring.verify(tampered).is_err());
     }
 

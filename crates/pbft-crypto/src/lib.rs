@@ -8,6 +8,7 @@
 mod digest;
 mod keyfile;
 mod keyring;
+mod mac;
 mod seen;
 mod signer;
 mod verified;
@@ -15,5 +16,6 @@ mod verified;
 pub use digest::{batch_digest, batch_digest_of_bodies, digest_of, request_digest};
 pub use keyfile::KeyFileError;
 pub use keyring::{AuthError, KeyError, Keyring, VerifiedMsg};
+pub use mac::SessionKeys;
 pub use signer::{KeyPair, Signer, verify_bytes};
 pub use verified::{Verified, VerifiedPrepared};

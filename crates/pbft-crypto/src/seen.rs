@@ -9,7 +9,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
-use pbft_types::{Request, Signed};
+use pbft_types::{Request, Seal, Signed};
 use sha2::{Digest as _, Sha256};
 
 /// Requests remembered at most: a few seconds of requests at the rates this system aims for.
@@ -30,7 +30,10 @@ struct Inner {
 
 pub(crate) fn key_of(request: &Signed<Request>) -> SeenKey {
     let mut h = Sha256::new();
-    h.update(request.signature());
+    match request.seal() {
+        Seal::Signature(s) => h.update(s),
+        Seal::Authenticator(a) => h.update(a),
+    }
     h.update(request.body());
     h.finalize().into()
 }

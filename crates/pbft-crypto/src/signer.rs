@@ -24,6 +24,11 @@ impl KeyPair {
         self.0.to_bytes()
     }
 
+    /// The ed25519 key itself, for deriving MAC session keys from it.
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.0
+    }
+
     pub fn public_key(&self) -> PublicKeyBytes {
         self.0.verifying_key().to_bytes()
     }

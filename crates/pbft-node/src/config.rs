@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use pbft_apps::Genesis;
 use pbft_crypto::{KeyFileError, KeyPair};
-use pbft_types::{ClientId, ClientInfo, ClusterConfig, ConfigError, Params, PublicKeyBytes};
+use pbft_types::{
+    ClientAuth, ClientId, ClientInfo, ClusterConfig, ConfigError, Params, PublicKeyBytes,
+};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -130,6 +132,34 @@ pub struct ParamsFile {
     pub status_interval_ms: Option<u64>,
     pub max_request_size: Option<usize>,
     pub max_message_size: Option<usize>,
+    /// "signatures" (the default) or "macs": how clients authenticate requests and replicas their replies.
+    pub client_auth: Option<ClientAuthFile>,
+}
+
+/// `client_auth` as the cluster file spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthFile {
+    Signatures,
+    Macs,
+}
+
+impl From<ClientAuthFile> for ClientAuth {
+    fn from(file: ClientAuthFile) -> ClientAuth {
+        match file {
+            ClientAuthFile::Signatures => ClientAuth::Signatures,
+            ClientAuthFile::Macs => ClientAuth::Macs,
+        }
+    }
+}
+
+impl From<ClientAuth> for ClientAuthFile {
+    fn from(auth: ClientAuth) -> ClientAuthFile {
+        match auth {
+            ClientAuth::Signatures => ClientAuthFile::Signatures,
+            ClientAuth::Macs => ClientAuthFile::Macs,
+        }
+    }
 }
 
 impl ParamsFile {
@@ -146,6 +176,7 @@ impl ParamsFile {
             status_interval: ms(self.status_interval_ms, d.status_interval),
             max_request_size: self.max_request_size.unwrap_or(d.max_request_size),
             max_message_size: self.max_message_size.unwrap_or(d.max_message_size),
+            client_auth: self.client_auth.map_or(d.client_auth, ClientAuth::from),
             ..d
         }
     }

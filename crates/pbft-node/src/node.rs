@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use pbft_apps::{KvStore, Ledger};
 use pbft_core::{Replica, StateMachine};
-use pbft_crypto::{Keyring, Signer};
-use pbft_types::{DecodeLimits, Principal, ReplicaId};
+use pbft_crypto::{Keyring, SessionKeys, Signer};
+use pbft_types::{ClientAuth, DecodeLimits, Principal, ReplicaId};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -98,7 +98,12 @@ pub async fn start_replica(setup: ReplicaSetup) -> Result<RunningNode, NodeError
         .filter(|(r, _)| *r != id)
         .collect();
     let params = &config.params;
-    let keyring = Keyring::new(&config).map_err(|e| NodeError::Config(e.to_string()))?;
+    let mut keyring = Keyring::new(&config).map_err(|e| NodeError::Config(e.to_string()))?;
+    if params.client_auth == ClientAuth::Macs {
+        let sessions = SessionKeys::for_replica(&config, id, &setup.key)
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        keyring = keyring.with_sessions(sessions);
+    }
     let limits = DecodeLimits {
         max_message_size: params.max_message_size,
         max_batch_size: params.max_batch_size,

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pbft_core::{Output, Replica, ReplicaStatus, Timer};
-use pbft_crypto::{KeyPair, Keyring, Verified, VerifiedMsg};
+use pbft_crypto::{KeyPair, Keyring, SessionKeys, Verified, VerifiedMsg};
 use pbft_types::{
     ClientId, DecodeLimits, ReplicaId, ReplicaMsg, Reply, Request, Signed, Timestamp,
 };
@@ -47,18 +47,18 @@ pub enum SubmitError {
 
 pub use crate::metrics::Counters;
 
-/// The waiting clients of one replica: each request submitted through this node waits for the reply this
-/// replica signs for it.
+/// The waiting clients of one replica: each request submitted through this node waits for this replica's reply
+/// to it.
 #[derive(Default)]
 struct Waiters {
     pending: Mutex<HashMap<(ClientId, Timestamp), Vec<ReplySender>>>,
 }
 
 /// Where one waiting submission gets its reply.
-type ReplySender = oneshot::Sender<Signed<Reply>>;
+type ReplySender = oneshot::Sender<Reply>;
 
 impl Waiters {
-    fn wait(&self, client: ClientId, timestamp: Timestamp) -> oneshot::Receiver<Signed<Reply>> {
+    fn wait(&self, client: ClientId, timestamp: Timestamp) -> oneshot::Receiver<Reply> {
         let (tx, rx) = oneshot::channel();
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         pending.entry((client, timestamp)).or_default().push(tx);
@@ -75,8 +75,8 @@ impl Waiters {
         }
     }
 
-    fn deliver(&self, reply: &Signed<Reply>) {
-        let key = (reply.value().client, reply.value().timestamp);
+    fn deliver(&self, reply: &Reply) {
+        let key = (reply.client, reply.timestamp);
         let waiting = {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             pending.remove(&key)
@@ -88,10 +88,32 @@ impl Waiters {
     }
 }
 
+/// Seals this replica's replies the way their requests were sealed: a signed request gets a signed reply, one
+/// with a MAC authenticator a reply with the MAC of the client's session. Sealing happens on the task of the
+/// submission that waits for the reply, not on the replica task, and only for replies someone waits for.
+struct ReplySealer {
+    key: KeyPair,
+    sessions: Option<Arc<SessionKeys>>,
+}
+
+impl ReplySealer {
+    fn seal(&self, reply: Reply, with_mac: bool) -> Signed<Reply> {
+        if with_mac && let Some(sessions) = &self.sessions {
+            match sessions.seal_reply(reply.clone()) {
+                Ok(sealed) => return sealed,
+                // Cannot happen for a request whose MAC verified; a signature serves that client too.
+                Err(e) => tracing::warn!(error = %e, "a reply could not be sealed with a MAC"),
+            }
+        }
+        self.key.sign(reply)
+    }
+}
+
 /// A running replica, as the API and the node see it.
 #[derive(Clone)]
 pub struct NodeHandle {
     events: mpsc::Sender<Event>,
+    sealer: Arc<ReplySealer>,
     waiters: Arc<Waiters>,
     status: watch::Receiver<ReplicaStatus>,
     metrics: Arc<Metrics>,
@@ -109,14 +131,15 @@ impl NodeHandle {
         }
     }
 
-    /// Submits an authenticated request and waits for this replica's signed reply to it (the client needs f+1
-    /// matching ones from distinct replicas; this is one of them).
+    /// Submits an authenticated request and waits for this replica's reply to it, sealed as the request was
+    /// (the client needs f+1 matching ones from distinct replicas; this is one of them).
     pub async fn submit(
         &self,
         request: Verified<Request>,
         timeout: Duration,
     ) -> Result<Signed<Reply>, SubmitError> {
         let (client, timestamp) = (request.client, request.timestamp);
+        let with_mac = request.signed().signature().is_none();
         let reply = self.waiters.wait(client, timestamp);
         if self.events.send(Event::Request(request)).await.is_err() {
             self.waiters.forget(client, timestamp);
@@ -125,7 +148,7 @@ impl NodeHandle {
         let outcome = tokio::time::timeout(timeout, reply).await;
         self.waiters.forget(client, timestamp);
         match outcome {
-            Ok(Ok(reply)) => Ok(reply),
+            Ok(Ok(reply)) => Ok(self.sealer.seal(reply, with_mac)),
             Ok(Err(_)) => Err(SubmitError::Stopped),
             Err(_) => Err(SubmitError::Timeout(timeout)),
         }
@@ -176,11 +199,14 @@ pub fn start(
     let waiters = Arc::new(Waiters::default());
     let metrics = Metrics::shared();
     metrics.set_status(&replica.status());
+    let sealer = Arc::new(ReplySealer {
+        key,
+        sessions: keyring.sessions(),
+    });
     verify_inbound(inbound, keyring, limits, events_tx.clone(), metrics.clone());
     let (failure_tx, failure_rx) = watch::channel(None);
     let mut task = ReplicaTask {
         replica,
-        key,
         link,
         waiters: waiters.clone(),
         events: events_tx.clone(),
@@ -199,6 +225,7 @@ pub fn start(
     tokio::spawn(task.run(events_rx));
     NodeHandle {
         events: events_tx,
+        sealer,
         waiters,
         status: status_rx,
         metrics,
@@ -270,8 +297,6 @@ fn verify_inbound(
 
 struct ReplicaTask {
     replica: Replica,
-    /// Signs this replica's replies.
-    key: KeyPair,
     link: Arc<dyn PeerLink>,
     waiters: Arc<Waiters>,
     /// For timers to come back through.
@@ -373,10 +398,7 @@ impl ReplicaTask {
                     pbft_core::Dest::Replica(r) => self.link.send(r, frame),
                 }
             }
-            Output::Reply(reply) => {
-                let signed = self.key.sign(reply);
-                self.waiters.deliver(&signed);
-            }
+            Output::Reply(reply) => self.waiters.deliver(&reply),
             Output::SetTimer { timer, after } => {
                 self.next_generation += 1;
                 let generation = self.next_generation;

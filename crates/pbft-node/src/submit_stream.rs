@@ -183,6 +183,7 @@ mod tests {
         SignedEnvelope {
             body: Bytes::from(vec![0; size]),
             signature: Bytes::from(i.to_le_bytes().to_vec()),
+            ..SignedEnvelope::default()
         }
     }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use pbft_crypto::KeyError;
-use pbft_types::{ConfigError, Params};
+use pbft_types::{ClientAuth, ConfigError, Params};
 use thiserror::Error;
 
 use rand::RngExt;
@@ -86,6 +86,7 @@ pub fn simulation_params() -> Params {
         // Small, so that transfers in the simulator take several chunks.
         state_chunk_size: 256,
         max_snapshot_size: 16 * 1024 * 1024,
+        client_auth: ClientAuth::Signatures,
     }
 }
 

@@ -26,6 +26,14 @@ pub enum DecodeError {
     UnexpectedBatch,
     #[error("batch of {size} requests exceeds the limit of {limit}")]
     BatchTooLarge { size: usize, limit: usize },
+    #[error(
+        "a {0} message must be signed; only requests and replies may carry a MAC authenticator"
+    )]
+    AuthenticatorNotAllowed(&'static str),
+    #[error("an authenticator of {0} bytes is not a whole number of MACs within the limit")]
+    BadAuthenticator(usize),
+    #[error("a message carries both a signature and an authenticator")]
+    TwoSeals,
 }
 
 impl From<prost::DecodeError> for DecodeError {

@@ -13,7 +13,7 @@ pub mod signed;
 pub mod wire;
 
 pub use config::{
-    ClientInfo, ClusterConfig, ConfigError, Params, PublicKeyBytes, new_view_size_bound,
+    ClientAuth, ClientInfo, ClusterConfig, ConfigError, Params, PublicKeyBytes, new_view_size_bound,
 };
 pub use error::DecodeError;
 pub use ids::{ClientId, Digest, Principal, ReplicaId, SeqNo, Timestamp, View};
@@ -22,4 +22,4 @@ pub use message::{
     PrePrepare, Prepare, PreparedProof, Reply, Request, StateChunk, Status, ViewChange,
 };
 pub use replica_msg::{DecodeLimits, ReplicaMsg};
-pub use signed::{SignatureBytes, Signed};
+pub use signed::{MAC_LEN, MAX_AUTHENTICATOR_MACS, Seal, SignatureBytes, Signed};

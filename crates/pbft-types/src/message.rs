@@ -145,7 +145,8 @@ pub struct NewView {
 pub struct NestedSignature<'a> {
     pub signer: Principal,
     pub body: &'a Bytes,
-    pub signature: &'a crate::signed::SignatureBytes,
+    /// None when the carried message has no signature (never true of a message that decoded).
+    pub signature: Option<&'a crate::signed::SignatureBytes>,
 }
 
 impl<'a, T: Body> From<&'a Signed<T>> for NestedSignature<'a> {
@@ -160,6 +161,10 @@ impl<'a, T: Body> From<&'a Signed<T>> for NestedSignature<'a> {
 
 /// A message that is signed on its own: it knows its signer and converts from and to its `SignedBody` variant.
 pub trait Body: Sized {
+    /// Whether this kind of message may be sealed with a MAC authenticator instead of a signature: only a
+    /// client's request and a replica's reply to it, which convince their receiver and nobody else.
+    const MAY_CARRY_AUTHENTICATOR: bool = false;
+
     /// The principal whose key must have signed this body.
     fn signer(&self) -> Principal;
     fn to_wire(&self) -> Kind;
@@ -217,6 +222,7 @@ pub(crate) fn kind_name(kind: &Kind) -> &'static str {
 }
 
 impl Body for Request {
+    const MAY_CARRY_AUTHENTICATOR: bool = true;
     fn signer(&self) -> Principal {
         Principal::Client(self.client)
     }
@@ -274,6 +280,7 @@ vote_body!(Prepare, Prepare, "PREPARE");
 vote_body!(Commit, Commit, "COMMIT");
 
 impl Body for Reply {
+    const MAY_CARRY_AUTHENTICATOR: bool = true;
     fn signer(&self) -> Principal {
         Principal::Replica(self.replica)
     }

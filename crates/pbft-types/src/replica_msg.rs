@@ -326,6 +326,7 @@ mod tests {
         let envelope = wire::SignedEnvelope {
             body: body.encode_to_vec().into(),
             signature: Bytes::from(vec![0; 64]),
+            authenticator: Bytes::new(),
         };
         let wire = wire::ReplicaMessage {
             envelope: Some(envelope.clone()),

@@ -1,22 +1,40 @@
-//! `Signed<T>`: a message together with the exact bytes its signature covers.
+//! `Signed<T>`: a message together with the exact bytes its seal covers.
 //!
-//! A `Signed<T>` proves nothing by itself: anyone can build one. Only `pbft-crypto` turns it into a
-//! `Verified<T>`, after checking the signature against the signer's key.
+//! The seal is an ed25519 signature, or, for a client's request and a replica's reply to it, a MAC authenticator
+//! (see `pbft-crypto`'s `mac` module). A `Signed<T>` proves nothing by itself: anyone can build one. Only
+//! `pbft-crypto` turns it into a `Verified<T>`, after checking the seal against the sender's keys.
 
 use bytes::Bytes;
 use prost::Message;
 
 use crate::error::DecodeError;
-use crate::message::Body;
+use crate::message::{Body, kind_name};
 use crate::wire;
 
 /// An ed25519 signature, as its 64 encoded bytes.
 pub type SignatureBytes = [u8; 64];
 
+/// The length of one MAC in an authenticator: HMAC-SHA256 truncated to 128 bits.
+pub const MAC_LEN: usize = 16;
+
+/// The most MACs an authenticator may hold (one per replica); anything longer is refused before it is used.
+pub const MAX_AUTHENTICATOR_MACS: usize = 1024;
+
+/// What authenticates a message's body.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Seal {
+    /// An ed25519 signature by the sender: anyone with the cluster's public keys can check it.
+    Signature(SignatureBytes),
+    /// MAC_LEN-byte MACs, one per receiver that shares a session key with the sender: a request's authenticator
+    /// holds one per replica (entry i for replica i), a reply's holds one, for its client. Only a receiver can
+    /// check its own entry, so an authenticated message convinces nobody else.
+    Authenticator(Bytes),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Signed<T> {
     body: Bytes,
-    signature: SignatureBytes,
+    seal: Seal,
     value: T,
 }
 
@@ -26,26 +44,56 @@ impl<T: Body> Signed<T> {
     pub fn from_parts(body: Bytes, signature: SignatureBytes, value: T) -> Self {
         Signed {
             body,
-            signature,
+            seal: Seal::Signature(signature),
             value,
         }
     }
 
-    /// Decodes an envelope received from the network. The signature is not checked here.
+    /// Pairs a value with the bytes it was encoded to and a MAC authenticator over them.
+    pub fn from_authenticated_parts(body: Bytes, authenticator: Bytes, value: T) -> Self {
+        Signed {
+            body,
+            seal: Seal::Authenticator(authenticator),
+            value,
+        }
+    }
+
+    /// Decodes an envelope received from the network. The seal is not checked here, only its shape: exactly one
+    /// of a 64-byte signature or a non-empty authenticator of whole MACs, and an authenticator only on the kinds
+    /// of message that may carry one (requests and replies).
     pub fn from_envelope(envelope: wire::SignedEnvelope) -> Result<Self, DecodeError> {
-        let signature = <SignatureBytes>::try_from(envelope.signature.as_ref()).map_err(|_| {
-            DecodeError::BadLength {
-                field: "signature",
-                expected: 64,
-                got: envelope.signature.len(),
-            }
-        })?;
         let body = wire::SignedBody::decode(envelope.body.clone())?;
         let kind = body.kind.ok_or(DecodeError::Missing("kind"))?;
+        let seal = match (
+            envelope.signature.is_empty(),
+            envelope.authenticator.is_empty(),
+        ) {
+            (false, true) => Seal::Signature(
+                <SignatureBytes>::try_from(envelope.signature.as_ref()).map_err(|_| {
+                    DecodeError::BadLength {
+                        field: "signature",
+                        expected: 64,
+                        got: envelope.signature.len(),
+                    }
+                })?,
+            ),
+            (true, false) => {
+                if !T::MAY_CARRY_AUTHENTICATOR {
+                    return Err(DecodeError::AuthenticatorNotAllowed(kind_name(&kind)));
+                }
+                let len = envelope.authenticator.len();
+                if !len.is_multiple_of(MAC_LEN) || len / MAC_LEN > MAX_AUTHENTICATOR_MACS {
+                    return Err(DecodeError::BadAuthenticator(len));
+                }
+                Seal::Authenticator(envelope.authenticator)
+            }
+            (true, true) => return Err(DecodeError::Missing("signature or authenticator")),
+            (false, false) => return Err(DecodeError::TwoSeals),
+        };
         let value = T::from_wire(kind)?;
         Ok(Signed {
             body: envelope.body,
-            signature,
+            seal,
             value,
         })
     }
@@ -62,9 +110,14 @@ impl<T: Body> Signed<T> {
     }
 
     pub fn to_envelope(&self) -> wire::SignedEnvelope {
+        let (signature, authenticator) = match &self.seal {
+            Seal::Signature(s) => (Bytes::copy_from_slice(s), Bytes::new()),
+            Seal::Authenticator(a) => (Bytes::new(), a.clone()),
+        };
         wire::SignedEnvelope {
             body: self.body.clone(),
-            signature: Bytes::copy_from_slice(&self.signature),
+            signature,
+            authenticator,
         }
     }
 
@@ -83,7 +136,81 @@ impl<T> Signed<T> {
         &self.body
     }
 
-    pub fn signature(&self) -> &SignatureBytes {
-        &self.signature
+    pub fn seal(&self) -> &Seal {
+        &self.seal
+    }
+
+    /// The signature, if the seal is one (always, for the messages replicas exchange).
+    pub fn signature(&self) -> Option<&SignatureBytes> {
+        match &self.seal {
+            Seal::Signature(s) => Some(s),
+            Seal::Authenticator(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ClientId, Digest, Prepare, ReplicaId, Request, SeqNo, Timestamp, View};
+
+    fn envelope(body: Bytes, signature: &[u8], authenticator: &[u8]) -> Vec<u8> {
+        wire::SignedEnvelope {
+            body,
+            signature: Bytes::copy_from_slice(signature),
+            authenticator: Bytes::copy_from_slice(authenticator),
+        }
+        .encode_to_vec()
+    }
+
+    fn request() -> Bytes {
+        Request {
+            client: ClientId(1),
+            timestamp: Timestamp(1),
+            operation: Bytes::from_static(b"op"),
+        }
+        .encode_body()
+    }
+
+    #[test]
+    fn a_request_carries_a_signature_or_an_authenticator_of_whole_macs() {
+        let signed = Signed::<Request>::decode(&envelope(request(), &[1; 64], &[]), 1 << 20);
+        assert!(matches!(signed.unwrap().seal(), Seal::Signature(_)));
+        let sealed = Signed::<Request>::decode(&envelope(request(), &[], &[2; 64]), 1 << 20);
+        assert!(matches!(sealed.unwrap().seal(), Seal::Authenticator(a) if a.len() == 64));
+        for (signature, authenticator, error) in [
+            (
+                &[][..],
+                &[][..],
+                DecodeError::Missing("signature or authenticator"),
+            ),
+            (&[1; 64][..], &[2; 16][..], DecodeError::TwoSeals),
+            (&[][..], &[2; 17][..], DecodeError::BadAuthenticator(17)),
+            (
+                &[][..],
+                &[2; MAC_LEN * (MAX_AUTHENTICATOR_MACS + 1)][..],
+                DecodeError::BadAuthenticator(MAC_LEN * (MAX_AUTHENTICATOR_MACS + 1)),
+            ),
+        ] {
+            assert_eq!(
+                Signed::<Request>::decode(&envelope(request(), signature, authenticator), 1 << 20),
+                Err(error)
+            );
+        }
+    }
+
+    #[test]
+    fn messages_between_replicas_must_be_signed() {
+        let prepare = Prepare {
+            view: View(0),
+            seq: SeqNo(1),
+            digest: Digest([3; 32]),
+            replica: ReplicaId(1),
+        }
+        .encode_body();
+        assert_eq!(
+            Signed::<Prepare>::decode(&envelope(prepare, &[], &[2; 64]), 1 << 20),
+            Err(DecodeError::AuthenticatorNotAllowed("PREPARE"))
+        );
     }
 }

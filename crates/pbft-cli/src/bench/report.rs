@@ -64,6 +64,8 @@ pub struct RunConfig {
     pub transport: String,
     /// Sets of connections the network clients shared (0: one set each).
     pub connections: usize,
+    /// How requests and replies are authenticated: "signatures" or "macs".
+    pub client_auth: String,
 }
 
 /// Raw counts over the measured interval, as the load generator and `/proc` saw them.
@@ -222,7 +224,7 @@ impl Report {
             }
         );
         let mut s = format!(
-            "{load}, n = {}, {} B requests, {:.0}% reads\n\
+            "{load}, n = {}, {} B requests, {:.0}% reads, client auth: {}\n\
              \x20 committed       {} in {:.1}s = {:.0} requests/s ({} failed)\n\
              \x20 latency         p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n\
              \x20 replica CPU     {} us per request ({} cores busy)\n\
@@ -234,6 +236,7 @@ impl Report {
             self.config.replicas,
             self.config.request_size,
             self.config.reads * 100.0,
+            self.config.client_auth,
             self.committed,
             self.elapsed_s,
             self.throughput_rps,
@@ -276,7 +279,7 @@ impl Report {
 }
 
 pub const CSV_HEADER: &str = "mode,replicas,clients,window,target_rate,request_size,reads,duration_s,warmup_s,\
-batch_size,batch_delay_ms,elapsed_s,committed,failed,unsent,throughput_rps,latency_samples,latency_mean_ms,\
+batch_size,batch_delay_ms,client_auth,elapsed_s,committed,failed,unsent,throughput_rps,latency_samples,latency_mean_ms,\
 latency_p50_ms,latency_p90_ms,latency_p99_ms,latency_max_ms,replica_cpu_us_per_request,replica_cores_busy,\
 loadgen_cpu_us_per_request,loadgen_cores_busy,replica_bytes_written_per_request,\
 replica_storage_bytes_per_request,loadgen_bytes_written_per_request,peer_bytes_per_request,batches_per_s,executed_per_s,mean_batch_size,loadavg_before,loadavg_after,cores,transport,connections";
@@ -301,6 +304,7 @@ pub fn csv_row(r: &Report) -> String {
         f(c.warmup_s),
         o(c.batch_size),
         o(c.batch_delay_ms),
+        c.client_auth.clone(),
         f(r.elapsed_s),
         r.committed.to_string(),
         r.failed.to_string(),
@@ -369,6 +373,7 @@ mod tests {
             batch_delay_ms: None,
             transport: "stream".into(),
             connections: 4,
+            client_auth: "macs".into(),
         }
     }
 

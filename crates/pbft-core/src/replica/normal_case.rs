@@ -49,12 +49,18 @@ impl Replica {
             if forwarded_by.is_some() {
                 return self.reject(from, "REQUEST", RejectReason::NotPrimary);
             }
-            // A client that retransmits to every replica suspects the primary missed its request: pass it on
-            // and watch it execute (the view-change timer). During a view change it waits for the new primary.
+            // Watch it execute (the view-change timer), and pass it on to the primary if the primary does not
+            // propose it soon (see `relay`). During a view change it waits for the new primary.
             self.hold(request.clone());
             if !self.changing {
-                let to = Dest::Replica(self.primary());
-                self.send(to, ReplicaMsg::Request(request.into_signed()));
+                self.unrelayed.add(request);
+                if !self.relay_timer_set {
+                    self.relay_timer_set = true;
+                    self.out.push(Output::SetTimer {
+                        timer: Timer::Relay,
+                        after: self.config.params.request_timeout / 4,
+                    });
+                }
             }
             return;
         }
@@ -202,6 +208,7 @@ impl Replica {
         let batch: Batch = batch.into();
         self.batches.insert(seq, digest, batch.clone());
         for r in batch.iter() {
+            self.unrelayed.seen(r);
             self.hold(r.clone());
         }
         let Some(slot) = self.log.slot_mut(seq) else {
@@ -239,6 +246,22 @@ impl Replica {
         })
     }
 
+    /// The relay timer fired: forward to the primary each request a client sent this backup that the primary has
+    /// not proposed since and that is still waiting to execute. In a view change they wait for the new primary
+    /// instead (they stay held).
+    pub(super) fn relay(&mut self) {
+        let requests = self.unrelayed.take_all();
+        if self.changing || self.is_primary() {
+            return;
+        }
+        let to = Dest::Replica(self.primary());
+        for request in requests {
+            if self.waiting.holds(request.client, request.timestamp) {
+                self.send(to, ReplicaMsg::Request(request.into_signed()));
+            }
+        }
+    }
+
     /// The replica holds a request it has not seen execute: the view-change timer will watch it.
     pub(super) fn hold(&mut self, request: Verified<Request>) {
         if self.clients.freshness(request.client, request.timestamp) != Freshness::Fresh {
@@ -252,6 +275,7 @@ impl Replica {
     pub(super) fn account_for(&mut self, batch: &Batch) {
         let primary = self.is_primary();
         for r in batch.iter() {
+            self.unrelayed.seen(r);
             if self.clients.freshness(r.client, r.timestamp) != Freshness::Fresh {
                 continue;
             }

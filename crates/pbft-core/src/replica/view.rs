@@ -305,6 +305,8 @@ impl Replica {
         // excepted.
         let held = self.waiting.take_all();
         let queued = self.pending.take(usize::MAX);
+        // What waited to be relayed to the old primary goes to the new one now, with the rest that is held.
+        self.unrelayed.take_all();
         let mut last = plan.stable_seq;
         for pre_prepare in o {
             let (seq, digest) = (pre_prepare.seq, pre_prepare.digest);

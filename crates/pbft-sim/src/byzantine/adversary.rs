@@ -10,7 +10,7 @@ use pbft_core::{Dest, Input, Output, ReplicaStatus};
 use pbft_crypto::{KeyPair, VerifiedMsg, batch_digest};
 use pbft_types::{
     Body, Checkpoint, ClusterConfig, Commit, Digest, FetchBatch, FetchState, NewView, PrePrepare,
-    Prepare, PreparedProof, ReplicaId, ReplicaMsg, Request, SeqNo, Signed, Status, View,
+    Prepare, PreparedProof, ReplicaId, ReplicaMsg, Request, Seal, SeqNo, Signed, Status, View,
     ViewChange,
 };
 use rand::{Rng, RngExt};
@@ -955,11 +955,26 @@ impl Adversary {
     }
 }
 
-/// `signed` with one bit of its signature flipped.
+/// `signed` with one bit of its signature (or of every MAC of its authenticator) flipped.
 fn broken<T: Body + Clone>(signed: &Signed<T>) -> Signed<T> {
-    let mut signature = *signed.signature();
-    signature[7] ^= 0x10;
-    Signed::from_parts(signed.body().clone(), signature, signed.value().clone())
+    match signed.seal() {
+        Seal::Signature(signature) => {
+            let mut signature = *signature;
+            signature[7] ^= 0x10;
+            Signed::from_parts(signed.body().clone(), signature, signed.value().clone())
+        }
+        Seal::Authenticator(authenticator) => {
+            let mut authenticator = authenticator.to_vec();
+            for mac in authenticator.chunks_mut(pbft_types::MAC_LEN) {
+                mac[7] ^= 0x10;
+            }
+            Signed::from_authenticated_parts(
+                signed.body().clone(),
+                authenticator.into(),
+                signed.value().clone(),
+            )
+        }
+    }
 }
 
 fn broken_msg(msg: &ReplicaMsg) -> ReplicaMsg {

@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashSet};
 use bytes::Bytes;
 use pbft_core::Committed;
 use pbft_crypto::{Keyring, Verified};
-use pbft_types::{Body, Commit, Digest, Prepare, ReplicaId, SeqNo, SignatureBytes, View};
+use pbft_types::{Body, Commit, Digest, Prepare, ReplicaId, Seal, SeqNo, View};
 
 use crate::violation::Violation;
 
@@ -38,7 +38,7 @@ pub struct CertificateChecker {
     quorum: usize,
     /// Votes whose signature already verified, by exact signed bytes and signature: every replica's certificate
     /// for a sequence number holds mostly the same votes, and checking each once is enough.
-    verified: HashSet<(Bytes, SignatureBytes)>,
+    verified: HashSet<(Bytes, Seal)>,
 }
 
 impl CertificateChecker {
@@ -98,7 +98,7 @@ impl CertificateChecker {
                 });
             }
             let signed = vote.signed();
-            let key = (signed.body().clone(), *signed.signature());
+            let key = (signed.body().clone(), signed.seal().clone());
             if !self.verified.contains(&key) {
                 self.keyring
                     .verify(signed.clone())
