@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use pbft_sim::{Byzantine, SimApp, SimConfig, SimReport, Simulation, Summary, run_seeds};
+use pbft_types::{ClientAuth, Params};
 
-use crate::testnet::AppChoice;
+use crate::testnet::{AppChoice, AuthChoice};
 
 /// When replicas crash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -78,6 +79,11 @@ pub struct SimArgs {
     #[arg(long, value_enum, default_value_t = AppChoice::Kv)]
     app: AppChoice,
 
+    /// How clients authenticate requests and replicas their replies: signatures, or MAC authenticators (each
+    /// replica then checks its own entry of a request's authenticator, also inside PRE-PREPAREs).
+    #[arg(long, value_enum, default_value_t = AuthChoice::Signatures)]
+    client_auth: AuthChoice,
+
     /// Threads to run seeds on (each seed's run is deterministic whatever the number).
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -102,7 +108,13 @@ impl SimArgs {
     }
 
     fn config(&self, replicas: usize) -> SimConfig {
+        let defaults = SimConfig::new(self.seed_range().start, replicas);
+        let params = Params {
+            client_auth: self.client_auth.into(),
+            ..defaults.params.clone()
+        };
         SimConfig {
+            params,
             clients: self.clients,
             requests: self.requests,
             drop: self.drop,
@@ -114,7 +126,7 @@ impl SimArgs {
                 AppChoice::Kv => SimApp::Kv,
                 AppChoice::Ledger => SimApp::Ledger,
             },
-            ..SimConfig::new(self.seed_range().start, replicas)
+            ..defaults
         }
     }
 }
@@ -156,10 +168,11 @@ pub fn run(args: &SimArgs) -> ExitCode {
                 b => format!(" byzantine={b}"),
             },
             if config.crash { " crash=random" } else { "" },
-            if config.app == SimApp::Ledger {
-                " app=ledger"
-            } else {
-                ""
+            match (config.app, config.params.client_auth) {
+                (SimApp::Ledger, ClientAuth::Macs) => " app=ledger client-auth=macs",
+                (SimApp::Ledger, ClientAuth::Signatures) => " app=ledger",
+                (SimApp::Kv, ClientAuth::Macs) => " client-auth=macs",
+                (SimApp::Kv, ClientAuth::Signatures) => "",
             },
             Summary::of(&reports),
             wall.as_secs_f64()

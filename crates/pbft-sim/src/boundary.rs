@@ -10,7 +10,9 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use pbft_crypto::{AuthError, Keyring, Verified, VerifiedMsg};
-use pbft_types::{DecodeError, DecodeLimits, ReplicaId, ReplicaMsg, Reply, Request, Signed};
+use pbft_types::{
+    ClientId, DecodeError, DecodeLimits, ReplicaId, ReplicaMsg, Reply, Request, Signed,
+};
 use thiserror::Error;
 
 /// Why received bytes were dropped.
@@ -28,16 +30,28 @@ const MEMO_CAPACITY: usize = 8192;
 
 pub struct Boundary {
     keyring: Keyring,
+    /// With MAC authenticators (`client_auth = macs`): what each replica and each client checks MACs with. A
+    /// request's authenticator holds one MAC per replica, so what one receiver accepts another may refuse: the
+    /// memory of accepted bytes is then kept per receiver.
+    sessions: Option<Sessions>,
     limits: DecodeLimits,
-    accepted_msgs: HashMap<(ReplicaId, Bytes), VerifiedMsg>,
-    accepted_requests: HashMap<Bytes, Verified<Request>>,
+    accepted_msgs: HashMap<(Option<ReplicaId>, ReplicaId, Bytes), VerifiedMsg>,
+    accepted_requests: HashMap<(Option<ReplicaId>, Bytes), Verified<Request>>,
     rejected: u64,
+}
+
+/// The keyrings of every principal, each with its own session keys.
+pub struct Sessions {
+    /// Index: replica id.
+    pub replicas: Vec<Keyring>,
+    pub clients: HashMap<ClientId, Keyring>,
 }
 
 impl Boundary {
     pub fn new(keyring: Keyring, limits: DecodeLimits) -> Boundary {
         Boundary {
             keyring,
+            sessions: None,
             limits,
             accepted_msgs: HashMap::new(),
             accepted_requests: HashMap::new(),
@@ -45,8 +59,33 @@ impl Boundary {
         }
     }
 
+    /// Checks MAC authenticators too, each receiver with its own session keys.
+    pub fn with_sessions(mut self, sessions: Sessions) -> Boundary {
+        self.sessions = Some(sessions);
+        self
+    }
+
     pub fn keyring(&self) -> &Keyring {
         &self.keyring
+    }
+
+    /// What replica `to` verifies with: its own session keys included, so that it can read back the requests it
+    /// journalled.
+    pub fn keyring_of(&self, to: ReplicaId) -> &Keyring {
+        self.receiver(to).0
+    }
+
+    /// What replica `to` verifies with, and the receiver part of the memory's key (none when every receiver
+    /// verifies alike).
+    fn receiver(&self, to: ReplicaId) -> (&Keyring, Option<ReplicaId>) {
+        match self
+            .sessions
+            .as_ref()
+            .and_then(|s| s.replicas.get(to.index()))
+        {
+            Some(keyring) => (keyring, Some(to)),
+            None => (&self.keyring, None),
+        }
     }
 
     /// Messages dropped so far because they did not decode or verify.
@@ -61,15 +100,21 @@ impl Boundary {
         result
     }
 
-    /// Bytes that arrived from replica `from` (whose identity the transport authenticated).
-    pub fn replica_msg(&mut self, from: ReplicaId, bytes: &Bytes) -> Result<VerifiedMsg, Rejected> {
-        let key = (from, bytes.clone());
+    /// Bytes that arrived at replica `to` from replica `from` (whose identity the transport authenticated).
+    pub fn replica_msg(
+        &mut self,
+        to: ReplicaId,
+        from: ReplicaId,
+        bytes: &Bytes,
+    ) -> Result<VerifiedMsg, Rejected> {
+        let (keyring, receiver) = self.receiver(to);
+        let key = (receiver, from, bytes.clone());
         if let Some(msg) = self.accepted_msgs.get(&key) {
             return Ok(msg.clone());
         }
         let result = ReplicaMsg::decode(bytes, self.limits)
             .map_err(Rejected::from)
-            .and_then(|msg| Ok(self.keyring.verify_replica_msg(from, msg)?));
+            .and_then(|msg| Ok(keyring.verify_replica_msg(from, msg)?));
         if let Ok(msg) = &result {
             if self.accepted_msgs.len() >= MEMO_CAPACITY {
                 self.accepted_msgs.clear();
@@ -79,20 +124,21 @@ impl Boundary {
         self.count(result)
     }
 
-    /// A client's request as it arrived at a replica.
-    pub fn request(&mut self, bytes: &Bytes) -> Result<Verified<Request>, Rejected> {
-        if let Some(request) = self.accepted_requests.get(bytes) {
+    /// A client's request as it arrived at replica `to`.
+    pub fn request(&mut self, to: ReplicaId, bytes: &Bytes) -> Result<Verified<Request>, Rejected> {
+        let (keyring, receiver) = self.receiver(to);
+        let key = (receiver, bytes.clone());
+        if let Some(request) = self.accepted_requests.get(&key) {
             return Ok(request.clone());
         }
         let result = Signed::<Request>::decode(bytes, self.limits.max_message_size)
             .map_err(Rejected::from)
-            .and_then(|signed| Ok(self.keyring.verify(signed)?));
+            .and_then(|signed| Ok(keyring.verify(signed)?));
         if let Ok(request) = &result {
             if self.accepted_requests.len() >= MEMO_CAPACITY {
                 self.accepted_requests.clear();
             }
-            self.accepted_requests
-                .insert(bytes.clone(), request.clone());
+            self.accepted_requests.insert(key, request.clone());
         }
         self.count(result)
     }
@@ -105,8 +151,15 @@ impl Boundary {
         self.count(result)
     }
 
+    /// A reply as its client checks it.
     pub fn verify_reply(&mut self, reply: Signed<Reply>) -> Result<Verified<Reply>, Rejected> {
-        let result = self.keyring.verify(reply).map_err(Rejected::from);
+        let client = reply.value().client;
+        let keyring = self
+            .sessions
+            .as_ref()
+            .and_then(|s| s.clients.get(&client))
+            .unwrap_or(&self.keyring);
+        let result = keyring.verify(reply).map_err(Rejected::from);
         self.count(result)
     }
 }
@@ -114,22 +167,27 @@ impl Boundary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pbft_crypto::KeyPair;
+    use pbft_crypto::{KeyPair, SessionKeys};
     use pbft_types::{
-        ClientId, ClientInfo, ClusterConfig, Digest, Params, Prepare, SeqNo, Timestamp, View,
+        ClientId, ClientInfo, ClusterConfig, Digest, MAC_LEN, Params, Prepare, Seal, SeqNo,
+        Timestamp, View,
     };
 
-    fn setup() -> (Vec<KeyPair>, KeyPair, Boundary) {
-        let replicas: Vec<KeyPair> = (0..4).map(|i| KeyPair::from_seed([i + 1; 32])).collect();
-        let client = KeyPair::from_seed([50; 32]);
-        let config = ClusterConfig {
+    fn config_of(replicas: &[KeyPair], client: &KeyPair) -> ClusterConfig {
+        ClusterConfig {
             replicas: replicas.iter().map(KeyPair::public_key).collect(),
             clients: vec![ClientInfo {
                 id: ClientId(0),
                 public_key: client.public_key(),
             }],
             params: Params::default(),
-        };
+        }
+    }
+
+    fn setup() -> (Vec<KeyPair>, KeyPair, Boundary) {
+        let replicas: Vec<KeyPair> = (0..4).map(|i| KeyPair::from_seed([i + 1; 32])).collect();
+        let client = KeyPair::from_seed([50; 32]);
+        let config = config_of(&replicas, &client);
         let limits = DecodeLimits {
             max_message_size: 4096,
             max_batch_size: 8,
@@ -148,16 +206,60 @@ mod tests {
     }
 
     #[test]
+    fn with_macs_each_replica_checks_its_own_entry_and_remembers_for_itself() {
+        let (replicas, client, boundary) = setup();
+        let config = config_of(&replicas, &client);
+        let keyring = boundary.keyring().clone();
+        let sessions = Sessions {
+            replicas: (0..4)
+                .map(|i| {
+                    let id = ReplicaId(i as u64);
+                    let keys = SessionKeys::for_replica(&config, id, &replicas[i]).unwrap();
+                    keyring.clone().with_sessions(keys)
+                })
+                .collect(),
+            clients: HashMap::new(),
+        };
+        let mut boundary = boundary.with_sessions(sessions);
+        let keys = SessionKeys::for_client(&config, ClientId(0), &client).unwrap();
+        let sealed = keys.seal_request(Request {
+            client: ClientId(0),
+            timestamp: Timestamp(1),
+            operation: Bytes::from_static(b"op"),
+        });
+        // Spoil replica 1's entry only.
+        let Seal::Authenticator(auth) = sealed.seal() else {
+            panic!("sealed with MACs")
+        };
+        let mut auth = auth.to_vec();
+        auth[MAC_LEN] ^= 1;
+        let spoiled = Signed::from_authenticated_parts(
+            sealed.body().clone(),
+            auth.into(),
+            sealed.value().clone(),
+        );
+        let bytes = Bytes::from(spoiled.encode());
+        for _ in 0..2 {
+            assert!(boundary.request(ReplicaId(0), &bytes).is_ok());
+            assert!(boundary.request(ReplicaId(1), &bytes).is_err());
+            assert!(boundary.request(ReplicaId(2), &bytes).is_ok());
+        }
+        assert_eq!(boundary.rejected(), 2);
+    }
+
+    #[test]
     fn an_authentic_message_passes_and_is_remembered_per_sender() {
         let (keys, _, mut boundary) = setup();
         let bytes = Bytes::from(ReplicaMsg::Prepare(keys[1].sign(prepare(1))).encode());
         for _ in 0..3 {
-            let msg = boundary.replica_msg(ReplicaId(1), &bytes).unwrap();
+            let msg = boundary
+                .replica_msg(ReplicaId(0), ReplicaId(1), &bytes)
+                .unwrap();
             assert!(matches!(msg, VerifiedMsg::Prepare(p) if p.replica == ReplicaId(1)));
         }
         // The same bytes claimed by another connection are still refused: the sender is part of the check.
         assert!(matches!(
-            boundary.replica_msg(ReplicaId(2), &bytes),
+            boundary.replica_msg(ReplicaId(0), ReplicaId(2), &bytes),
             Err(Rejected::Auth(AuthError::SenderMismatch { .. }))
         ));
         assert_eq!(boundary.rejected(), 1);
@@ -168,15 +270,19 @@ mod tests {
         let (keys, _, mut boundary) = setup();
         let forged = Bytes::from(ReplicaMsg::Prepare(keys[2].sign(prepare(1))).encode());
         assert!(matches!(
-            boundary.replica_msg(ReplicaId(1), &forged),
+            boundary.replica_msg(ReplicaId(0), ReplicaId(1), &forged),
             Err(Rejected::Auth(AuthError::BadSignature(_)))
         ));
         assert!(matches!(
-            boundary.replica_msg(ReplicaId(1), &Bytes::from_static(&[0xff, 0x01, 0x02])),
+            boundary.replica_msg(
+                ReplicaId(0),
+                ReplicaId(1),
+                &Bytes::from_static(&[0xff, 0x01, 0x02])
+            ),
             Err(Rejected::Decode(_))
         ));
         assert!(matches!(
-            boundary.replica_msg(ReplicaId(1), &Bytes::from(vec![0; 5000])),
+            boundary.replica_msg(ReplicaId(0), ReplicaId(1), &Bytes::from(vec![0; 5000])),
             Err(Rejected::Decode(DecodeError::TooLarge { .. }))
         ));
         assert_eq!(boundary.rejected(), 3);
@@ -191,9 +297,12 @@ mod tests {
             operation: Bytes::from_static(b"op"),
         };
         let good = Bytes::from(client.sign(request.clone()).encode());
-        assert_eq!(boundary.request(&good).unwrap().timestamp, Timestamp(1));
+        assert_eq!(
+            boundary.request(ReplicaId(0), &good).unwrap().timestamp,
+            Timestamp(1)
+        );
         let forged = Bytes::from(keys[0].sign(request).encode());
-        assert!(boundary.request(&forged).is_err());
+        assert!(boundary.request(ReplicaId(0), &forged).is_err());
 
         let reply = Reply {
             view: View(0),

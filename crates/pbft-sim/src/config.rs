@@ -248,6 +248,9 @@ impl SimConfig {
         if self.app == SimApp::Ledger {
             command.push_str(" --app ledger");
         }
+        if self.params.client_auth == ClientAuth::Macs {
+            command.push_str(" --client-auth macs");
+        }
         if let Some(faulty) = &self.faulty {
             command.push_str(&format!(
                 "  # not replayable from the command line: the faulty replicas were set by hand ({}); rerun the \

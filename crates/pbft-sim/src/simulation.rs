@@ -6,18 +6,20 @@
 //! cancelled on request. Only the clock, the network and the randomness are simulated, and all randomness comes
 //! from one generator seeded with the run's seed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bytes::Bytes;
 use pbft_client::{Client, ClientOutput, Destination};
 use pbft_core::{Dest, Input, Output, Replica, ReplicaStatus, Timer};
-use pbft_crypto::{KeyPair, Keyring, Signer};
-use pbft_types::{ClientId, ClientInfo, ClusterConfig, DecodeLimits, Principal, ReplicaId};
+use pbft_crypto::{KeyPair, Keyring, SessionKeys, Signer};
+use pbft_types::{
+    ClientAuth, ClientId, ClientInfo, ClusterConfig, DecodeLimits, Principal, ReplicaId,
+};
 use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::boundary::Boundary;
+use crate::boundary::{Boundary, Sessions};
 use crate::byzantine::{Action, Adversary, Fault, FaultyReplica, Strategy, draw_sides, fault_rng};
 use crate::check::Checker;
 use crate::check::history::HistoryEntry;
@@ -97,6 +99,8 @@ struct ReplicaNode {
     disk: Disk,
     /// The driver signs the replica's replies with it.
     key: KeyPair,
+    /// With MAC authenticators, the driver seals the replica's replies with these instead.
+    sessions: Option<SessionKeys>,
     /// The generation of each running timer. Restarting a timer gives it a new generation, so the expiry
     /// scheduled for the earlier one is recognised as stale and ignored.
     timers: BTreeMap<Timer, u64>,
@@ -116,8 +120,6 @@ pub struct Simulation {
     queue: EventQueue<Event>,
     network: Network,
     boundary: Boundary,
-    /// To read a restarting replica's disk back (its entries are verified again, as in the node).
-    keyring: Keyring,
     limits: DecodeLimits,
     replicas: Vec<ReplicaNode>,
     clients: Vec<ClientNode>,
@@ -229,19 +231,36 @@ impl Simulation {
             copy.side = 1;
             replicas.push(copy);
         }
-        let clients = client_keys
-            .into_iter()
-            .enumerate()
-            .map(|(i, key)| ClientNode {
-                client: Client::new(
-                    cluster.clone(),
-                    Signer::new(Principal::Client(client_id(i)), key),
-                    config.retransmit_after,
-                ),
+        let macs = cluster.params.client_auth == ClientAuth::Macs;
+        let mut sessions = Sessions {
+            replicas: Vec::new(),
+            clients: HashMap::new(),
+        };
+        if macs {
+            for (i, key) in replica_keys.iter().enumerate() {
+                let keys = SessionKeys::for_replica(&cluster, ReplicaId(i as u64), key)?;
+                sessions.replicas.push(keyring.clone().with_sessions(keys));
+            }
+        }
+        let mut clients = Vec::new();
+        for (i, key) in client_keys.into_iter().enumerate() {
+            let mut client = Client::new(
+                cluster.clone(),
+                Signer::new(Principal::Client(client_id(i)), key.clone()),
+                config.retransmit_after,
+            );
+            if macs {
+                let keys = SessionKeys::for_client(&cluster, client_id(i), &key)?;
+                client = client.with_sessions(keys.clone());
+                let verifier = keyring.clone().with_sessions(keys);
+                sessions.clients.insert(client_id(i), verifier);
+            }
+            clients.push(ClientNode {
+                client,
                 remaining: config.requests,
                 timer: None,
-            })
-            .collect();
+            });
+        }
 
         let limits = DecodeLimits {
             max_message_size: cluster.params.max_message_size,
@@ -256,8 +275,10 @@ impl Simulation {
         );
         let mut sim = Simulation {
             workload: Workload::new(config.app, config.key_space),
-            boundary: Boundary::new(keyring.clone(), limits),
-            keyring,
+            boundary: match macs {
+                true => Boundary::new(keyring.clone(), limits).with_sessions(sessions),
+                false => Boundary::new(keyring.clone(), limits),
+            },
             limits,
             config,
             cluster,
@@ -462,7 +483,7 @@ impl Simulation {
                     return;
                 }
                 let id = self.replicas[to].id;
-                match self.boundary.replica_msg(from, &bytes) {
+                match self.boundary.replica_msg(id, from, &bytes) {
                     Ok(msg) => {
                         self.trace(|| {
                             format!("r{id} <- r{from} {}", trace::describe_verified(&msg))
@@ -479,7 +500,7 @@ impl Simulation {
                     return;
                 }
                 let id = self.replicas[to].id;
-                match self.boundary.request(&bytes) {
+                match self.boundary.request(id, &bytes) {
                     Ok(request) => {
                         self.trace(|| {
                             format!("r{id} <- client {} t {}", request.client, request.timestamp)
@@ -608,7 +629,7 @@ impl Simulation {
             return;
         }
         let (id, key) = (n.id, n.key.clone());
-        let entries = match n.disk.read(&self.keyring, self.limits) {
+        let entries = match n.disk.read(self.boundary.keyring_of(n.id), self.limits) {
             Ok(entries) => entries,
             Err(e) => {
                 return self.violations.push(Violation::Driver(format!(
@@ -667,7 +688,15 @@ impl Simulation {
                 let Some(to) = self.client_index(client) else {
                     return;
                 };
-                let bytes = Bytes::from(self.replicas[node].key.sign(reply).encode());
+                let sealed = match &self.replicas[node].sessions {
+                    Some(sessions) => sessions.seal_reply(reply),
+                    None => Ok(self.replicas[node].key.sign(reply)),
+                };
+                let Ok(sealed) = sealed else {
+                    // Every client of the simulation has a session with every replica.
+                    return;
+                };
+                let bytes = Bytes::from(sealed.encode());
                 self.send(
                     Endpoint::Replica(id),
                     Endpoint::Client(client),
@@ -885,6 +914,10 @@ fn new_node(
         side: 0,
         crashed: false,
         disk: Disk::default(),
+        sessions: match cluster.params.client_auth {
+            ClientAuth::Macs => Some(SessionKeys::for_replica(cluster, id, &key)?),
+            ClientAuth::Signatures => None,
+        },
         key,
         timers: BTreeMap::new(),
     })

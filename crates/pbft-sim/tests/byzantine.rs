@@ -210,6 +210,32 @@ fn the_ledger_under_random_faults_and_crashes_records_the_same_blocks() {
     }
 }
 
+/// With MAC authenticators each replica checks its own MAC of every request, also inside PRE-PREPAREs and in its
+/// journal after a crash, and the clients accept MACed replies: the same faults pass.
+#[test]
+fn mac_authenticators_under_random_faults_crashes_and_partitions() {
+    for n in [4, 7] {
+        let defaults = SimConfig::new(0, n);
+        let params = pbft_types::Params {
+            client_auth: pbft_types::ClientAuth::Macs,
+            ..defaults.params.clone()
+        };
+        let base = SimConfig {
+            byzantine: pbft_sim::Byzantine::Random,
+            crash: true,
+            partition: true,
+            requests: 12,
+            params,
+            ..defaults
+        };
+        let reports = pbft_sim::run_seeds(&base, 0..12, 2).expect("a valid configuration");
+        for report in &reports {
+            assert!(report.passed(), "{report}");
+            assert!(report.replay.contains("--client-auth macs"), "{report}");
+        }
+    }
+}
+
 /// Beyond f the guarantees are gone, and the checkers must notice: an equivocating primary and a replica that
 /// votes for both of its batches make the two halves of a 4-replica cluster commit different batches. Not every
 /// seed goes wrong (a correct replica may see both batches first and start a view change), but several must.
