@@ -275,6 +275,15 @@ fn macs_authenticate_requests_and_replies() {
     }
     assert_eq!(cluster.get(&mut client, "k3").as_deref(), Some("3"));
 
+    // On streamed connections too: the requests go out sealed alike, and the replies come back MACed in batches.
+    let connections = cluster.streamed_connections();
+    let mut streamed = cluster.client_over(1, &connections);
+    cluster.put(&mut streamed, "streamed", "mac");
+    assert_eq!(
+        cluster.get(&mut streamed, "streamed").as_deref(),
+        Some("mac")
+    );
+
     // An impostor's MACs come from another key: no replica accepts them.
     let mut impostor = cluster.impostor(Duration::from_millis(1500));
     let op = KvOp::Put {
