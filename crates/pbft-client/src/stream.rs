@@ -157,7 +157,7 @@ impl ReplicaStream {
 }
 
 impl Inner {
-    /// The stream `id` opened: the next failure pauses briefly again.
+    /// A stream opened (the replica answered its call): the next failure pauses briefly again.
     fn opened(&self) {
         let mut link = self.link.lock().unwrap_or_else(PoisonError::into_inner);
         link.pause = FIRST_PAUSE;
