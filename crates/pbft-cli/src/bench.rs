@@ -3,7 +3,10 @@
 //! batches per second, as JSON, CSV and (for a sweep) a throughput-latency chart.
 //!
 //! Every request goes through the ordinary network client ([`NetClient`]): it is signed by its client, sent to
-//! every replica over gRPC, and counts as committed once f+1 replicas sent matching signed replies.
+//! every replica over gRPC, and counts as committed once f+1 replicas sent matching signed replies. With
+//! `--transport stream` (the default) the requests of the clients sharing a set of connections travel on one
+//! long-lived stream per replica and the replicas answer in batches; `--transport unary` makes one gRPC call per
+//! request and replica.
 
 mod chart;
 mod procfs;
@@ -17,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use pbft_apps::KvOp;
@@ -115,6 +118,35 @@ pub struct BenchArgs {
     /// replicas and the load generator less per request (see BENCHMARKS.md).
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// How requests travel to the replicas: `stream`, one long-lived `SubmitStream` per replica and set of
+    /// connections, answered in batches; or `unary`, one `Submit` call per request and replica.
+    #[arg(long, value_enum, default_value_t = Transport::Stream)]
+    transport: Transport,
+}
+
+/// How the network clients send their requests (`--transport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    Unary,
+    Stream,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Unary => "unary",
+            Transport::Stream => "stream",
+        }
+    }
+
+    /// A set of connections to `addresses` for this transport.
+    fn connections(self, addresses: &[SocketAddr]) -> Result<Connections, String> {
+        match self {
+            Transport::Unary => Connections::new(addresses),
+            Transport::Stream => Connections::streamed(addresses),
+        }
+        .map_err(|e| e.to_string())
+    }
 }
 
 fn parse_replicas(s: &str) -> Result<usize, String> {
@@ -357,10 +389,15 @@ async fn bench(args: &BenchArgs, plan: &Plan, dir: &Path) -> Result<(), String> 
     let monitor = connect(&target.setups[0], Duration::from_secs(5))?;
     wait_ready(&monitor, target.n, target.replicas.is_some()).await?;
     eprintln!(
-        "cluster: {} replicas; {} replica processes measured; load average {}",
+        "cluster: {} replicas; {} replica processes measured; load average {}; transport {}, {}",
         target.n,
         target.pids.len(),
-        procfs::loadavg()
+        procfs::loadavg(),
+        args.transport.name(),
+        match args.connections {
+            0 => "a set of connections per network client".to_string(),
+            k => format!("{k} sets of connections shared"),
+        }
     );
     // Network clients share `--connections` sets of connections to the replicas, round robin (0: one set each).
     let addresses: Vec<SocketAddr> = target.setups[0]
@@ -370,7 +407,7 @@ async fn bench(args: &BenchArgs, plan: &Plan, dir: &Path) -> Result<(), String> 
         .map(|a| a.api)
         .collect();
     let shared = (0..args.connections)
-        .map(|_| Connections::new(&addresses).map_err(|e| e.to_string()))
+        .map(|_| args.transport.connections(&addresses))
         .collect::<Result<Vec<_>, String>>()?;
     let mut clients = target
         .setups
@@ -379,7 +416,11 @@ async fn bench(args: &BenchArgs, plan: &Plan, dir: &Path) -> Result<(), String> 
         .enumerate()
         .map(|(i, s)| match shared.get(i % shared.len().max(1)) {
             Some(connections) => connect_shared(s, REQUEST_DEADLINE, connections),
-            None => connect(s, REQUEST_DEADLINE),
+            None => connect_shared(
+                s,
+                REQUEST_DEADLINE,
+                &args.transport.connections(&addresses)?,
+            ),
         })
         .collect::<Result<Vec<NetClient>, String>>()?;
     let value = Bytes::from(vec![b'v'; args.request_size]);
@@ -400,6 +441,8 @@ async fn bench(args: &BenchArgs, plan: &Plan, dir: &Path) -> Result<(), String> 
             warmup_s: args.warmup,
             batch_size: args.batch_size,
             batch_delay_ms: args.batch_delay_ms,
+            transport: args.transport.name().into(),
+            connections: args.connections,
             client_auth: match target.client_auth {
                 ClientAuth::Signatures => "signatures".into(),
                 ClientAuth::Macs => "macs".into(),
@@ -1132,6 +1175,12 @@ mod tests {
         assert_eq!(p.clients_needed, 8);
         assert_eq!(args.replicas, 4);
         assert_eq!(args.request_size, 512);
+        assert_eq!(args.transport, Transport::Stream);
+        assert_eq!(
+            parse(&["--transport", "unary"]).unwrap().transport,
+            Transport::Unary
+        );
+        assert!(parse(&["--transport", "carrier-pigeon"]).is_err());
     }
 
     #[test]

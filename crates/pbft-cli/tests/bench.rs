@@ -47,6 +47,7 @@ fn a_closed_loop_run_reports_throughput_latency_cpu_and_batches() {
     );
     let r = &json[0];
     assert_eq!(r["config"]["mode"], "closed");
+    assert_eq!(r["config"]["transport"], "stream");
     assert_eq!(r["config"]["replicas"], 4);
     assert!(r["committed"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(r["failed"], 0, "{r}");
@@ -78,6 +79,9 @@ fn an_open_loop_sweep_draws_a_chart() {
             "20,40",
             "--pool",
             "8",
+            // The default is streamed; keep the unary path measured too.
+            "--transport",
+            "unary",
             "--base-port",
             "27300",
         ],
@@ -88,6 +92,7 @@ fn an_open_loop_sweep_draws_a_chart() {
     assert_eq!(runs[0]["config"]["target_rate"], 20.0);
     assert_eq!(runs[1]["config"]["target_rate"], 40.0);
     assert!(runs.iter().all(|r| r["committed"].as_u64().unwrap() > 0));
+    assert!(runs.iter().all(|r| r["config"]["transport"] == "unary"));
     let svg = std::fs::read_to_string(out.join("throughput-latency.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("p99"));
 }

@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, http, metric, noise};
 use pbft_apps::{KvOp, KvResult};
-use pbft_client::net::NetError;
+use pbft_client::net::{NetClient, NetError};
 use pbft_crypto::{KeyPair, SessionKeys, Signer};
 use pbft_node::config::{ClientAuthFile, ParamsFile};
+use pbft_types::wire::replica_api_client::ReplicaApiClient;
+use pbft_types::wire::{Refusal, SignedEnvelope};
 use pbft_types::{ClientAuth, Principal, Request, Timestamp};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
@@ -29,6 +31,8 @@ const GARBAGE: u16 = 22500;
 const RESTART: u16 = 22800;
 const PYTHON: u16 = 23100;
 const IMPOSTOR_LISTENER: u16 = 23400;
+const STREAMED: u16 = 23700;
+const STREAM_REFUSALS: u16 = 20700;
 const MACS: u16 = 26600;
 
 fn status_json(cluster: &Cluster, i: usize) -> serde_json::Value {
@@ -270,6 +274,15 @@ fn macs_authenticate_requests_and_replies() {
         cluster.put(&mut client, &format!("k{i}"), &i.to_string());
     }
     assert_eq!(cluster.get(&mut client, "k3").as_deref(), Some("3"));
+
+    // On streamed connections too: the requests go out sealed alike, and the replies come back MACed in batches.
+    let connections = cluster.streamed_connections();
+    let mut streamed = cluster.client_over(1, &connections);
+    cluster.put(&mut streamed, "streamed", "mac");
+    assert_eq!(
+        cluster.get(&mut streamed, "streamed").as_deref(),
+        Some("mac")
+    );
 
     // An impostor's MACs come from another key: no replica accepts them.
     let mut impostor = cluster.impostor(Duration::from_millis(1500));
@@ -630,6 +643,170 @@ fn a_restarted_replica_catches_up() {
         "replica 3 caught up to {} (others at {target})",
         status.last_executed
     );
+}
+
+/// Replica `i`'s count of client requests it accepted (authenticated and submitted), from its metrics.
+fn requests_submitted(cluster: &Cluster, i: usize) -> f64 {
+    let (code, metrics) = http(cluster.http_addr(i), "GET", "/metrics", None);
+    assert_eq!(code, 200, "metrics of replica {i}");
+    metric(&metrics, "pbft_requests_submitted_total").unwrap_or(0.0)
+}
+
+/// Two clients share streamed connections (one SubmitStream per replica): their requests travel concurrently on
+/// the same streams and each gets its own result. A replica that restarts loses its end of the stream; the
+/// clients' next requests open a new one, and the restarted replica gets them on it.
+#[test]
+fn streamed_clients_commit_and_reconnect_after_a_restart() {
+    let mut cluster = Cluster::start(STREAMED);
+    let connections = cluster.streamed_connections();
+    let mut a = cluster.client_over(0, &connections);
+    let mut b = cluster.client_over(1, &connections);
+    let both = |cluster: &Cluster, a: &mut NetClient, b: &mut NetClient, round: usize| {
+        let put = |who: &str| KvOp::Put {
+            key: format!("{who}{round}").into_bytes().into(),
+            value: format!("{round}").into_bytes().into(),
+        };
+        let (ra, rb) = cluster.rt.block_on(async {
+            tokio::join!(a.submit(put("a").encode()), b.submit(put("b").encode()))
+        });
+        for r in [ra, rb] {
+            assert_eq!(KvResult::decode(&r.unwrap()).unwrap(), KvResult::Done);
+        }
+    };
+    for round in 0..3 {
+        both(&cluster, &mut a, &mut b, round);
+    }
+    // Reads see the writes of the other client.
+    let read = KvOp::Get {
+        key: b"b2".to_vec().into(),
+    };
+    assert_eq!(
+        cluster.submit(&mut a, read).unwrap(),
+        KvResult::Value(b"2".to_vec().into())
+    );
+
+    cluster.kill(3);
+    for round in 3..6 {
+        both(&cluster, &mut a, &mut b, round);
+    }
+    cluster.spawn(3);
+    cluster.wait_connected();
+    for round in 6..12 {
+        both(&cluster, &mut a, &mut b, round);
+    }
+    // The restarted process counts from zero: whatever it accepted came on a stream opened after the restart
+    // (a client sends every request to every replica, though it may complete before this one answers).
+    let start = Instant::now();
+    while requests_submitted(&cluster, 3) < 1.0 {
+        assert!(
+            start.elapsed() < common::PATIENCE,
+            "the restarted replica 3 got no request on a new stream"
+        );
+        // The retransmission pause may still run: keep the clients sending.
+        both(&cluster, &mut a, &mut b, 100);
+    }
+    assert!(
+        requests_submitted(&cluster, 0) >= 25.0,
+        "replica 0 accepted {} requests",
+        requests_submitted(&cluster, 0)
+    );
+}
+
+/// A stream carrying bad requests among good ones: each bad one is refused by name where it can be read, the
+/// good one is answered, a message over the size limit ends the stream (after the answers already due), and the
+/// replica goes on serving every client.
+#[test]
+fn a_stream_refuses_bad_requests_and_answers_good_ones() {
+    let cluster = Cluster::start(STREAM_REFUSALS);
+    let id = cluster.setup.id;
+    let request = |key: KeyPair, timestamp: u64, value_size: usize| {
+        Signer::new(Principal::Client(id), key)
+            .sign(Request {
+                client: id,
+                timestamp: Timestamp(timestamp),
+                operation: KvOp::Put {
+                    key: b"streamed".to_vec().into(),
+                    value: vec![b'v'; value_size].into(),
+                }
+                .encode(),
+            })
+            .into_signed()
+            .to_envelope()
+    };
+    let now = wall_clock_micros();
+    let good = request(cluster.setup.key.clone(), now, 8);
+    let forged = request(KeyPair::from_seed([0x77; 32]), now + 1, 8);
+    // Over the API's request limit (the cluster's 64 KiB plus 1 KiB of envelope), within what the gRPC decoder
+    // takes (1 KiB more): refused after decoding, so it is refused by name.
+    let large = request(cluster.setup.key.clone(), now + 2, 65 * 1024 + 200);
+    let garbage = SignedEnvelope {
+        body: b"\xff\xff\xff".to_vec().into(),
+        signature: vec![0; 64].into(),
+        ..SignedEnvelope::default()
+    };
+    let huge = SignedEnvelope {
+        body: vec![0; 4 << 20].into(),
+        signature: vec![0; 64].into(),
+        ..SignedEnvelope::default()
+    };
+    let addr = cluster.setup.cluster.addresses[1].api;
+    let (replies, refusals) = cluster.rt.block_on(async {
+        let mut api = ReplicaApiClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let requests = tokio_stream::iter([forged, garbage, large, good, huge]);
+        let mut answers = api.submit_stream(requests).await.unwrap().into_inner();
+        let mut replies = Vec::new();
+        let mut refusals: Vec<Refusal> = Vec::new();
+        while let Some(batch) = tokio::time::timeout(common::OP_DEADLINE, answers.message())
+            .await
+            .expect("the stream neither answered nor ended")
+            .unwrap()
+        {
+            replies.extend(batch.replies);
+            refusals.extend(batch.refusals);
+        }
+        (replies, refusals)
+    });
+    assert_eq!(replies.len(), 1, "{refusals:?}");
+    let reply = pbft_types::Signed::<pbft_types::Reply>::from_envelope(replies[0].clone()).unwrap();
+    assert_eq!(
+        (reply.value().client, reply.value().timestamp),
+        (id, Timestamp(now))
+    );
+    let mut refused: Vec<(u64, u64, &str)> = refusals
+        .iter()
+        .map(|r| (r.client, r.timestamp, r.code.as_str()))
+        .collect();
+    refused.sort_unstable();
+    let huge_code = refused
+        .iter()
+        .find(|r| (r.0, r.1) == (0, 0) && r.2 != "INVALID_ARGUMENT")
+        .map(|r| r.2);
+    assert!(
+        matches!(huge_code, Some("RESOURCE_EXHAUSTED" | "OUT_OF_RANGE")),
+        "{refusals:?}"
+    );
+    assert_eq!(refused.len(), 4, "{refusals:?}");
+    assert!(
+        refused.contains(&(0, 0, "INVALID_ARGUMENT")),
+        "{refusals:?}"
+    );
+    assert!(
+        refused.contains(&(id.0, now + 1, "UNAUTHENTICATED")),
+        "{refusals:?}"
+    );
+    assert!(
+        refused.contains(&(id.0, now + 2, "INVALID_ARGUMENT")),
+        "{refusals:?}"
+    );
+
+    // The replica serves every client as before, on streams too.
+    let connections = cluster.streamed_connections();
+    let mut client = cluster.client_over(1, &connections);
+    cluster.put(&mut client, "after", "ok");
+    assert_eq!(cluster.get(&mut client, "after").as_deref(), Some("ok"));
+    assert!(cluster.status(1).is_some());
 }
 
 /// The Python client of `examples/python` against a real cluster. It needs an interpreter with the packages of

@@ -20,5 +20,7 @@ mod view_estimate;
 
 #[cfg(feature = "net")]
 pub mod net;
+#[cfg(feature = "net")]
+mod stream;
 
 pub use client::{Client, ClientError, ClientOutput, Destination};

@@ -6,6 +6,9 @@
 //! the state machine names: the primary orders the request, the backups forward it and watch that it gets
 //! ordered, and each answers on its call. The result is accepted once f+1 distinct replicas signed matching
 //! replies. When no result comes in time, the request goes again to every replica whose call has ended.
+//!
+//! With streamed [`Connections`] the calls travel on one long-lived stream per replica instead of one gRPC call
+//! each (see `stream`); a call still ends with the replica's answer to it, so everything above is unchanged.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -20,6 +23,7 @@ use thiserror::Error;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::stream::ReplicaStream;
 use crate::{Client, ClientError, ClientOutput};
 
 /// How long one call to a replica may take before it is abandoned (the replica itself gives up sooner and
@@ -59,13 +63,26 @@ pub struct NetClient {
     core: Client,
     keyring: Keyring,
     replicas: Vec<ReplicaApiClient<Channel>>,
+    /// With streamed connections: the stream to every replica, which carries the requests.
+    streams: Option<Vec<ReplicaStream>>,
     deadline: Duration,
 }
 
 /// A connection to every replica's gRPC API, opened at the first call; clones share it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Connections {
     replicas: Vec<ReplicaApiClient<Channel>>,
+    /// Streamed connections: one `SubmitStream` per replica carries the requests of every client sharing them.
+    streams: Option<Vec<ReplicaStream>>,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections")
+            .field("replicas", &self.replicas.len())
+            .field("streamed", &self.streams.is_some())
+            .finish()
+    }
 }
 
 impl Connections {
@@ -82,7 +99,28 @@ impl Connections {
                 Ok(ReplicaApiClient::new(endpoint.connect_lazy()))
             })
             .collect::<Result<Vec<_>, NetError>>()?;
-        Ok(Connections { replicas })
+        Ok(Connections {
+            replicas,
+            streams: None,
+        })
+    }
+
+    /// Like `new`, but requests travel on one long-lived bidirectional stream per replica (`SubmitStream`), opened
+    /// at the first request and again after it breaks, and the replicas answer them in batches: far less
+    /// per-request work on both sides than a gRPC call per request and replica, when many clients share them.
+    pub fn streamed(replicas: &[SocketAddr]) -> Result<Connections, NetError> {
+        let mut connections = Connections::new(replicas)?;
+        let streams = replicas
+            .iter()
+            .map(|addr| ReplicaStream::new(*addr).map_err(NetError::Config))
+            .collect::<Result<Vec<_>, NetError>>()?;
+        connections.streams = Some(streams);
+        Ok(connections)
+    }
+
+    /// Whether requests travel on streams (see `streamed`).
+    pub fn is_streamed(&self) -> bool {
+        self.streams.is_some()
     }
 }
 
@@ -113,6 +151,7 @@ impl NetClient {
         let mut keyring =
             Keyring::new(&settings.config).map_err(|e| NetError::Config(e.to_string()))?;
         let replicas = connections.replicas.clone();
+        let streams = connections.streams.clone();
         let signer = Signer::new(Principal::Client(settings.id), settings.key.clone());
         let mut core = Client::new(settings.config.clone(), signer, settings.retransmit_after);
         if settings.config.params.client_auth == ClientAuth::Macs {
@@ -126,6 +165,7 @@ impl NetClient {
             core,
             keyring,
             replicas,
+            streams,
             deadline: settings.deadline,
         })
     }
@@ -226,16 +266,20 @@ impl NetClient {
                 // module documentation); a replica whose call is still open already has the request.
                 ClientOutput::Send { request, .. } => {
                     let envelope = request.to_envelope();
+                    let key = (request.value().client, request.value().timestamp);
                     for (i, api) in self.replicas.iter().enumerate() {
                         let replica = ReplicaId(i as u64);
                         if !in_flight.insert(replica) {
                             continue;
                         }
                         let mut api = api.clone();
+                        let stream = self.streams.as_ref().and_then(|s| s.get(i)).cloned();
                         let envelope = envelope.clone();
                         calls.spawn(async move {
-                            let answer =
-                                api.submit(envelope).await.map(tonic::Response::into_inner);
+                            let answer = match stream {
+                                Some(stream) => stream.submit(envelope, key, CALL_TIMEOUT).await,
+                                None => api.submit(envelope).await.map(tonic::Response::into_inner),
+                            };
                             (replica, answer)
                         });
                     }

@@ -8,12 +8,14 @@ use pbft_types::wire::ledger_api_server::{LedgerApi, LedgerApiServer};
 use pbft_types::wire::replica_api_server::{ReplicaApi, ReplicaApiServer};
 use pbft_types::wire::{
     AccountAtHeight, BalanceQuery, BlockHash, BlockRange, CertifiedBlock as CertifiedBlockMsg,
-    ChainHead, EntryQuery, HeadQuery, ReplicaStatus, SignedEnvelope, StatusQuery,
+    ChainHead, EntryQuery, HeadQuery, Refusal, ReplicaStatus, SignedEnvelope, StatusQuery,
 };
-use tonic::{Request, Response, Status};
+use pbft_types::{Request as ClientRequest, Signed};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::{ApiError, ClientApi};
 use crate::ledger::LedgerService;
+use crate::submit_stream::{self, Answer, Limits, ReplyStream};
 
 /// Room for the envelope's own fields around a request of the largest allowed size.
 const ENVELOPE_OVERHEAD: usize = 1024;
@@ -38,13 +40,35 @@ impl ReplicaApi for GrpcApi {
             .api
             .submit_envelope(request.into_inner())
             .await
-            .map_err(|e| match e {
-                ApiError::Malformed(_) => Status::invalid_argument(e.to_string()),
-                ApiError::Unauthenticated(_) => Status::unauthenticated(e.to_string()),
-                ApiError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
-                ApiError::Stopped(_) => Status::unavailable(e.to_string()),
-            })?;
+            .map_err(|e| status(&e))?;
         Ok(Response::new(reply.to_envelope()))
+    }
+
+    type SubmitStreamStream = ReplyStream;
+
+    async fn submit_stream(
+        &self,
+        request: Request<Streaming<SignedEnvelope>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let api = self.api.clone();
+        // Each request goes through `submit_envelope` exactly as a unary Submit does (size limit, decoding,
+        // authentication, execution); the tonic decoder has bounded every message already (see `service`).
+        let handle = move |envelope: SignedEnvelope| {
+            let api = api.clone();
+            async move {
+                // Bytes fields: the copy shares the buffers; it is read only if the request is refused.
+                let copy = envelope.clone();
+                match api.submit_envelope(envelope).await {
+                    Ok(reply) => Answer::Reply(reply.to_envelope()),
+                    Err(e) => Answer::Refused(refusal(copy, &e)),
+                }
+            }
+        };
+        Ok(Response::new(submit_stream::serve(
+            request.into_inner(),
+            handle,
+            Limits::default(),
+        )))
     }
 
     async fn get_status(
@@ -67,6 +91,24 @@ impl ReplicaApi for GrpcApi {
             peer_garbage_connections: s.peer_garbage_connections,
         }))
     }
+}
+
+/// The status a unary Submit answers an error with.
+fn status(e: &ApiError) -> Status {
+    match e {
+        ApiError::Malformed(_) => Status::invalid_argument(e.to_string()),
+        ApiError::Unauthenticated(_) => Status::unauthenticated(e.to_string()),
+        ApiError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
+        ApiError::Stopped(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+/// The refusal of a streamed request, naming the request's client and timestamp when they can be read (a
+/// malformed request may still name them; one that is not a signed REQUEST at all is refused as client 0).
+fn refusal(envelope: SignedEnvelope, e: &ApiError) -> Refusal {
+    let (client, timestamp) = Signed::<ClientRequest>::from_envelope(envelope)
+        .map_or((0, 0), |r| (r.value().client.0, r.value().timestamp.0));
+    Refusal::from_status(client, timestamp, &status(e))
 }
 
 /// The ledger's gRPC service (`service LedgerApi`), for a replica that runs the ledger.

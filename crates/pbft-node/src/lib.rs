@@ -12,6 +12,7 @@ pub mod local;
 pub mod metrics;
 pub mod node;
 pub mod runtime;
+pub mod submit_stream;
 pub mod testnet;
 pub mod transport;
 

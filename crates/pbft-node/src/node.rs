@@ -206,9 +206,14 @@ pub async fn start_replica(setup: ReplicaSetup) -> Result<RunningNode, NodeError
             None => server,
         };
         let served = server
-            .serve_with_incoming_shutdown(TcpIncoming::from(grpc), async move {
-                let _ = grpc_stop.wait_for(|s| *s).await;
-            })
+            // Without TCP_NODELAY a small answer written while an earlier one is unacknowledged waits for the
+            // client's delayed ACK (Nagle's algorithm), tens of milliseconds.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                async move {
+                    let _ = grpc_stop.wait_for(|s| *s).await;
+                },
+            )
             .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "the gRPC API stopped");

@@ -60,6 +60,10 @@ pub struct RunConfig {
     /// The cluster's parameters as given (`None`: the cluster's own, e.g. when attached).
     pub batch_size: Option<usize>,
     pub batch_delay_ms: Option<u64>,
+    /// How the requests travelled: "stream" (`SubmitStream`, answers batched) or "unary" (a `Submit` call each).
+    pub transport: String,
+    /// Sets of connections the network clients shared (0: one set each).
+    pub connections: usize,
     /// How requests and replies are authenticated: "signatures" or "macs".
     pub client_auth: String,
 }
@@ -211,6 +215,14 @@ impl Report {
                 self.config.clients, self.config.window
             ),
         };
+        let load = format!(
+            "{load}, {} transport over {}",
+            self.config.transport,
+            match self.config.connections {
+                0 => "a connection set per client".to_string(),
+                k => format!("{k} shared connection sets"),
+            }
+        );
         let mut s = format!(
             "{load}, n = {}, {} B requests, {:.0}% reads, client auth: {}\n\
              \x20 committed       {} in {:.1}s = {:.0} requests/s ({} failed)\n\
@@ -270,7 +282,7 @@ pub const CSV_HEADER: &str = "mode,replicas,clients,window,target_rate,request_s
 batch_size,batch_delay_ms,client_auth,elapsed_s,committed,failed,unsent,throughput_rps,latency_samples,latency_mean_ms,\
 latency_p50_ms,latency_p90_ms,latency_p99_ms,latency_max_ms,replica_cpu_us_per_request,replica_cores_busy,\
 loadgen_cpu_us_per_request,loadgen_cores_busy,replica_bytes_written_per_request,\
-replica_storage_bytes_per_request,loadgen_bytes_written_per_request,peer_bytes_per_request,batches_per_s,executed_per_s,mean_batch_size,loadavg_before,loadavg_after,cores";
+replica_storage_bytes_per_request,loadgen_bytes_written_per_request,peer_bytes_per_request,batches_per_s,executed_per_s,mean_batch_size,loadavg_before,loadavg_after,cores,transport,connections";
 
 /// One CSV row (no field needs quoting: load averages are space-separated numbers). Unknown values are empty.
 pub fn csv_row(r: &Report) -> String {
@@ -318,6 +330,8 @@ pub fn csv_row(r: &Report) -> String {
         r.loadavg_before.clone(),
         r.loadavg_after.clone(),
         r.cores.to_string(),
+        c.transport.clone(),
+        c.connections.to_string(),
     ]
     .join(",")
 }
@@ -357,6 +371,8 @@ mod tests {
             warmup_s: 2.0,
             batch_size: Some(64),
             batch_delay_ms: None,
+            transport: "stream".into(),
+            connections: 4,
             client_auth: "macs".into(),
         }
     }
@@ -456,5 +472,7 @@ mod tests {
             "{csv}"
         );
         assert!(lines[1].starts_with("closed,4,8,1,,512,"), "{}", lines[1]);
+        assert!(lines[0].ends_with(",transport,connections"), "{}", lines[0]);
+        assert!(lines[1].ends_with(",stream,4"), "{}", lines[1]);
     }
 }

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pbft_apps::{KvOp, KvResult};
-use pbft_client::net::{NetClient, NetClientConfig, NetError};
+use pbft_client::net::{Connections, NetClient, NetClientConfig, NetError};
 use pbft_crypto::KeyPair;
 use pbft_node::config::{AppKind, ClientFile, ClientSetup, ParamsFile};
 use pbft_node::testnet::TestnetSpec;
@@ -251,6 +251,25 @@ impl Cluster {
         net_client(&setup, setup.key.clone(), deadline)
     }
 
+    /// Streamed connections to the replicas (one `SubmitStream` each), for clients to share.
+    pub fn streamed_connections(&self) -> Connections {
+        let addresses: Vec<SocketAddr> =
+            self.setup.cluster.addresses.iter().map(|a| a.api).collect();
+        let _guard = self.rt.enter();
+        Connections::streamed(&addresses).unwrap()
+    }
+
+    /// A network client for client `j` of the testnet whose requests travel over `connections`.
+    pub fn client_over(&self, j: usize, connections: &Connections) -> NetClient {
+        let setup = ClientFile::load(&self.path().join(format!("client-{j}.toml"))).unwrap();
+        let _guard = self.rt.enter();
+        NetClient::with_connections(
+            settings(&setup, setup.key.clone(), OP_DEADLINE),
+            connections,
+        )
+        .unwrap()
+    }
+
     /// A network client that claims to be client 0 but signs with another key.
     pub fn impostor(&self, deadline: Duration) -> NetClient {
         let _guard = self.rt.enter();
@@ -336,16 +355,19 @@ fn temp_dir() -> TempDir {
         .unwrap()
 }
 
-fn net_client(setup: &ClientSetup, key: KeyPair, deadline: Duration) -> NetClient {
-    NetClient::new(NetClientConfig {
+fn settings(setup: &ClientSetup, key: KeyPair, deadline: Duration) -> NetClientConfig {
+    NetClientConfig {
         config: setup.cluster.config.clone(),
         id: setup.id,
         key,
         replicas: setup.cluster.addresses.iter().map(|a| a.api).collect(),
         retransmit_after: Duration::from_millis(300),
         deadline,
-    })
-    .unwrap()
+    }
+}
+
+fn net_client(setup: &ClientSetup, key: KeyPair, deadline: Duration) -> NetClient {
+    NetClient::new(settings(setup, key, deadline)).unwrap()
 }
 
 /// One HTTP/1.1 exchange over a plain TCP connection: returns the status code and the body.

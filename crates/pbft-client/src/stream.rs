@@ -1,0 +1,492 @@
+//! Requests over `ReplicaApi.SubmitStream`: one long-lived bidirectional stream per replica carries the requests
+//! of every [`NetClient`](crate::net::NetClient) sharing a set of streamed
+//! [`Connections`](crate::net::Connections), and brings their answers back in batches.
+//!
+//! A unary call pairs a reply with its request by construction; on a stream, the [`Demux`] does it: each
+//! submission registers under its request's (client, timestamp), and every reply (by the ids its body names) or
+//! refusal (by the ids it carries) goes to the submission registered under them. The submission then sees what a
+//! unary call would have returned, so the client above handles both transports alike: the envelope, still to be
+//! verified, or an error status.
+//!
+//! The stream is opened at the first submission and again after it breaks, with a growing pause between failed
+//! attempts so that a replica that is down costs a failed submission, not a connection attempt each time. When a
+//! stream breaks, every submission waiting on it fails at once; the client's retransmission sends them again.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use pbft_types::wire::replica_api_client::ReplicaApiClient;
+use pbft_types::wire::{ReplyBatch, SignedEnvelope};
+use pbft_types::{ClientId, Reply, Signed, Timestamp};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tonic::transport::{Channel, Endpoint};
+
+/// Requests queued for a stream before submitters wait (HTTP/2 flow control pushes back beyond it).
+const QUEUE: usize = 1024;
+
+/// The pause after the first failed attempt to open a stream; it doubles with each further failure, up to
+/// [`MAX_PAUSE`], and starts again from here once a stream opened.
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+const MAX_PAUSE: Duration = Duration::from_secs(2);
+
+/// The largest batch of answers accepted: a replica caps its batches near 1 MiB plus one reply, and a reply
+/// carries a result of the application's choosing.
+const MAX_BATCH: usize = 64 << 20;
+
+/// A submission's answer: the replica's envelope (not verified yet) or why there is none, as a unary call gives.
+type Answer = Result<SignedEnvelope, Status>;
+
+/// Which request an answer is for.
+type Key = (ClientId, Timestamp);
+
+/// One replica's stream, shared by every client of a set of connections; clones share it.
+#[derive(Clone)]
+pub(crate) struct ReplicaStream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    api: ReplicaApiClient<Channel>,
+    demux: Arc<Demux>,
+    link: Mutex<Link>,
+}
+
+/// The stream open now, if any, and when to try again after failures.
+struct Link {
+    open: Option<(StreamId, mpsc::Sender<SignedEnvelope>)>,
+    next_id: StreamId,
+    retry_at: Option<Instant>,
+    pause: Duration,
+}
+
+/// Tells the streams opened one after another apart, so that a stream that broke fails only its own submissions.
+type StreamId = u64;
+
+impl ReplicaStream {
+    /// A stream to the replica at `addr` (its gRPC API); nothing is opened before the first submission.
+    pub(crate) fn new(addr: SocketAddr) -> Result<ReplicaStream, String> {
+        // A channel of its own: the unary channel times each call out as a whole, which would end a stream.
+        // Keep-alive pings find a replica that vanished without closing its connection.
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("address {addr}: {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        let api =
+            ReplicaApiClient::new(endpoint.connect_lazy()).max_decoding_message_size(MAX_BATCH);
+        Ok(ReplicaStream {
+            inner: Arc::new(Inner {
+                api,
+                demux: Arc::new(Demux::default()),
+                link: Mutex::new(Link {
+                    open: None,
+                    next_id: 0,
+                    retry_at: None,
+                    pause: FIRST_PAUSE,
+                }),
+            }),
+        })
+    }
+
+    /// Sends `envelope` (the request `key` names) on the stream and waits up to `timeout` for this replica's
+    /// answer to it.
+    pub(crate) async fn submit(
+        &self,
+        envelope: SignedEnvelope,
+        key: (ClientId, Timestamp),
+        timeout: Duration,
+    ) -> Answer {
+        let (id, requests) = self.open()?;
+        let (_registered, answer) = self.inner.demux.register(key, id)?;
+        requests
+            .send(envelope)
+            .await
+            .map_err(|_| Status::unavailable("the stream to the replica closed"))?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(answer)) => answer,
+            // Another submission of the same request on this replica took the registration over.
+            Ok(Err(_)) => Err(Status::aborted("superseded by another submission")),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer on the stream within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// The open stream, opened now if there is none and no pause is running.
+    fn open(&self) -> Result<(StreamId, mpsc::Sender<SignedEnvelope>), Status> {
+        let mut link = self
+            .inner
+            .link
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((id, requests)) = &link.open
+            && !requests.is_closed()
+        {
+            return Ok((*id, requests.clone()));
+        }
+        if let Some(at) = link.retry_at {
+            let now = Instant::now();
+            if now < at {
+                return Err(Status::unavailable(format!(
+                    "the stream to the replica failed; next attempt in {:?}",
+                    at - now
+                )));
+            }
+        }
+        let id = link.next_id;
+        link.next_id += 1;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        self.inner.demux.opened(id);
+        tokio::spawn(drive(
+            Arc::downgrade(&self.inner),
+            self.inner.api.clone(),
+            id,
+            rx,
+            Arc::clone(&self.inner.demux),
+        ));
+        link.open = Some((id, tx.clone()));
+        Ok((id, tx))
+    }
+}
+
+impl Inner {
+    /// A stream opened (the replica answered its call): the next failure pauses briefly again.
+    fn opened(&self) {
+        let mut link = self.link.lock().unwrap_or_else(PoisonError::into_inner);
+        link.pause = FIRST_PAUSE;
+        link.retry_at = None;
+    }
+
+    /// The stream `id` is over: the next submission opens another, after a pause.
+    fn closed(&self, id: StreamId) {
+        let mut link = self.link.lock().unwrap_or_else(PoisonError::into_inner);
+        if link.open.as_ref().is_some_and(|(open, _)| *open == id) {
+            link.open = None;
+        }
+        link.retry_at = Some(Instant::now() + link.pause);
+        link.pause = (link.pause * 2).min(MAX_PAUSE);
+    }
+}
+
+/// Runs stream `id`: sends what arrives on `requests`, routes the answers, and when the stream ends, fails the
+/// submissions still waiting on it. Holds the stream's owner weakly: once every client sharing it is gone, the
+/// request queue closes, the replica answers what it has and ends the stream, and this task ends.
+async fn drive(
+    owner: Weak<Inner>,
+    mut api: ReplicaApiClient<Channel>,
+    id: StreamId,
+    requests: mpsc::Receiver<SignedEnvelope>,
+    demux: Arc<Demux>,
+) {
+    let why = match api.submit_stream(ReceiverStream::new(requests)).await {
+        Err(status) => status,
+        Ok(response) => {
+            if let Some(owner) = owner.upgrade() {
+                owner.opened();
+            }
+            let mut answers = response.into_inner();
+            loop {
+                match answers.message().await {
+                    Ok(Some(batch)) => demux.deliver(batch),
+                    Ok(None) => break Status::unavailable("the replica ended the stream"),
+                    Err(status) => break status,
+                }
+            }
+        }
+    };
+    if let Some(owner) = owner.upgrade() {
+        owner.closed(id);
+    }
+    demux.broke(id, &why);
+}
+
+/// Routes answers to the submissions waiting for them.
+#[derive(Default)]
+pub(crate) struct Demux {
+    state: Mutex<DemuxState>,
+}
+
+#[derive(Default)]
+struct DemuxState {
+    waiting: HashMap<Key, Waiter>,
+    /// Streams that may still answer: a submission can wait only on one of them.
+    open: HashSet<StreamId>,
+    next_waiter: u64,
+}
+
+struct Waiter {
+    id: u64,
+    stream: StreamId,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// A submission's place in the [`Demux`], given up when dropped (answered, timed out or abandoned).
+pub(crate) struct Registration {
+    demux: Arc<Demux>,
+    key: Key,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut state = self.demux.lock();
+        if state
+            .waiting
+            .get(&self.key)
+            .is_some_and(|w| w.id == self.id)
+        {
+            state.waiting.remove(&self.key);
+        }
+    }
+}
+
+impl Demux {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DemuxState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn opened(&self, stream: StreamId) {
+        self.lock().open.insert(stream);
+    }
+
+    /// Waits for the answer to request `key` on `stream`. A second registration of the same key replaces the
+    /// first (whose receiver then closes): a client has one submission of a request per replica at a time.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        key: Key,
+        stream: StreamId,
+    ) -> Result<(Registration, oneshot::Receiver<Answer>), Status> {
+        let mut state = self.lock();
+        if !state.open.contains(&stream) {
+            return Err(Status::unavailable("the stream to the replica broke"));
+        }
+        let id = state.next_waiter;
+        state.next_waiter += 1;
+        let (tx, rx) = oneshot::channel();
+        state.waiting.insert(
+            key,
+            Waiter {
+                id,
+                stream,
+                answer: tx,
+            },
+        );
+        let registration = Registration {
+            demux: Arc::clone(self),
+            key,
+            id,
+        };
+        Ok((registration, rx))
+    }
+
+    /// Hands each answer of `batch` to the submission waiting for it; answers nobody waits for (any longer) are
+    /// dropped, and so are replies whose ids cannot be read (the client could not have verified them anyway).
+    pub(crate) fn deliver(&self, batch: ReplyBatch) {
+        // Decoded before taking the lock, which every submission takes too.
+        let mut answers: Vec<(Key, Answer)> =
+            Vec::with_capacity(batch.replies.len() + batch.refusals.len());
+        for envelope in batch.replies {
+            // The body is shared, not copied; the client verifies the signature once the reply reaches it.
+            let Ok(reply) = Signed::<Reply>::from_envelope(envelope.clone()) else {
+                continue;
+            };
+            let key = (reply.value().client, reply.value().timestamp);
+            answers.push((key, Ok(envelope)));
+        }
+        for refusal in batch.refusals {
+            let key = (ClientId(refusal.client), Timestamp(refusal.timestamp));
+            answers.push((key, Err(refusal.to_status())));
+        }
+        let mut state = self.lock();
+        for (key, answer) in answers {
+            if let Some(waiter) = state.waiting.remove(&key) {
+                // The submission may have given up meanwhile.
+                let _ = waiter.answer.send(answer);
+            }
+        }
+    }
+
+    /// Stream `stream` ended: every submission waiting on it fails with `why`.
+    pub(crate) fn broke(&self, stream: StreamId, why: &Status) {
+        let mut state = self.lock();
+        state.open.remove(&stream);
+        let failed: Vec<Key> = state
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.stream == stream)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in failed {
+            if let Some(waiter) = state.waiting.remove(&key) {
+                let status = Status::unavailable(format!(
+                    "the stream to the replica broke: {}",
+                    why.message()
+                ));
+                let _ = waiter.answer.send(Err(status));
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.lock().waiting.len()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests
+mod tests {
+    use bytes::Bytes;
+    use pbft_crypto::KeyPair;
+    use pbft_types::wire::Refusal;
+    use pbft_types::{ReplicaId, View};
+
+    use super::*;
+
+    fn key(client: u64, timestamp: u64) -> Key {
+        (ClientId(client), Timestamp(timestamp))
+    }
+
+    fn reply(client: u64, timestamp: u64) -> SignedEnvelope {
+        KeyPair::from_seed([1; 32])
+            .sign(Reply {
+                view: View(0),
+                timestamp: Timestamp(timestamp),
+                client: ClientId(client),
+                replica: ReplicaId(2),
+                result: Bytes::from_static(b"ok"),
+            })
+            .to_envelope()
+    }
+
+    fn demux_with(streams: &[StreamId]) -> Arc<Demux> {
+        let demux = Arc::new(Demux::default());
+        for s in streams {
+            demux.opened(*s);
+        }
+        demux
+    }
+
+    #[tokio::test]
+    async fn each_answer_of_a_batch_reaches_the_submission_of_its_request() {
+        let demux = demux_with(&[0]);
+        let (_a, ra) = demux.register(key(1, 10), 0).unwrap();
+        let (_b, rb) = demux.register(key(2, 10), 0).unwrap();
+        let (_c, rc) = demux.register(key(1, 11), 0).unwrap();
+        let refused = Status::unauthenticated("not signed by client 1");
+        demux.deliver(ReplyBatch {
+            replies: vec![reply(2, 10), reply(1, 10), reply(9, 9)],
+            refusals: vec![Refusal::from_status(1, 11, &refused)],
+        });
+        assert_eq!(ra.await.unwrap().unwrap(), reply(1, 10));
+        assert_eq!(rb.await.unwrap().unwrap(), reply(2, 10));
+        let status = rc.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert_eq!(status.message(), "not signed by client 1");
+        assert_eq!(demux.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reply_that_cannot_be_read_or_is_for_nobody_is_dropped() {
+        let demux = demux_with(&[0]);
+        let (_a, mut ra) = demux.register(key(1, 10), 0).unwrap();
+        let garbage = SignedEnvelope {
+            body: Bytes::from_static(b"\xff\xff"),
+            signature: Bytes::new(),
+            ..SignedEnvelope::default()
+        };
+        demux.deliver(ReplyBatch {
+            replies: vec![garbage, reply(5, 5)],
+            refusals: vec![Refusal::from_status(
+                0,
+                0,
+                &Status::out_of_range("too large"),
+            )],
+        });
+        assert!(ra.try_recv().is_err());
+        assert_eq!(demux.waiting(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_broken_stream_fails_its_own_submissions_only() {
+        let demux = demux_with(&[0, 1]);
+        let (_a, ra) = demux.register(key(1, 10), 0).unwrap();
+        let (_b, mut rb) = demux.register(key(2, 10), 1).unwrap();
+        demux.broke(0, &Status::unavailable("connection reset"));
+        let status = ra.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("connection reset"), "{status}");
+        assert!(rb.try_recv().is_err());
+        // Nothing may wait on a stream that broke: its answers will never come.
+        assert_eq!(
+            demux.register(key(3, 1), 0).err().unwrap().code(),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(demux.waiting(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_submission_that_gives_up_leaves_no_trace() {
+        let demux = demux_with(&[0]);
+        let (registration, _rx) = demux.register(key(1, 10), 0).unwrap();
+        drop(registration);
+        assert_eq!(demux.waiting(), 0);
+        // Its late answer goes nowhere.
+        demux.deliver(ReplyBatch {
+            replies: vec![reply(1, 10)],
+            refusals: vec![],
+        });
+        assert_eq!(demux.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_second_submission_of_a_request_takes_the_first_ones_place() {
+        let demux = demux_with(&[0]);
+        let (first, r1) = demux.register(key(1, 10), 0).unwrap();
+        let (_second, r2) = demux.register(key(1, 10), 0).unwrap();
+        assert!(r1.await.is_err());
+        // The first one giving up does not remove the second.
+        drop(first);
+        assert_eq!(demux.waiting(), 1);
+        demux.deliver(ReplyBatch {
+            replies: vec![reply(1, 10)],
+            refusals: vec![],
+        });
+        assert_eq!(r2.await.unwrap().unwrap(), reply(1, 10));
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_is_down_fails_submissions_fast_and_is_retried_after_a_pause() {
+        // A port nobody listens on: bind one, note it, close it.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let stream = ReplicaStream::new(addr).unwrap();
+        let envelope = SignedEnvelope::default();
+        let started = std::time::Instant::now();
+        let first = stream
+            .submit(envelope.clone(), key(1, 1), Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert_eq!(first.code(), tonic::Code::Unavailable, "{first}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Within the pause, no new attempt is made.
+        let paused = stream
+            .submit(envelope, key(1, 2), Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(paused.message().contains("next attempt"), "{paused}");
+        let link = stream.inner.link.lock().unwrap();
+        assert!(link.open.is_none());
+        assert_eq!(link.next_id, 1);
+        assert_eq!(link.pause, FIRST_PAUSE * 2);
+    }
+}

@@ -1,0 +1,436 @@
+//! `ReplicaApi.SubmitStream`: many requests on one long-lived stream, answered in batches.
+//!
+//! A reader task reads the client's stream and handles each request in a task of its own, so a request that
+//! waits for execution never holds up the ones behind it. Each request holds a permit from the moment it is read
+//! until its answer is put into a batch: with every permit taken, the reader stops reading, and HTTP/2 flow
+//! control pushes back on the client. Answers go through a channel to the outgoing stream, which, whenever the
+//! transport asks for a message, takes every answer ready at that moment (up to a cap) as one [`ReplyBatch`]: a
+//! busy stream sends few large messages, an idle one sends each answer as soon as it exists.
+//!
+//! Dropping the outgoing stream (the client went away, or the connection broke) aborts the reader and, with it,
+//! every request task: nothing outlives the stream.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use pbft_types::wire::{Refusal, ReplyBatch, SignedEnvelope};
+use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
+
+/// How much one stream may hold in the replica.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Requests read and not yet answered (being handled, or answered but not yet taken into a batch).
+    pub in_flight: usize,
+    /// Answers in one batch at most.
+    pub batch_answers: usize,
+    /// A batch takes no further answer once its replies reach this many bytes (so it may exceed it by one reply).
+    pub batch_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            in_flight: 4096,
+            batch_answers: 1024,
+            batch_bytes: 1 << 20,
+        }
+    }
+}
+
+/// The answer to one request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer {
+    Reply(SignedEnvelope),
+    Refused(Refusal),
+}
+
+/// An answer and the permit its request held, released once the answer is in a batch.
+type Ready = (Answer, OwnedSemaphorePermit);
+
+/// Serves one stream: `handle` answers each request of `incoming`. The returned stream yields the batches.
+pub fn serve<S, H, F>(incoming: S, handle: H, limits: Limits) -> ReplyStream
+where
+    S: Stream<Item = Result<SignedEnvelope, Status>> + Send + Unpin + 'static,
+    H: Fn(SignedEnvelope) -> F + Send + 'static,
+    F: Future<Output = Answer> + Send + 'static,
+{
+    let limits = Limits {
+        in_flight: limits.in_flight.max(1),
+        batch_answers: limits.batch_answers.max(1),
+        ..limits
+    };
+    // Every answer in the channel holds a permit, so it never holds more than `in_flight` and a send never waits.
+    let (answers, rx) = mpsc::channel(limits.in_flight);
+    let reader = tokio::spawn(read(incoming, handle, limits.in_flight, answers));
+    ReplyStream { rx, reader, limits }
+}
+
+/// Reads requests while permits last, handles each in its own task, and once the client's side ends (or breaks),
+/// waits for the answers to the requests read.
+async fn read<S, H, F>(mut incoming: S, handle: H, in_flight: usize, answers: mpsc::Sender<Ready>)
+where
+    S: Stream<Item = Result<SignedEnvelope, Status>> + Unpin,
+    H: Fn(SignedEnvelope) -> F,
+    F: Future<Output = Answer> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(in_flight));
+    let mut tasks = JoinSet::new();
+    loop {
+        // Finished tasks stay in the set until joined; reap them so that the set stays as small as the load.
+        while tasks.try_join_next().is_some() {}
+        // Backpressure: no permit, no reading.
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return; // never closed
+        };
+        match incoming.next().await {
+            Some(Ok(envelope)) => {
+                let answer = handle(envelope);
+                let answers = answers.clone();
+                tasks.spawn(async move {
+                    let answer = answer.await;
+                    // Fails only when the outgoing stream is gone, and then this task is being aborted anyway.
+                    let _ = answers.send((answer, permit)).await;
+                });
+            }
+            Some(Err(status)) => {
+                // A message that could not be decoded (over the size limit, or not a SignedEnvelope): its ids
+                // cannot be read, and the stream cannot be trusted to frame the next one; answer what was read.
+                let refusal = Refusal::from_status(0, 0, &status);
+                let _ = answers.send((Answer::Refused(refusal), permit)).await;
+                break;
+            }
+            None => break,
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// The outgoing half of a stream: a batch of whatever answers are ready each time the transport asks.
+pub struct ReplyStream {
+    rx: mpsc::Receiver<Ready>,
+    reader: JoinHandle<()>,
+    limits: Limits,
+}
+
+impl Drop for ReplyStream {
+    fn drop(&mut self) {
+        // Aborting the reader drops its JoinSet, which aborts every request task.
+        self.reader.abort();
+    }
+}
+
+impl Stream for ReplyStream {
+    type Item = Result<ReplyBatch, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        match this.rx.poll_recv(cx) {
+            Poll::Ready(Some(first)) => {
+                Poll::Ready(Some(Ok(collect(first, &mut this.rx, this.limits))))
+            }
+            // The reader ended (the client's side ended and every request was answered).
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// `first` and every answer already waiting in `rx`, up to the limits; never waits for more.
+fn collect(first: Ready, rx: &mut mpsc::Receiver<Ready>, limits: Limits) -> ReplyBatch {
+    let mut batch = ReplyBatch::default();
+    // Takes an answer into the batch (dropping its permit) and returns its size.
+    let add = |batch: &mut ReplyBatch, (answer, _permit): Ready| match answer {
+        Answer::Reply(envelope) => {
+            let size = envelope.encoded_len();
+            batch.replies.push(envelope);
+            size
+        }
+        Answer::Refused(refusal) => {
+            let size = refusal.encoded_len();
+            batch.refusals.push(refusal);
+            size
+        }
+    };
+    let mut bytes = add(&mut batch, first);
+    while batch.replies.len() + batch.refusals.len() < limits.batch_answers
+        && bytes < limits.batch_bytes
+    {
+        match rx.try_recv() {
+            Ok(ready) => bytes += add(&mut batch, ready),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    use super::*;
+
+    fn envelope(i: u64, size: usize) -> SignedEnvelope {
+        SignedEnvelope {
+            body: Bytes::from(vec![0; size]),
+            signature: Bytes::from(i.to_le_bytes().to_vec()),
+            ..SignedEnvelope::default()
+        }
+    }
+
+    fn number(e: &SignedEnvelope) -> u64 {
+        u64::from_le_bytes(e.signature.as_ref().try_into().unwrap())
+    }
+
+    /// Answers filled into a channel the way request tasks fill it.
+    fn ready(answers: impl IntoIterator<Item = Answer>) -> mpsc::Receiver<Ready> {
+        let answers: Vec<Answer> = answers.into_iter().collect();
+        let permits = Arc::new(Semaphore::new(answers.len()));
+        let (tx, rx) = mpsc::channel(answers.len().max(1));
+        for a in answers {
+            tx.try_send((a, Arc::clone(&permits).try_acquire_owned().unwrap()))
+                .unwrap();
+        }
+        rx
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_every_ready_answer_up_to_the_count_cap() {
+        let limits = Limits {
+            batch_answers: 4,
+            ..Limits::default()
+        };
+        let mut rx = ready((0..6).map(|i| Answer::Reply(envelope(i, 10))));
+        let first = rx.recv().await.unwrap();
+        let batch = collect(first, &mut rx, limits);
+        assert_eq!(
+            batch.replies.iter().map(number).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        let first = rx.recv().await.unwrap();
+        let batch = collect(first, &mut rx, limits);
+        assert_eq!(batch.replies.iter().map(number).collect::<Vec<_>>(), [4, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_closes_once_it_reaches_the_byte_cap() {
+        let limits = Limits {
+            batch_bytes: 250,
+            ..Limits::default()
+        };
+        let mut rx = ready((0..5).map(|i| Answer::Reply(envelope(i, 100))));
+        let first = rx.recv().await.unwrap();
+        // Each reply is a little over 100 bytes: the third one takes the batch past 250.
+        assert_eq!(collect(first, &mut rx, limits).replies.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn refusals_travel_beside_replies() {
+        let refusal = Refusal::from_status(3, 4, &Status::deadline_exceeded("late"));
+        let mut rx = ready([
+            Answer::Reply(envelope(1, 1)),
+            Answer::Refused(refusal.clone()),
+        ]);
+        let first = rx.recv().await.unwrap();
+        let batch = collect(first, &mut rx, Limits::default());
+        assert_eq!(batch.replies.len(), 1);
+        assert_eq!(batch.refusals, [refusal]);
+    }
+
+    type Incoming = Result<SignedEnvelope, Status>;
+
+    /// An input stream the test writes into, as a client's side of a stream.
+    fn input(capacity: usize) -> (mpsc::Sender<Incoming>, ReceiverStream<Incoming>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (tx, ReceiverStream::new(rx))
+    }
+
+    #[tokio::test]
+    async fn an_answer_goes_out_at_once_without_waiting_to_fill_a_batch() {
+        let (tx, incoming) = input(8);
+        let mut out = serve(
+            incoming,
+            |e| async move { Answer::Reply(e) },
+            Limits::default(),
+        );
+        tx.send(Ok(envelope(7, 1))).await.unwrap();
+        let batch = tokio::time::timeout(Duration::from_secs(5), out.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.replies.iter().map(number).collect::<Vec<_>>(), [7]);
+        // The client's side is still open: the stream stays open too.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), out.next())
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn answers_ready_together_travel_together_in_any_order() {
+        let (tx, incoming) = input(16);
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let opened = Arc::clone(&gate);
+        let mut out = serve(
+            incoming,
+            move |e| {
+                let gate = Arc::clone(&opened);
+                async move {
+                    // Request 0 waits until the test lets it go; the others answer at once.
+                    if number(&e) == 0 {
+                        gate.notified().await;
+                    }
+                    Answer::Reply(e)
+                }
+            },
+            Limits::default(),
+        );
+        for i in 0..10 {
+            tx.send(Ok(envelope(i, 1))).await.unwrap();
+        }
+        // Let the nine quick ones finish before the transport asks for a message.
+        while tx.capacity() < 16 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let batch = out.next().await.unwrap().unwrap();
+        let mut got: Vec<u64> = batch.replies.iter().map(number).collect();
+        got.sort_unstable();
+        assert_eq!(got, (1..10).collect::<Vec<_>>());
+        gate.notify_one();
+        let batch = out.next().await.unwrap().unwrap();
+        assert_eq!(batch.replies.iter().map(number).collect::<Vec<_>>(), [0]);
+    }
+
+    #[tokio::test]
+    async fn reading_stops_while_every_permit_is_taken() {
+        let (tx, incoming) = input(64);
+        let limits = Limits {
+            in_flight: 4,
+            ..Limits::default()
+        };
+        // Nothing is ever answered.
+        let _out = serve(incoming, |_| std::future::pending(), limits);
+        for i in 0..10 {
+            tx.send(Ok(envelope(i, 1))).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Four read and held; the reader waits for a permit before it reads the fifth.
+        assert_eq!(tx.max_capacity() - tx.capacity(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_no_answers_is_held_at_the_bound() {
+        let (tx, incoming) = input(64);
+        let limits = Limits {
+            in_flight: 4,
+            ..Limits::default()
+        };
+        let _out = serve(incoming, |e| async move { Answer::Reply(e) }, limits);
+        for i in 0..10 {
+            tx.send(Ok(envelope(i, 1))).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Answered but never taken: the answers keep their permits.
+        assert_eq!(tx.max_capacity() - tx.capacity(), 6);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_stream_aborts_every_request_task() {
+        let (tx, incoming) = input(8);
+        let alive = Arc::new(());
+        let held = Arc::clone(&alive);
+        let out = serve(
+            incoming,
+            move |_| {
+                let held = Arc::clone(&held);
+                async move {
+                    let _held = held;
+                    std::future::pending::<Answer>().await
+                }
+            },
+            Limits::default(),
+        );
+        for i in 0..5 {
+            tx.send(Ok(envelope(i, 1))).await.unwrap();
+        }
+        while Arc::strong_count(&alive) < 7 {
+            tokio::task::yield_now().await;
+        }
+        drop(out);
+        // The reader held the handler (one count) and each of the five tasks one more.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&alive) > 1 {
+            assert!(tokio::time::Instant::now() < deadline, "tasks still alive");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_input_is_refused_after_the_answers_due() {
+        let (tx, incoming) = input(8);
+        let mut out = serve(
+            incoming,
+            |e| async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Answer::Reply(e)
+            },
+            Limits::default(),
+        );
+        tx.send(Ok(envelope(1, 1))).await.unwrap();
+        tx.send(Err(Status::out_of_range("too large")))
+            .await
+            .unwrap();
+        let mut replies = Vec::new();
+        let mut refusals = Vec::new();
+        while let Some(batch) = tokio::time::timeout(Duration::from_secs(5), out.next())
+            .await
+            .unwrap()
+        {
+            let batch = batch.unwrap();
+            replies.extend(batch.replies.iter().map(number));
+            refusals.extend(batch.refusals);
+        }
+        // The stream ended on its own although the test still holds the input open.
+        assert_eq!(replies, [1]);
+        assert_eq!(refusals.len(), 1);
+        assert_eq!(
+            (
+                refusals[0].client,
+                refusals[0].timestamp,
+                refusals[0].code.as_str()
+            ),
+            (0, 0, "OUT_OF_RANGE")
+        );
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_once_the_client_closed_and_everything_is_answered() {
+        let (tx, incoming) = input(8);
+        let mut out = serve(
+            incoming,
+            |e| async move { Answer::Reply(e) },
+            Limits::default(),
+        );
+        tx.send(Ok(envelope(1, 1))).await.unwrap();
+        tx.send(Ok(envelope(2, 1))).await.unwrap();
+        drop(tx);
+        let mut n = 0;
+        while let Some(batch) = out.next().await {
+            n += batch.unwrap().replies.len();
+        }
+        assert_eq!(n, 2);
+    }
+}
