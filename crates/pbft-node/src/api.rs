@@ -10,10 +10,15 @@ use pbft_types::{Reply, Request, Signed};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
 use crate::runtime::{NodeHandle, SubmitError};
 use crate::transport::TransportStats;
+
+/// Room for a sealed request's envelope around its operation: ids, timestamp, a signature or an authenticator
+/// of up to 16 replicas' MACs, and the protobuf framing.
+const ENVELOPE_ALLOWANCE: usize = 1024;
 
 /// Why a submission got no reply.
 #[derive(Debug, Error)]
@@ -27,6 +32,9 @@ pub enum ApiError {
     /// The replica did not execute the request in time (the cluster may be changing view): retry.
     #[error("{0}")]
     Timeout(SubmitError),
+    /// Too many bytes of requests already wait for this replica to execute them: retry later.
+    #[error("the replica is overloaded: {waiting} bytes of requests are waiting; retry later")]
+    Overloaded { waiting: usize },
     #[error("{0}")]
     Stopped(SubmitError),
 }
@@ -55,27 +63,55 @@ pub struct StatusView {
 /// Reads the replica transport's counters (an in-process cluster has no transport to report on).
 pub type PeerStats = Arc<dyn Fn() -> TransportStats + Send + Sync>;
 
+/// The most bytes of requests one replica holds waiting for their execution, over all connections, streams and
+/// the HTTP API together. Past it a submission is refused at once: a flood of requests costs the flooder
+/// refusals, never the replica its memory.
+const MAX_WAITING_BYTES: usize = 256 << 20;
+
+/// What a waiting request counts for at least: its envelope is small, but its waiter and task are not free.
+const MIN_WAITING_BYTES: usize = 1024;
+
 /// The client API of one replica, shared by its gRPC and HTTP servers.
 #[derive(Clone)]
 pub struct ClientApi {
     node: NodeHandle,
     keyring: Arc<Keyring>,
     max_request: usize,
+    /// The largest operation the cluster accepts (`Params::max_request_size`).
+    max_operation: usize,
     timeout: Duration,
     peers: Option<PeerStats>,
+    /// One permit per byte of the requests waiting for execution (see MAX_WAITING_BYTES).
+    waiting: Arc<Semaphore>,
+    waiting_limit: usize,
 }
 
 impl ClientApi {
-    /// `max_request` bounds an encoded, signed request; `timeout` is how long a submission waits for this
-    /// replica to execute it.
-    pub fn new(node: NodeHandle, keyring: Keyring, max_request: usize, timeout: Duration) -> Self {
+    /// `max_operation` bounds a request's operation, as the cluster's parameters do (an encoded, sealed request
+    /// may be up to 1 KiB larger); `timeout` is how long a submission waits for this replica to execute it.
+    pub fn new(
+        node: NodeHandle,
+        keyring: Keyring,
+        max_operation: usize,
+        timeout: Duration,
+    ) -> Self {
         ClientApi {
             node,
             keyring: Arc::new(keyring),
-            max_request,
+            max_request: max_operation.saturating_add(ENVELOPE_ALLOWANCE),
+            max_operation,
             timeout,
             peers: None,
+            waiting: Arc::new(Semaphore::new(MAX_WAITING_BYTES)),
+            waiting_limit: MAX_WAITING_BYTES,
         }
+    }
+
+    /// Holds at most `bytes` of requests waiting for execution instead of MAX_WAITING_BYTES.
+    pub fn with_waiting_limit(mut self, bytes: usize) -> Self {
+        self.waiting = Arc::new(Semaphore::new(bytes));
+        self.waiting_limit = bytes;
+        self
     }
 
     /// Reports on the replica's connections through `peers`.
@@ -118,6 +154,24 @@ impl ClientApi {
     }
 
     async fn submit_signed(&self, signed: Signed<Request>) -> Result<Signed<Reply>, ApiError> {
+        // The replica would refuse it too, but silently: the client would wait out its deadline.
+        let size = signed.value().operation.len();
+        if size > self.max_operation {
+            return Err(ApiError::Malformed(format!(
+                "an operation of {size} bytes, more than the cluster's limit of {}",
+                self.max_operation
+            )));
+        }
+        let weight = signed.body().len() + MIN_WAITING_BYTES;
+        let _permit = self
+            .waiting
+            .clone()
+            .try_acquire_many_owned(u32::try_from(weight).unwrap_or(u32::MAX))
+            .map_err(|_| ApiError::Overloaded {
+                waiting: self
+                    .waiting_limit
+                    .saturating_sub(self.waiting.available_permits()),
+            })?;
         let request = self
             .keyring
             .verify_request(signed)

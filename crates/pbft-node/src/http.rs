@@ -107,7 +107,7 @@ async fn submit(
             ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Stopped(_) | ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         };
         fail(status, e)
     })?;

@@ -170,7 +170,7 @@ pub async fn start_replica(setup: ReplicaSetup) -> Result<RunningNode, NodeError
     let api = ClientApi::new(
         handle.clone(),
         keyring,
-        params.max_request_size.saturating_add(1024),
+        params.max_request_size,
         SUBMIT_TIMEOUT,
     )
     .with_peer_stats(Arc::new(move || peer_stats.stats()));

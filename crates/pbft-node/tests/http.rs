@@ -18,20 +18,25 @@ fn cluster() -> LocalCluster {
     LocalCluster::start(4, 1, Params::default(), || Box::new(KvStore::new())).expect("a cluster")
 }
 
+fn api(c: &LocalCluster, replica: usize) -> ClientApi {
+    ClientApi::new(
+        c.nodes[replica].clone(),
+        c.keyring.clone(),
+        64 * 1024,
+        Duration::from_secs(5),
+    )
+}
+
 async fn call(
     c: &LocalCluster,
     replica: usize,
     request: HttpRequest<Body>,
 ) -> (StatusCode, serde_json::Value) {
-    let app = router(
-        ClientApi::new(
-            c.nodes[replica].clone(),
-            c.keyring.clone(),
-            64 * 1024,
-            Duration::from_secs(5),
-        ),
-        None,
-    );
+    call_api(api(c, replica), request).await
+}
+
+async fn call_api(api: ClientApi, request: HttpRequest<Body>) -> (StatusCode, serde_json::Value) {
+    let app = router(api, None);
     let response = app.oneshot(request).await.expect("the router answers");
     let status = response.status();
     let body = axum::body::to_bytes(response.into_body(), 1 << 20)
@@ -130,4 +135,50 @@ async fn bad_requests_are_refused_with_a_reason() {
     )
     .await;
     assert_eq!(json["last_executed"], 0, "nothing was executed: {json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_over_the_clusters_limit_is_refused_at_once() {
+    let c = cluster();
+    let small = ClientApi::new(
+        c.nodes[0].clone(),
+        c.keyring.clone(),
+        4,
+        Duration::from_secs(5),
+    );
+    let started = std::time::Instant::now();
+    let body = format!(r#"{{"request": "{}"}}"#, put_request(&c, 1));
+    let (status, json) = call_api(small, post(body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+    assert!(
+        json["error"].as_str().unwrap_or("").contains("limit of 4"),
+        "{json}"
+    );
+    // Refused by the API, not left to time out in the replica.
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_too_many_bytes_waiting_refuses_more_and_takes_them_back_once_answered() {
+    let c = cluster();
+    // Less than one request's weight: refused at once, nothing executed.
+    let full = api(&c, 0).with_waiting_limit(100);
+    let body = format!(r#"{{"request": "{}"}}"#, put_request(&c, 1));
+    let (status, json) = call_api(full, post(body)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{json}");
+    assert!(
+        json["error"].as_str().unwrap_or("").contains("overloaded"),
+        "{json}"
+    );
+    // Room for one request at a time: each answered request gives its room back to the next.
+    let one_at_a_time = api(&c, 0).with_waiting_limit(4096);
+    for t in 2..6 {
+        let body = format!(r#"{{"request": "{}"}}"#, put_request(&c, t));
+        for replica in 1..4 {
+            // The other replicas take part too, so that the request commits.
+            let _ = call(&c, replica, post(body.clone())).await;
+        }
+        let (status, json) = call_api(one_at_a_time.clone(), post(body)).await;
+        assert_eq!(status, StatusCode::OK, "request {t}: {json}");
+    }
 }
