@@ -8,7 +8,7 @@ use bytes::Bytes;
 use pbft_crypto::{Verified, VerifiedMsg};
 use pbft_types::{
     Commit, Digest, PrePrepare, Prepare, Principal, ReplicaId, ReplicaMsg, Reply, Request, SeqNo,
-    View,
+    Timestamp, View,
 };
 
 use crate::view_change::{InvalidNewView, InvalidViewChange};
@@ -161,8 +161,10 @@ pub enum RejectReason {
     ConflictingVote,
     /// A CHECKPOINT at a sequence number that is not a multiple of the checkpoint interval.
     NotACheckpoint,
-    /// A request older than the last one its client had executed.
-    StaleRequest,
+    /// A request older than the last one its client had executed (its timestamp), which will never execute.
+    StaleRequest {
+        timestamp: Timestamp,
+    },
     /// A forwarded request reached a replica that is not the primary.
     NotPrimary,
     /// A STATE-CHUNK that is not the next one expected from the current source, or a FETCH-STATE for a
@@ -195,7 +197,7 @@ impl RejectReason {
             RejectReason::Duplicate => "duplicate",
             RejectReason::ConflictingVote => "conflicting_vote",
             RejectReason::NotACheckpoint => "not_a_checkpoint",
-            RejectReason::StaleRequest => "stale_request",
+            RejectReason::StaleRequest { .. } => "stale_request",
             RejectReason::NotPrimary => "not_primary",
             RejectReason::UnexpectedStateTransfer => "unexpected_state_transfer",
             RejectReason::UnknownSender => "unknown_sender",

@@ -313,7 +313,12 @@ mod request {
 
         assert_eq!(
             primary.step(Input::Request(c.request(1, 4, "old"))),
-            vec![rejected_request(1, RejectReason::StaleRequest)]
+            vec![rejected_request(
+                1,
+                RejectReason::StaleRequest {
+                    timestamp: pbft_types::Timestamp(4)
+                }
+            )]
         );
         assert_eq!(primary.executed_ops(), vec![Bytes::from("a")]);
     }

@@ -71,6 +71,8 @@ pub enum VerifiedMsg {
     /// A NEW-VIEW whose every nested VIEW-CHANGE, certificate and PRE-PREPARE signature was checked too.
     NewView(Verified<NewView>),
     FetchBatch(Verified<FetchBatch>),
+    /// The requests of a BATCH-DATA: signed ones verified, MAC-sealed ones only well formed, since the core
+    /// takes the batch only if its digest is one a NEW-VIEW assigned (see `verify_certified_requests`).
     BatchData {
         header: Verified<BatchData>,
         batch: Vec<Verified<Request>>,
@@ -165,6 +167,11 @@ impl Keyring {
             seen: Arc::default(),
             sessions: None,
         })
+    }
+
+    /// n, the number of replicas of the cluster.
+    pub fn replicas(&self) -> usize {
+        self.replicas.len()
     }
 
     /// The session keys this keyring checks MACs with, if it has any.
@@ -355,6 +362,61 @@ impl Keyring {
         Ok(out.into_iter().flatten().collect())
     }
 
+    /// The requests of a batch whose digest a certificate already vouches for: a BATCH-DATA answering this
+    /// replica's FETCH-BATCH (the core takes it only for a sequence number and digest a NEW-VIEW assigned, that
+    /// is, a batch q replicas prepared), or a batch read back from this replica's own journal.
+    ///
+    /// Signed requests are checked as `verify_requests` checks them. A request sealed with MACs is taken on its
+    /// shape alone (a known client, one MAC per replica): the certificate's correct replicas checked their own
+    /// MACs before they prepared it, and this replica's own entry may be wrong if the client made it so. Checking
+    /// it here would leave this replica unable ever to take a batch the others committed (see
+    /// `ClientAuth::Macs`).
+    pub fn verify_certified_requests(
+        &self,
+        batch: Vec<Signed<Request>>,
+    ) -> Result<Vec<Verified<Request>>, AuthError> {
+        if batch.iter().all(|r| r.signature().is_some()) {
+            return self.verify_requests(batch);
+        }
+        batch
+            .into_iter()
+            .enumerate()
+            .map(|(index, request)| {
+                let checked = match request.seal() {
+                    Seal::Signature(_) => self.verify_request(request),
+                    Seal::Authenticator(authenticator) => self
+                        .authenticator_shape(request.value().client, authenticator.len())
+                        .map(|()| Verified::new(request)),
+                };
+                checked.map_err(|e| AuthError::BadRequestInBatch {
+                    index,
+                    error: Box::new(e),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether `client` may seal requests with MACs here, and an authenticator of `len` bytes holds one MAC per
+    /// replica.
+    fn authenticator_shape(&self, client: ClientId, len: usize) -> Result<(), AuthError> {
+        let sender = Principal::Client(client);
+        if self.sessions.is_none() {
+            return Err(AuthError::MacsNotAccepted(sender));
+        }
+        if !self.clients.contains_key(&client) {
+            return Err(AuthError::UnknownSigner(sender));
+        }
+        let expected = self.replicas.len() * pbft_types::MAC_LEN;
+        if len != expected {
+            return Err(AuthError::BadAuthenticatorLength {
+                sender,
+                got: len,
+                expected,
+            });
+        }
+        Ok(())
+    }
+
     /// A prepared certificate on its own (as a replica keeps it on disk): every signature in it checked.
     pub fn verify_prepared(&self, proof: PreparedProof) -> Result<VerifiedPrepared, AuthError> {
         let pre_prepare = self.verify(proof.pre_prepare)?;
@@ -429,7 +491,7 @@ impl Keyring {
             ReplicaMsg::BatchData { header, batch } => {
                 own(header.value().signer())?;
                 let header = self.verify(header)?;
-                let batch = self.verify_requests(batch)?;
+                let batch = self.verify_certified_requests(batch)?;
                 VerifiedMsg::BatchData { header, batch }
             }
             ReplicaMsg::Request(m) => VerifiedMsg::Request(self.verify_request(m)?),

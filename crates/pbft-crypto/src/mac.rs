@@ -489,6 +489,52 @@ mod tests {
     }
 
     #[test]
+    fn a_certified_batch_is_taken_even_with_this_replicas_entry_spoiled_but_not_malformed() {
+        let c = cluster(4);
+        let sealed = c.client(0).seal_request(request(1, 1));
+        let mut auth = authenticator(&sealed).to_vec();
+        auth[3 * MAC_LEN] ^= 1;
+        let spoiled = Signed::from_authenticated_parts(
+            sealed.body().clone(),
+            Bytes::from(auth),
+            request(1, 1),
+        );
+        // Replica 3 refuses it from the client or in a PRE-PREPARE...
+        assert!(
+            c.replica_keyring(3)
+                .verify_request(spoiled.clone())
+                .is_err()
+        );
+        // ... but takes it in a batch that q replicas prepared.
+        let taken = c
+            .replica_keyring(3)
+            .verify_certified_requests(vec![spoiled.clone()])
+            .unwrap();
+        assert_eq!(taken[0].signed(), &spoiled);
+        // The shape is still checked, and a cluster of signatures takes no MACs at all.
+        let short = Signed::from_authenticated_parts(
+            sealed.body().clone(),
+            authenticator(&sealed).slice(..MAC_LEN),
+            request(1, 1),
+        );
+        assert!(matches!(
+            c.replica_keyring(3).verify_certified_requests(vec![short]),
+            Err(AuthError::BadRequestInBatch { index: 0, .. })
+        ));
+        let plain = Keyring::new(&c.config).unwrap();
+        assert!(plain.verify_certified_requests(vec![spoiled]).is_err());
+        // Signed requests in such a batch are verified as always.
+        let forged = Signed::from_parts(sealed.body().clone(), [7; 64], request(1, 1));
+        let good = c
+            .replica_keyring(3)
+            .verify_certified_requests(vec![c.clients[0].sign(request(1, 2)), forged]);
+        assert!(matches!(
+            good,
+            Err(AuthError::BadRequestInBatch { index: 1, .. })
+        ));
+    }
+
+    #[test]
     fn a_replica_id_outside_the_cluster_has_no_sessions() {
         let c = cluster(4);
         assert_eq!(

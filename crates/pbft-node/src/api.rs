@@ -16,9 +16,9 @@ use crate::metrics::Metrics;
 use crate::runtime::{NodeHandle, SubmitError};
 use crate::transport::TransportStats;
 
-/// Room for a sealed request's envelope around its operation: ids, timestamp, a signature or an authenticator
-/// of up to 16 replicas' MACs, and the protobuf framing.
-const ENVELOPE_ALLOWANCE: usize = 1024;
+/// Room for a sealed request's envelope around its operation besides its seal: ids, timestamp and the protobuf
+/// framing. The seal is a 64-byte signature or an authenticator of one MAC per replica.
+const ENVELOPE_ALLOWANCE: usize = 256;
 
 /// Why a submission got no reply.
 #[derive(Debug, Error)]
@@ -32,6 +32,9 @@ pub enum ApiError {
     /// The replica did not execute the request in time (the cluster may be changing view): retry.
     #[error("{0}")]
     Timeout(SubmitError),
+    /// The client already had a newer request executed: this one never will be.
+    #[error("{0}")]
+    Stale(SubmitError),
     /// Too many bytes of requests already wait for this replica to execute them: retry later.
     #[error("the replica is overloaded: {waiting} bytes of requests are waiting; retry later")]
     Overloaded { waiting: usize },
@@ -95,10 +98,13 @@ impl ClientApi {
         max_operation: usize,
         timeout: Duration,
     ) -> Self {
+        let seal = (keyring.replicas() * pbft_types::MAC_LEN).max(64);
         ClientApi {
             node,
+            max_request: max_operation
+                .saturating_add(ENVELOPE_ALLOWANCE)
+                .saturating_add(seal),
             keyring: Arc::new(keyring),
-            max_request: max_operation.saturating_add(ENVELOPE_ALLOWANCE),
             max_operation,
             timeout,
             peers: None,
@@ -185,6 +191,7 @@ impl ClientApi {
             .await
             .map_err(|e| match e {
                 SubmitError::Timeout(_) => ApiError::Timeout(e),
+                SubmitError::Stale(_) => ApiError::Stale(e),
                 SubmitError::Stopped => ApiError::Stopped(e),
             })?;
         metrics.answered(started.elapsed());

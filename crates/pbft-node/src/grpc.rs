@@ -101,6 +101,7 @@ fn status(e: &ApiError) -> Status {
         ApiError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
         ApiError::Stopped(_) => Status::unavailable(e.to_string()),
         ApiError::Overloaded { .. } => Status::resource_exhausted(e.to_string()),
+        ApiError::Stale(_) => Status::failed_precondition(e.to_string()),
     }
 }
 

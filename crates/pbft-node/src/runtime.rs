@@ -15,10 +15,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use pbft_core::{Output, Replica, ReplicaStatus, Timer};
+use pbft_core::{Output, RejectReason, Replica, ReplicaStatus, Timer};
 use pbft_crypto::{KeyPair, Keyring, SessionKeys, Verified, VerifiedMsg};
 use pbft_types::{
-    ClientId, DecodeLimits, ReplicaId, ReplicaMsg, Reply, Request, Signed, Timestamp,
+    ClientId, DecodeLimits, Principal, ReplicaId, ReplicaMsg, Reply, Request, Signed, Timestamp,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -37,10 +37,13 @@ enum Event {
     Timer { timer: Timer, generation: u64 },
 }
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum SubmitError {
     #[error("the replica did not answer within {0:?}")]
     Timeout(Duration),
+    /// The client already had a newer request executed: this one never will be.
+    #[error("a request older than the last one its client had executed (timestamp {0})")]
+    Stale(Timestamp),
     #[error("the replica has stopped")]
     Stopped,
 }
@@ -54,11 +57,15 @@ struct Waiters {
     pending: Mutex<HashMap<(ClientId, Timestamp), Vec<ReplySender>>>,
 }
 
-/// Where one waiting submission gets its reply.
-type ReplySender = oneshot::Sender<Reply>;
+/// Where one waiting submission gets its reply, or learns that none will come.
+type ReplySender = oneshot::Sender<Result<Reply, SubmitError>>;
 
 impl Waiters {
-    fn wait(&self, client: ClientId, timestamp: Timestamp) -> oneshot::Receiver<Reply> {
+    fn wait(
+        &self,
+        client: ClientId,
+        timestamp: Timestamp,
+    ) -> oneshot::Receiver<Result<Reply, SubmitError>> {
         let (tx, rx) = oneshot::channel();
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         pending.entry((client, timestamp)).or_default().push(tx);
@@ -76,14 +83,17 @@ impl Waiters {
     }
 
     fn deliver(&self, reply: &Reply) {
-        let key = (reply.client, reply.timestamp);
+        self.answer(reply.client, reply.timestamp, &Ok(reply.clone()));
+    }
+
+    fn answer(&self, client: ClientId, timestamp: Timestamp, answer: &Result<Reply, SubmitError>) {
         let waiting = {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            pending.remove(&key)
+            pending.remove(&(client, timestamp))
         };
         for tx in waiting.into_iter().flatten() {
             // A waiter that gave up has dropped its receiver; nothing to do for it.
-            let _ = tx.send(reply.clone());
+            let _ = tx.send(answer.clone());
         }
     }
 }
@@ -148,7 +158,8 @@ impl NodeHandle {
         let outcome = tokio::time::timeout(timeout, reply).await;
         self.waiters.forget(client, timestamp);
         match outcome {
-            Ok(Ok(reply)) => Ok(self.sealer.seal(reply, with_mac)),
+            Ok(Ok(Ok(reply))) => Ok(self.sealer.seal(reply, with_mac)),
+            Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(SubmitError::Stopped),
             Err(_) => Err(SubmitError::Timeout(timeout)),
         }
@@ -437,6 +448,14 @@ impl ReplicaTask {
             }
             Output::Rejected(rejection) => {
                 tracing::debug!(from = %rejection.from, kind = rejection.kind, reason = ?rejection.reason, "refused");
+                // A stale request never executes: whoever submitted it here learns so now, instead of holding
+                // its place among the waiting requests until its timeout.
+                if let (Principal::Client(client), RejectReason::StaleRequest { timestamp }) =
+                    (rejection.from, &rejection.reason)
+                {
+                    let stale = Err(SubmitError::Stale(*timestamp));
+                    self.waiters.answer(client, *timestamp, &stale);
+                }
                 self.metrics
                     .refused(rejection.kind, rejection.reason.name());
             }

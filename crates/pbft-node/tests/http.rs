@@ -182,3 +182,22 @@ async fn a_replica_with_too_many_bytes_waiting_refuses_more_and_takes_them_back_
         assert_eq!(status, StatusCode::OK, "request {t}: {json}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_request_is_answered_at_once_not_held_until_the_timeout() {
+    let c = cluster();
+    let body = format!(r#"{{"request": "{}"}}"#, put_request(&c, 5));
+    let (status, json) = call(&c, 0, post(body)).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    // An older request of the same client (a replay, say) will never execute: the replica says so at once
+    // instead of holding it, and its place among the waiting bytes, for the whole timeout.
+    let started = std::time::Instant::now();
+    let body = format!(r#"{{"request": "{}"}}"#, put_request(&c, 3));
+    let (status, json) = call(&c, 0, post(body)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{json}");
+    assert!(
+        json["error"].as_str().unwrap_or("").contains("older than"),
+        "{json}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+}

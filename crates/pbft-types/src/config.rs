@@ -26,8 +26,10 @@ pub enum ClientAuth {
     Signatures,
     /// A MAC authenticator (one HMAC per replica) on requests, one MAC on replies: well under a microsecond
     /// each. Replicas still accept signed requests. A client whose authenticator is wrong for some replicas
-    /// can make the primary propose a batch those replicas refuse, which costs a view change: choose MACs
-    /// when clients are trusted not to attack liveness, signatures when they are not.
+    /// can make the primary propose a batch those replicas refuse; if too few others remain to commit it, that
+    /// costs a view change, after which the refusing replicas take the batch by digest (FETCH-BATCH) from the
+    /// NEW-VIEW that carries it. Choose MACs when clients are trusted not to attack liveness, signatures when
+    /// they are not.
     Macs,
 }
 

@@ -42,7 +42,12 @@ impl Replica {
                 self.out.push(Output::Reply(reply));
                 return;
             }
-            Freshness::Stale => return self.reject(from, "REQUEST", RejectReason::StaleRequest),
+            Freshness::Stale => {
+                let reason = RejectReason::StaleRequest {
+                    timestamp: request.timestamp,
+                };
+                return self.reject(from, "REQUEST", reason);
+            }
             Freshness::Fresh => {}
         }
         if !self.is_primary() || self.changing {
