@@ -10,7 +10,7 @@ use pbft_types::{
 use thiserror::Error;
 
 use crate::mac::SessionKeys;
-use crate::seen::{SeenRequests, key_of};
+use crate::seen::{SeenKey, SeenRequests, key_of};
 use crate::verified::{Verified, VerifiedPrepared};
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -317,49 +317,14 @@ impl Keyring {
         Ok(verified)
     }
 
-    /// The client requests of a batch: all of them authentic, or an error naming the first that is not. Requests
-    /// verified before (typically, received from their client first) are not checked again; the others are
-    /// checked in one batch.
+    /// The client requests of a batch: all of them authentic, or an error naming one that is not. Signed
+    /// requests verified before (typically, received from their client first) are not checked again; the
+    /// other signed ones are checked in one batch; MAC-sealed ones each against this replica's own entry.
     pub fn verify_requests(
         &self,
         batch: Vec<Signed<Request>>,
     ) -> Result<Vec<Verified<Request>>, AuthError> {
-        let keys: Vec<_> = batch.iter().map(key_of).collect();
-        // Requests sealed with MACs are checked on their own (cheaply) with the ones seen before.
-        let (seen, unseen): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .zip(&keys)
-            .enumerate()
-            .partition(|(_, (r, key))| r.signature().is_none() || self.seen.contains(key));
-        let (unseen_at, unseen): (Vec<usize>, Vec<Signed<Request>>) =
-            unseen.into_iter().map(|(i, (r, _))| (i, r)).unzip();
-        let mut out: Vec<Option<Verified<Request>>> = (0..keys.len()).map(|_| None).collect();
-        for (i, (r, _)) in seen {
-            let verified = if r.signature().is_none() {
-                self.verify(r).map_err(|e| AuthError::BadRequestInBatch {
-                    index: i,
-                    error: Box::new(e),
-                })?
-            } else {
-                Verified::new(r)
-            };
-            out[i] = Some(verified);
-        }
-        for (at, result) in unseen_at.into_iter().zip(self.verify_batch(unseen)) {
-            match result {
-                Ok(r) => {
-                    self.seen.insert(keys[at]);
-                    out[at] = Some(r);
-                }
-                Err(e) => {
-                    return Err(AuthError::BadRequestInBatch {
-                        index: at,
-                        error: Box::new(e),
-                    });
-                }
-            }
-        }
-        Ok(out.into_iter().flatten().collect())
+        self.verify_requests_with(batch, |request| self.verify(request))
     }
 
     /// The requests of a batch whose digest a certificate already vouches for: a BATCH-DATA answering this
@@ -375,25 +340,50 @@ impl Keyring {
         &self,
         batch: Vec<Signed<Request>>,
     ) -> Result<Vec<Verified<Request>>, AuthError> {
-        if batch.iter().all(|r| r.signature().is_some()) {
-            return self.verify_requests(batch);
+        self.verify_requests_with(batch, |request| {
+            let len = match request.seal() {
+                Seal::Authenticator(authenticator) => authenticator.len(),
+                Seal::Signature(_) => return self.verify(request),
+            };
+            self.authenticator_shape(request.value().client, len)?;
+            Ok(Verified::new(request))
+        })
+    }
+
+    /// A batch's requests, the MAC-sealed ones checked by `sealed_with_macs`.
+    fn verify_requests_with(
+        &self,
+        batch: Vec<Signed<Request>>,
+        sealed_with_macs: impl Fn(Signed<Request>) -> Result<Verified<Request>, AuthError>,
+    ) -> Result<Vec<Verified<Request>>, AuthError> {
+        let in_batch = |index: usize| {
+            move |e: AuthError| AuthError::BadRequestInBatch {
+                index,
+                error: Box::new(e),
+            }
+        };
+        let mut out: Vec<Option<Verified<Request>>> = Vec::with_capacity(batch.len());
+        let mut unseen: Vec<(usize, SeenKey)> = Vec::new();
+        let mut unseen_requests = Vec::new();
+        for (index, request) in batch.into_iter().enumerate() {
+            if request.signature().is_none() {
+                out.push(Some(sealed_with_macs(request).map_err(in_batch(index))?));
+                continue;
+            }
+            let key = key_of(&request);
+            if self.seen.contains(&key) {
+                out.push(Some(Verified::new(request)));
+            } else {
+                out.push(None);
+                unseen.push((index, key));
+                unseen_requests.push(request);
+            }
         }
-        batch
-            .into_iter()
-            .enumerate()
-            .map(|(index, request)| {
-                let checked = match request.seal() {
-                    Seal::Signature(_) => self.verify_request(request),
-                    Seal::Authenticator(authenticator) => self
-                        .authenticator_shape(request.value().client, authenticator.len())
-                        .map(|()| Verified::new(request)),
-                };
-                checked.map_err(|e| AuthError::BadRequestInBatch {
-                    index,
-                    error: Box::new(e),
-                })
-            })
-            .collect()
+        for ((index, key), result) in unseen.into_iter().zip(self.verify_batch(unseen_requests)) {
+            out[index] = Some(result.map_err(in_batch(index))?);
+            self.seen.insert(key);
+        }
+        Ok(out.into_iter().flatten().collect())
     }
 
     /// Whether `client` may seal requests with MACs here, and an authenticator of `len` bytes holds one MAC per
