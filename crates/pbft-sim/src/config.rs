@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use pbft_crypto::KeyError;
-use pbft_types::{ClientAuth, ConfigError, Params};
+use pbft_types::{ClientAuth, ConfigError, Params, ReplicaId};
 use thiserror::Error;
 
 use rand::RngExt;
@@ -68,6 +68,9 @@ pub struct SimConfig {
     pub faulty: Option<Vec<FaultyReplica>>,
     /// Partitions besides the one `partition` draws.
     pub partitions: Vec<Partition>,
+    /// A Byzantine client: with MAC authenticators, client 0 spoils the MAC of these replicas in every request
+    /// it sends. Tests use it.
+    pub spoiled_macs: Vec<ReplicaId>,
 }
 
 /// Parameters sized for simulation: a small checkpoint interval and window, so that checkpoints, garbage collection
@@ -124,6 +127,7 @@ impl SimConfig {
             byzantine: Byzantine::None,
             crash: false,
             faulty: None,
+            spoiled_macs: Vec::new(),
             partitions: Vec::new(),
         }
     }
@@ -250,6 +254,9 @@ impl SimConfig {
         }
         if self.params.client_auth == ClientAuth::Macs {
             command.push_str(" --client-auth macs");
+        }
+        if !self.spoiled_macs.is_empty() {
+            command.push_str("  # client 0 spoiled its MACs by hand: rerun the test that set them");
         }
         if let Some(faulty) = &self.faulty {
             command.push_str(&format!(

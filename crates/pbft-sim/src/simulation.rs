@@ -14,7 +14,8 @@ use pbft_client::{Client, ClientOutput, Destination};
 use pbft_core::{Dest, Input, Output, Replica, ReplicaStatus, Timer};
 use pbft_crypto::{KeyPair, Keyring, SessionKeys, Signer};
 use pbft_types::{
-    ClientAuth, ClientId, ClientInfo, ClusterConfig, DecodeLimits, Principal, ReplicaId,
+    ClientAuth, ClientId, ClientInfo, ClusterConfig, DecodeLimits, MAC_LEN, Principal, ReplicaId,
+    Request, Seal, Signed,
 };
 use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -850,6 +851,10 @@ impl Simulation {
                         )
                     });
                     self.checker.issued(request.value(), now);
+                    let request = match client {
+                        0 => spoil_macs(request, &self.config.spoiled_macs),
+                        _ => request,
+                    };
                     let bytes = Bytes::from(request.encode());
                     // Every copy of a twin gets what is sent to its replica.
                     let targets: Vec<usize> = (0..self.replicas.len())
@@ -894,6 +899,27 @@ impl Simulation {
             }
         }
     }
+}
+
+/// `request` with the MACs of `replicas` in its authenticator spoiled, as a Byzantine client sends it.
+fn spoil_macs(request: Signed<Request>, replicas: &[ReplicaId]) -> Signed<Request> {
+    let Seal::Authenticator(authenticator) = request.seal() else {
+        return request;
+    };
+    if replicas.is_empty() {
+        return request;
+    }
+    let mut authenticator = authenticator.to_vec();
+    for r in replicas {
+        if let Some(byte) = authenticator.get_mut(r.index() * MAC_LEN) {
+            *byte ^= 1;
+        }
+    }
+    Signed::from_authenticated_parts(
+        request.body().clone(),
+        authenticator.into(),
+        request.value().clone(),
+    )
 }
 
 /// A replica at the initial state, with an empty disk.

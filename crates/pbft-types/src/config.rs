@@ -26,10 +26,11 @@ pub enum ClientAuth {
     Signatures,
     /// A MAC authenticator (one HMAC per replica) on requests, one MAC on replies: well under a microsecond
     /// each. Replicas still accept signed requests. A client whose authenticator is wrong for some replicas
-    /// can make the primary propose a batch those replicas refuse; if too few others remain to commit it, that
-    /// costs a view change, after which the refusing replicas take the batch by digest (FETCH-BATCH) from the
-    /// NEW-VIEW that carries it. Choose MACs when clients are trusted not to attack liveness, signatures when
-    /// they are not.
+    /// makes the primary propose batches those replicas refuse: the others commit them, and the refusing
+    /// replicas catch up (a batch a NEW-VIEW assigns is taken by its digest). But while f replicas are down,
+    /// too few remain to commit such a batch, and the cluster stalls until one returns (a backup that took a
+    /// request once f+1 replicas vouch for it would fix this; not built). Choose MACs when clients are trusted
+    /// not to attack liveness, signatures when they are not.
     Macs,
 }
 
