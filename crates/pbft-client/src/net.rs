@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use pbft_crypto::{KeyPair, Keyring, SessionKeys, Signer};
 use pbft_types::wire::replica_api_client::ReplicaApiClient;
-use pbft_types::wire::{ReplicaStatus, SignedEnvelope, StatusQuery};
+use pbft_types::wire::{ReplicaStatus, StatusQuery};
 use pbft_types::{ClientAuth, ClientId, ClusterConfig, Principal, ReplicaId, Reply, Signed, View};
 use thiserror::Error;
 use tokio::task::JoinSet;
@@ -125,7 +125,7 @@ impl Connections {
 }
 
 /// One replica's answer to one call.
-type CallResult = (ReplicaId, Result<SignedEnvelope, tonic::Status>);
+type CallResult = (ReplicaId, Result<Signed<Reply>, tonic::Status>);
 
 impl NetClient {
     /// Prepares connections to every replica; none is opened before the first call, so a replica that is down
@@ -195,12 +195,12 @@ impl NetClient {
                 joined = calls.join_next(), if !calls.is_empty() => {
                     let Some(Ok((replica, answer))) = joined else { continue };
                     in_flight.remove(&replica);
-                    let Ok(envelope) = answer else {
+                    let Ok(reply) = answer else {
                         // The replica is down, refused the request, or gave up waiting; the retransmission
                         // timer will try it again.
                         continue;
                     };
-                    let Some(reply) = self.verify(replica, envelope) else { continue };
+                    let Some(reply) = self.verify(replica, reply) else { continue };
                     let outputs = self.core.on_reply(reply);
                     if let Some(done) = self.carry_out(outputs, &mut calls, &mut in_flight, &mut timer) {
                         return Ok(done);
@@ -243,9 +243,8 @@ impl NetClient {
     fn verify(
         &self,
         replica: ReplicaId,
-        envelope: SignedEnvelope,
+        signed: Signed<Reply>,
     ) -> Option<pbft_crypto::Verified<Reply>> {
-        let signed = Signed::<Reply>::from_envelope(envelope).ok()?;
         if signed.value().replica != replica {
             return None;
         }
@@ -278,7 +277,10 @@ impl NetClient {
                         calls.spawn(async move {
                             let answer = match stream {
                                 Some(stream) => stream.submit(envelope, key, CALL_TIMEOUT).await,
-                                None => api.submit(envelope).await.map(tonic::Response::into_inner),
+                                None => api.submit(envelope).await.and_then(|answer| {
+                                    Signed::<Reply>::from_envelope(answer.into_inner())
+                                        .map_err(|e| tonic::Status::data_loss(e.to_string()))
+                                }),
                             };
                             (replica, answer)
                         });

@@ -38,8 +38,8 @@ const MAX_PAUSE: Duration = Duration::from_secs(2);
 /// carries a result of the application's choosing.
 const MAX_BATCH: usize = 64 << 20;
 
-/// A submission's answer: the replica's envelope (not verified yet) or why there is none, as a unary call gives.
-type Answer = Result<SignedEnvelope, Status>;
+/// A submission's answer: the replica's reply, decoded (to be routed) but not verified yet, or why there is none.
+type Answer = Result<Signed<Reply>, Status>;
 
 /// Which request an answer is for.
 type Key = (ClientId, Timestamp);
@@ -293,12 +293,12 @@ impl Demux {
         let mut answers: Vec<(Key, Answer)> =
             Vec::with_capacity(batch.replies.len() + batch.refusals.len());
         for envelope in batch.replies {
-            // The body is shared, not copied; the client verifies the signature once the reply reaches it.
-            let Ok(reply) = Signed::<Reply>::from_envelope(envelope.clone()) else {
+            // Decoded once, here; the client verifies the seal once the reply reaches it.
+            let Ok(reply) = Signed::<Reply>::from_envelope(envelope) else {
                 continue;
             };
             let key = (reply.value().client, reply.value().timestamp);
-            answers.push((key, Ok(envelope)));
+            answers.push((key, Ok(reply)));
         }
         for refusal in batch.refusals {
             let key = (ClientId(refusal.client), Timestamp(refusal.timestamp));
@@ -385,8 +385,8 @@ mod tests {
             replies: vec![reply(2, 10), reply(1, 10), reply(9, 9)],
             refusals: vec![Refusal::from_status(1, 11, &refused)],
         });
-        assert_eq!(ra.await.unwrap().unwrap(), reply(1, 10));
-        assert_eq!(rb.await.unwrap().unwrap(), reply(2, 10));
+        assert_eq!(ra.await.unwrap().unwrap().to_envelope(), reply(1, 10));
+        assert_eq!(rb.await.unwrap().unwrap().to_envelope(), reply(2, 10));
         let status = rc.await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert_eq!(status.message(), "not signed by client 1");
@@ -459,7 +459,7 @@ mod tests {
             replies: vec![reply(1, 10)],
             refusals: vec![],
         });
-        assert_eq!(r2.await.unwrap().unwrap(), reply(1, 10));
+        assert_eq!(r2.await.unwrap().unwrap().to_envelope(), reply(1, 10));
     }
 
     #[tokio::test]

@@ -488,9 +488,8 @@ mod tests {
         assert!(c.replica_keyring(0).verify(sealed).is_err());
     }
 
-    #[test]
-    fn a_certified_batch_is_taken_even_with_this_replicas_entry_spoiled_but_not_malformed() {
-        let c = cluster(4);
+    /// Client 1's request sealed by it, and the same with replica 3's MAC spoiled.
+    fn spoiled_for_replica_3(c: &Cluster) -> (Signed<Request>, Signed<Request>) {
         let sealed = c.client(0).seal_request(request(1, 1));
         let mut auth = authenticator(&sealed).to_vec();
         auth[3 * MAC_LEN] ^= 1;
@@ -499,6 +498,13 @@ mod tests {
             Bytes::from(auth),
             request(1, 1),
         );
+        (sealed, spoiled)
+    }
+
+    #[test]
+    fn a_certified_batch_is_taken_even_with_this_replicas_entry_spoiled_but_not_malformed() {
+        let c = cluster(4);
+        let (sealed, spoiled) = spoiled_for_replica_3(&c);
         // Replica 3 refuses it from the client or in a PRE-PREPARE...
         assert!(
             c.replica_keyring(3)
@@ -532,6 +538,42 @@ mod tests {
             good,
             Err(AuthError::BadRequestInBatch { index: 1, .. })
         ));
+    }
+
+    #[test]
+    fn a_spoiled_entry_is_refused_in_a_pre_prepare_but_taken_in_a_batch_data() {
+        use pbft_types::{BatchData, Digest, PrePrepare, ReplicaMsg, SeqNo};
+        let c = cluster(4);
+        let (_, spoiled) = spoiled_for_replica_3(&c);
+        let digest = Digest([5; 32]);
+        let pre_prepare = ReplicaMsg::PrePrepare {
+            header: c.replicas[0].sign(PrePrepare {
+                view: View(0),
+                seq: SeqNo(1),
+                digest,
+                replica: ReplicaId(0),
+            }),
+            batch: vec![spoiled.clone()],
+        };
+        assert!(matches!(
+            c.replica_keyring(3)
+                .verify_replica_msg(ReplicaId(0), pre_prepare),
+            Err(AuthError::BadRequestInBatch { index: 0, .. })
+        ));
+        // The answer to FETCH-BATCH: the core takes it only for a digest a NEW-VIEW assigned.
+        let batch_data = ReplicaMsg::BatchData {
+            header: c.replicas[1].sign(BatchData {
+                seq: SeqNo(1),
+                digest,
+                replica: ReplicaId(1),
+            }),
+            batch: vec![spoiled],
+        };
+        assert!(
+            c.replica_keyring(3)
+                .verify_replica_msg(ReplicaId(1), batch_data)
+                .is_ok()
+        );
     }
 
     #[test]
