@@ -6,8 +6,11 @@
 //! once and in batches (`verify_inbound`). Every channel is bounded: a replica that cannot keep up slows its
 //! senders down instead of buffering without limit.
 //!
-//! Log before send: the replica task handles every event already queued, then makes the journal entries they
-//! produced durable in one synced write, and only then sends their messages and replies. A write that fails
+//! Log before send: the replica task handles every event already queued and hands what they produced to the
+//! journal writer, a thread of its own that makes the journal entries durable in one synced write and only then
+//! sends their messages and replies, in the order the replica produced them. While the disk syncs, the replica
+//! task goes on with the next events; the writer takes every round that queued up meanwhile into its next write
+//! (group commit), so a slow disk costs fewer, larger writes instead of a stalled replica. A write that fails
 //! stops the replica (a crash, which PBFT tolerates), rather than letting it send what it could not remember.
 
 use std::collections::HashMap;
@@ -29,6 +32,9 @@ use crate::metrics::Metrics;
 
 /// How many events may wait for the replica task before their senders have to wait.
 const EVENT_QUEUE: usize = 4096;
+
+/// How many rounds of outputs may wait for the journal writer before the replica task has to wait.
+const WRITER_QUEUE: usize = 64;
 
 /// What the replica task takes in.
 enum Event {
@@ -216,18 +222,24 @@ pub fn start(
     });
     verify_inbound(inbound, keyring, limits, events_tx.clone(), metrics.clone());
     let (failure_tx, failure_rx) = watch::channel(None);
-    let mut task = ReplicaTask {
-        replica,
+    let failure = Arc::new(failure_tx);
+    let outbox = Arc::new(Outbox {
         link,
         waiters: waiters.clone(),
+        metrics: metrics.clone(),
+    });
+    let writer = journal.map(|journal| spawn_writer(journal, outbox.clone(), failure.clone()));
+    let mut task = ReplicaTask {
+        replica,
+        outbox,
+        writer,
         events: events_tx.clone(),
         timers: HashMap::new(),
         next_generation: 0,
         status: status_tx,
         metrics: metrics.clone(),
-        journal,
         deferred: Vec::new(),
-        failure: failure_tx,
+        failure,
         view_asked: 0,
     };
     for output in initial {
@@ -306,10 +318,82 @@ fn verify_inbound(
     }
 }
 
-struct ReplicaTask {
-    replica: Replica,
+/// Carries out what leaves the replica: messages to peers, replies to waiting clients, and the count of
+/// committed batches.
+struct Outbox {
     link: Arc<dyn PeerLink>,
     waiters: Arc<Waiters>,
+    metrics: Arc<Metrics>,
+}
+
+impl Outbox {
+    /// Carries out `output` if it is one of the deferred kinds (see `ReplicaTask::carry_out`); returns any other.
+    fn release(&self, output: Output) -> Option<Output> {
+        match output {
+            Output::Send { to, msg } => {
+                let frame = Bytes::from(msg.encode());
+                match to {
+                    pbft_core::Dest::AllReplicas => self.link.broadcast(frame),
+                    pbft_core::Dest::Replica(r) => self.link.send(r, frame),
+                }
+            }
+            Output::Reply(reply) => self.waiters.deliver(&reply),
+            Output::Committed(committed) => {
+                self.metrics
+                    .batch_committed(committed.results.iter().flatten().count());
+            }
+            // Written before anything else of its round.
+            Output::Persist(_) => {}
+            other => return Some(other),
+        }
+        None
+    }
+}
+
+/// Starts the journal writer: it writes each round of outputs it receives (together with every round queued
+/// behind it) in one synced write, then releases their messages and replies. If a write fails it records why and
+/// stops, which closes its queue and so stops the replica task too.
+fn spawn_writer(
+    mut journal: Journal,
+    outbox: Arc<Outbox>,
+    failure: Arc<watch::Sender<Option<String>>>,
+) -> mpsc::Sender<Vec<Output>> {
+    let (tx, mut rx) = mpsc::channel::<Vec<Output>>(WRITER_QUEUE);
+    // A blocking-pool thread for as long as the replica runs: it spends its time in write and fsync calls.
+    tokio::task::spawn_blocking(move || {
+        while let Some(mut outputs) = rx.blocking_recv() {
+            while let Ok(more) = rx.try_recv() {
+                outputs.extend(more);
+            }
+            if let Err(e) = journal.persist(&outputs) {
+                fail(&failure, format!("the journal could not be written: {e}"));
+                return;
+            }
+            for output in outputs {
+                outbox.release(output);
+            }
+        }
+    });
+    tx
+}
+
+/// Records why the replica stops, unless a reason is already recorded (the first is the cause).
+fn fail(failure: &watch::Sender<Option<String>>, reason: String) {
+    failure.send_if_modified(|recorded| {
+        if recorded.is_some() {
+            return false;
+        }
+        tracing::error!(%reason, "the replica stops");
+        *recorded = Some(reason);
+        true
+    });
+}
+
+struct ReplicaTask {
+    replica: Replica,
+    outbox: Arc<Outbox>,
+    /// The journal writer's queue; none for a replica without a journal, whose outputs leave at once.
+    writer: Option<mpsc::Sender<Vec<Output>>>,
     /// For timers to come back through.
     events: mpsc::Sender<Event>,
     /// The generation of each running timer: a fired timer of an older generation was restarted or cancelled.
@@ -317,28 +401,28 @@ struct ReplicaTask {
     next_generation: u64,
     status: watch::Sender<ReplicaStatus>,
     metrics: Arc<Metrics>,
-    journal: Option<Journal>,
-    /// Journal entries, messages and replies of the events handled since the last write: the messages and
-    /// replies leave once the entries are durable.
+    /// Journal entries, messages and replies of the events handled since the last hand-over to the writer: the
+    /// messages and replies leave once the entries are durable.
     deferred: Vec<Output>,
-    failure: watch::Sender<Option<String>>,
+    failure: Arc<watch::Sender<Option<String>>>,
     /// The latest view this replica asked for, for the log.
     view_asked: u64,
 }
 
 impl ReplicaTask {
     async fn run(mut self, mut events: mpsc::Receiver<Event>) {
-        if let Err(reason) = self.flush() {
-            return self.fail(reason);
+        if let Err(reason) = self.flush().await {
+            return fail(&self.failure, reason);
         }
         while let Some(event) = events.recv().await {
             self.handle(event);
-            // Whatever else is already queued is handled before the journal is written and the status published.
+            // Whatever else is already queued is handled before the round goes to the journal writer and the
+            // status is published.
             while let Ok(event) = events.try_recv() {
                 self.handle(event);
             }
-            if let Err(reason) = self.flush() {
-                return self.fail(reason);
+            if let Err(reason) = self.flush().await {
+                return fail(&self.failure, reason);
             }
             let status = self.replica.status();
             self.metrics.set_status(&status);
@@ -363,28 +447,40 @@ impl ReplicaTask {
         }
     }
 
-    /// Writes the deferred journal entries, then sends the deferred messages and replies.
-    fn flush(&mut self) -> Result<(), String> {
+    /// Hands the deferred outputs to the journal writer, or, without a journal, carries them out now.
+    async fn flush(&mut self) -> Result<(), String> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
         let deferred = std::mem::take(&mut self.deferred);
-        if let Some(journal) = &mut self.journal {
-            journal
-                .persist(&deferred)
-                .map_err(|e| format!("the journal could not be written: {e}"))?;
+        match &self.writer {
+            Some(writer) => writer
+                .send(deferred)
+                .await
+                .map_err(|_| "the journal writer stopped".to_string()),
+            None => {
+                for output in deferred {
+                    self.outbox.release(output);
+                }
+                Ok(())
+            }
         }
-        for output in deferred {
-            self.carry_out_now(output);
-        }
-        Ok(())
-    }
-
-    fn fail(self, reason: String) {
-        tracing::error!(%reason, "the replica stops");
-        self.failure.send_replace(Some(reason));
     }
 
     fn carry_out(&mut self, output: Output) {
+        if let Output::Send {
+            msg: ReplicaMsg::ViewChange(vc),
+            ..
+        } = &output
+            && vc.value().replica == self.replica.status().id
+            && vc.value().new_view.0 > self.view_asked
+        {
+            // Logged once per view: the same VIEW-CHANGE is resent to peers that lag behind.
+            self.view_asked = vc.value().new_view.0;
+            tracing::info!(view = %vc.value().new_view, "asked for a view change");
+        }
         match output {
-            // A committed batch's block is archived with the step's journal entries.
+            // A committed batch's block is archived with the round's journal entries.
             Output::Send { .. } | Output::Reply(_) | Output::Persist(_) | Output::Committed(_) => {
                 self.deferred.push(output)
             }
@@ -393,23 +489,10 @@ impl ReplicaTask {
     }
 
     fn carry_out_now(&mut self, output: Output) {
+        let Some(output) = self.outbox.release(output) else {
+            return;
+        };
         match output {
-            Output::Send { to, msg } => {
-                if let ReplicaMsg::ViewChange(vc) = &msg
-                    && vc.value().replica == self.replica.status().id
-                    && vc.value().new_view.0 > self.view_asked
-                {
-                    // Logged once per view: the same VIEW-CHANGE is resent to peers that lag behind.
-                    self.view_asked = vc.value().new_view.0;
-                    tracing::info!(view = %vc.value().new_view, "asked for a view change");
-                }
-                let frame = Bytes::from(msg.encode());
-                match to {
-                    pbft_core::Dest::AllReplicas => self.link.broadcast(frame),
-                    pbft_core::Dest::Replica(r) => self.link.send(r, frame),
-                }
-            }
-            Output::Reply(reply) => self.waiters.deliver(&reply),
             Output::SetTimer { timer, after } => {
                 self.next_generation += 1;
                 let generation = self.next_generation;
@@ -423,12 +506,8 @@ impl ReplicaTask {
             Output::CancelTimer(timer) => {
                 self.timers.remove(&timer);
             }
-            Output::Committed(committed) => {
-                self.metrics
-                    .batch_committed(committed.results.iter().flatten().count());
-            }
-            // Written by `flush` before anything else of its step.
-            Output::Persist(_) => {}
+            // Carried out by the outbox above.
+            Output::Send { .. } | Output::Reply(_) | Output::Committed(_) | Output::Persist(_) => {}
             Output::StateInstalled { seq, digest } => {
                 tracing::info!(%seq, ?digest, "installed the state of a certified checkpoint");
             }
@@ -454,7 +533,7 @@ impl ReplicaTask {
                     (rejection.from, &rejection.reason)
                 {
                     let stale = Err(SubmitError::Stale(*timestamp));
-                    self.waiters.answer(client, *timestamp, &stale);
+                    self.outbox.waiters.answer(client, *timestamp, &stale);
                 }
                 self.metrics
                     .refused(rejection.kind, rejection.reason.name());
