@@ -12,7 +12,9 @@
 //!   refuses a conflicting PRE-PREPARE for the same view and sequence number, and a primary never assigns a
 //!   sequence number twice.
 //! - `Prepared`: each prepared certificate it formed, so that its VIEW-CHANGEs still carry it.
-//! - `Executed`: each batch it executed, in order. Replayed on top of the stable checkpoint, they rebuild the
+//! - `Executed`: each batch it executed, in order, named by its PRE-PREPARE: the requests are in the `Accepted`
+//!   entry written for the same sequence number and digest before it, so the batch reaches the disk once.
+//!   Replayed on top of the stable checkpoint, they rebuild the
 //!   application state and the client table, which is how a request whose reply left survives even a restart of
 //!   every replica.
 //! - `Stable`: each stable checkpoint with its proof and the state snapshot at it. Everything filed at or below
@@ -47,10 +49,9 @@ pub enum JournalEntry {
         batch: Option<Batch>,
     },
     Prepared(VerifiedPrepared),
-    /// A batch executed at `header.seq`.
+    /// The batch `header` names was executed at `header.seq`. Its requests are in an earlier `Accepted` entry.
     Executed {
         header: Verified<PrePrepare>,
-        batch: Batch,
     },
     /// A stable checkpoint: q CHECKPOINTs (none for the initial state) and the encoded `StateSnapshot` at it.
     Stable {
@@ -79,7 +80,7 @@ impl JournalEntry {
     pub fn seq(&self) -> Option<SeqNo> {
         match self {
             JournalEntry::View { .. } | JournalEntry::Stable { .. } => None,
-            JournalEntry::Accepted { header, .. } | JournalEntry::Executed { header, .. } => {
+            JournalEntry::Accepted { header, .. } | JournalEntry::Executed { header } => {
                 Some(header.seq)
             }
             JournalEntry::Prepared(cert) => Some(cert.pre_prepare.seq),
@@ -104,8 +105,8 @@ impl JournalEntry {
                     prepares: proof.prepares.iter().map(Signed::to_envelope).collect(),
                 })
             }
-            JournalEntry::Executed { header, batch } => {
-                journal_record::Kind::Executed(batch_record(header, Some(batch)))
+            JournalEntry::Executed { header } => {
+                journal_record::Kind::Executed(batch_record(header, None))
             }
             JournalEntry::Stable {
                 seq,
@@ -140,10 +141,12 @@ impl JournalEntry {
                 let (header, batch) = decode_batch(b, keyring, limits)?;
                 JournalEntry::Accepted { header, batch }
             }
-            journal_record::Kind::Executed(b) => {
-                let (header, batch) = decode_batch(b, keyring, limits)?;
-                let batch = batch.ok_or(JournalError::Missing("the executed batch"))?;
-                JournalEntry::Executed { header, batch }
+            journal_record::Kind::Executed(mut b) => {
+                // Journals written before the batch was left out carry it here too; the `Accepted` entry has it.
+                b.batch.clear();
+                b.batch_known = false;
+                let (header, _) = decode_batch(b, keyring, limits)?;
+                JournalEntry::Executed { header }
             }
             journal_record::Kind::Prepared(p) => {
                 let pre_prepare = Signed::from_envelope(

@@ -217,6 +217,18 @@ fn a_journal_with_a_gap_or_a_snapshot_that_does_not_match_is_refused() {
         })
     );
 
+    // Without the requests of batch 2 (its `Accepted` entry), it cannot be executed again either.
+    let no_batch: Vec<JournalEntry> = node
+        .persisted
+        .iter()
+        .filter(|e| !matches!(e, JournalEntry::Accepted { header, .. } if header.seq == SeqNo(2)))
+        .cloned()
+        .collect();
+    assert_eq!(
+        c.recovered_node(3, &no_batch).err(),
+        Some(RecoveryError::MissingBatch { seq: SeqNo(2) })
+    );
+
     let forged = vec![JournalEntry::Stable {
         seq: SeqNo(2),
         digest: Digest([1; 32]),

@@ -417,10 +417,7 @@ impl Replica {
             let prepared = slot.prepares.matching(&digest).cloned().collect();
             let (results, record) = self.execute_batch(seq, digest, &batch);
             self.last_executed = seq;
-            self.persist(JournalEntry::Executed {
-                header,
-                batch: batch.clone(),
-            });
+            self.persist(JournalEntry::Executed { header });
             self.view_timeout = self.config.params.view_change_timeout;
             self.out.push(Output::Committed(Committed {
                 seq,

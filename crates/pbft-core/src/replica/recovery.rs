@@ -17,6 +17,8 @@ pub enum RecoveryError {
         "the journal is missing executed batches: it executed up to {last} and then holds batch {next}"
     )]
     Gap { last: SeqNo, next: SeqNo },
+    #[error("the journal holds no requests for the batch it executed at {seq}")]
+    MissingBatch { seq: SeqNo },
 }
 
 impl Replica {
@@ -51,7 +53,7 @@ impl Replica {
             match entry {
                 JournalEntry::Accepted { header, batch } => self.recover_accepted(header, batch),
                 JournalEntry::Prepared(cert) => self.recover_prepared(cert),
-                JournalEntry::Executed { header, batch } => self.recover_executed(header, batch)?,
+                JournalEntry::Executed { header } => self.recover_executed(header)?,
                 JournalEntry::View { .. } | JournalEntry::Stable { .. } => {}
             }
         }
@@ -169,11 +171,11 @@ impl Replica {
         }
     }
 
-    /// Executes a batch again, in order, on top of the recovered checkpoint.
+    /// Executes a batch again, in order, on top of the recovered checkpoint. Its requests come from the `Accepted`
+    /// entry written before it (replayed into `batches`).
     fn recover_executed(
         &mut self,
         header: Verified<pbft_types::PrePrepare>,
-        batch: Batch,
     ) -> Result<(), RecoveryError> {
         let seq = header.seq;
         if seq <= self.last_executed {
@@ -185,6 +187,13 @@ impl Replica {
                 next: seq,
             });
         }
+        let batch = if header.digest == self.null_digest {
+            Batch::from(Vec::new())
+        } else {
+            self.batches
+                .get(seq, &header.digest)
+                .ok_or(RecoveryError::MissingBatch { seq })?
+        };
         // The block the application makes again was kept by the driver with the batch before the crash.
         let _ = self.execute_batch(seq, header.digest, &batch);
         self.last_executed = seq;
