@@ -149,7 +149,7 @@ impl NetClient {
             )));
         }
         let mut keyring =
-            Keyring::new(&settings.config).map_err(|e| NetError::Config(e.to_string()))?;
+            Keyring::of_replicas(&settings.config).map_err(|e| NetError::Config(e.to_string()))?;
         let replicas = connections.replicas.clone();
         let streams = connections.streams.clone();
         let signer = Signer::new(Principal::Client(settings.id), settings.key.clone());
