@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use pbft_crypto::Verified;
+use pbft_crypto::{Unvouched, Verified};
 use pbft_types::{Commit, Digest, PrePrepare, Prepare, SeqNo};
 
 use crate::io::Batch;
@@ -24,6 +24,10 @@ pub struct Slot {
     pub prepared: bool,
     /// committed-local(v, n, d) holds.
     pub committed: bool,
+    /// The primary's PRE-PREPARE while this replica could not check its own MAC of some request in it: accepted
+    /// (moved to `pre_prepare` and `batch`) once f backups' PREPAREs vouch for it. Only while `pre_prepare` is
+    /// empty, so a slot never holds more than one batch.
+    pub unvouched: Option<Unvouched>,
 }
 
 impl Slot {

@@ -245,7 +245,10 @@ impl Replica {
         }
         let normal_case = matches!(
             msg,
-            VerifiedMsg::PrePrepare { .. } | VerifiedMsg::Prepare(_) | VerifiedMsg::Commit(_)
+            VerifiedMsg::PrePrepare { .. }
+                | VerifiedMsg::UnvouchedPrePrepare(_)
+                | VerifiedMsg::Prepare(_)
+                | VerifiedMsg::Commit(_)
         );
         if normal_case && self.changing {
             let kind = msg.kind();
@@ -253,6 +256,7 @@ impl Replica {
         }
         match msg {
             VerifiedMsg::PrePrepare { header, batch } => self.on_pre_prepare(from, header, batch),
+            VerifiedMsg::UnvouchedPrePrepare(held) => self.on_unvouched_pre_prepare(from, held),
             VerifiedMsg::Prepare(prepare) => self.on_prepare(from, prepare),
             VerifiedMsg::Commit(commit) => self.on_commit(from, commit),
             VerifiedMsg::Checkpoint(checkpoint) => self.on_checkpoint(from, checkpoint),

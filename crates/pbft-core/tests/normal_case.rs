@@ -1671,3 +1671,183 @@ mod catching_up_when_idle {
         assert_eq!(statuses, vec![to_replica(3, c.status(1, 0, 0, 2))]);
     }
 }
+
+/// MAC authenticators: a PRE-PREPARE whose only fault is this replica's own MAC of a request (a faulty client may
+/// spoil it) is held, and accepted once f backups other than the primary vouch for its batch with PREPAREs.
+mod vouching {
+    use super::*;
+    use pbft_crypto::{VerifiedMsg, batch_digest};
+    use pbft_types::{ClientAuth, Signed};
+
+    const VICTIM: u64 = 1;
+
+    fn macs(n: usize) -> Cluster {
+        Cluster::new(
+            n,
+            Params {
+                client_auth: ClientAuth::Macs,
+                ..small_params()
+            },
+        )
+    }
+
+    /// `msg` from replica `from` as the victim's keyring hands it to the core.
+    fn deliver(c: &Cluster, from: u64, msg: ReplicaMsg) -> Input {
+        let msg = c
+            .replica_keyring(VICTIM)
+            .verify_replica_msg(ReplicaId(from), msg)
+            .expect("authentic");
+        Input::Message {
+            from: ReplicaId(from),
+            msg,
+        }
+    }
+
+    /// Client 1's request with the victim's MAC spoiled, and the primary's PRE-PREPARE of it at seq 1.
+    fn spoiled_pre_prepare(c: &Cluster) -> (Vec<Signed<Request>>, Digest, ReplicaMsg) {
+        let batch = vec![c.sealed_request(1, 1, "a", &[VICTIM])];
+        let digest = batch_digest(&batch);
+        let msg = ReplicaMsg::PrePrepare {
+            header: c.signed_pre_prepare(0, 0, 1, digest),
+            batch: batch.clone(),
+        };
+        (batch, digest, msg)
+    }
+
+    #[test]
+    fn a_backup_that_cannot_check_its_own_mac_prepares_once_f_backups_vouch() {
+        for n in [4, 7] {
+            let c = macs(n);
+            let f = c.config.f() as u64;
+            let (batch, digest, pre_prepare) = spoiled_pre_prepare(&c);
+            let held = deliver(&c, 0, pre_prepare);
+            assert!(matches!(
+                held,
+                Input::Message {
+                    msg: VerifiedMsg::UnvouchedPrePrepare(_),
+                    ..
+                }
+            ));
+            let mut victim = c.node(VICTIM);
+            assert_eq!(victim.step(held), vec![c.status_timer()], "n = {n}");
+            assert_eq!(victim.replica.status().log_slots, 1);
+            // The primary's PREPARE is refused as always; a PREPARE for another digest does not vouch.
+            assert_eq!(
+                victim.step(deliver(&c, 0, c.prepare(0, 0, 1, digest))),
+                vec![rejected_from_replica(
+                    0,
+                    "PREPARE",
+                    RejectReason::PrepareFromPrimary
+                )]
+            );
+            let last = n as u64 - 1;
+            assert_eq!(
+                victim.step(deliver(&c, last, c.prepare(last, 0, 1, Digest([9; 32])))),
+                vec![]
+            );
+            // f - 1 backups: nothing yet.
+            for r in 2..1 + f {
+                assert_eq!(
+                    victim.step(deliver(&c, r, c.prepare(r, 0, 1, digest))),
+                    vec![],
+                    "n = {n}, PREPARE of {r}"
+                );
+            }
+            // The f-th: the victim accepts the batch and sends its PREPARE (and, when it and the f vouchers are
+            // already q - 1 backups, its COMMIT).
+            let outs = victim.step(deliver(&c, 1 + f, c.prepare(1 + f, 0, 1, digest)));
+            let mut expected = vec![to_all(c.prepare(VICTIM, 0, 1, digest))];
+            if (f as usize + 1) >= c.quorum() - 1 {
+                expected.push(to_all(c.commit(VICTIM, 0, 1, digest)));
+            }
+            expected.push(c.view_timer());
+            assert_eq!(outs, expected, "n = {n}");
+            assert_eq!(victim.replica.status().log_slots, 1);
+
+            // From there it is an ordinary batch: it prepares, commits and executes.
+            let mut outs = Vec::new();
+            for r in 2 + f..last {
+                outs.extend(victim.step(deliver(&c, r, c.prepare(r, 0, 1, digest))));
+            }
+            for r in (0..n as u64).filter(|r| *r != VICTIM).take(c.quorum() - 1) {
+                outs.extend(victim.step(deliver(&c, r, c.commit(r, 0, 1, digest))));
+            }
+            let done = executed(&outs);
+            assert_eq!(done.len(), 1, "n = {n}: {outs:?}");
+            assert_eq!(done[0].batch, batch);
+            assert_eq!(victim.executed_ops(), vec![Bytes::from_static(b"a")]);
+        }
+    }
+
+    #[test]
+    fn prepares_that_came_first_vouch_at_once() {
+        let c = macs(4);
+        let (_, digest, pre_prepare) = spoiled_pre_prepare(&c);
+        let mut victim = c.node(VICTIM);
+        victim.step(deliver(&c, 3, c.prepare(3, 0, 1, digest)));
+        assert_eq!(
+            victim.step(deliver(&c, 0, pre_prepare)),
+            vec![
+                to_all(c.prepare(VICTIM, 0, 1, digest)),
+                to_all(c.commit(VICTIM, 0, 1, digest)),
+                c.view_timer()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_held_pre_prepare_is_not_accepted_twice_and_a_conflicting_one_is_evidence() {
+        let c = macs(4);
+        let (_, digest, pre_prepare) = spoiled_pre_prepare(&c);
+        let mut victim = c.node(VICTIM);
+        victim.step(deliver(&c, 0, pre_prepare.clone()));
+        assert_eq!(
+            victim.step(deliver(&c, 0, pre_prepare)),
+            vec![rejected_from_replica(
+                0,
+                "PRE-PREPARE",
+                RejectReason::Duplicate
+            )]
+        );
+        // The primary signs another batch for the same slot, one the victim can check.
+        let other = c.request(2, 1, "b");
+        let outs = victim.step(deliver(&c, 0, c.pre_prepare(0, 0, 1, one(&other))));
+        assert_eq!(
+            outs.first(),
+            Some(&Out::Evidence(
+                c.signed_pre_prepare(0, 0, 1, digest),
+                c.signed_pre_prepare(0, 0, 1, digest_of(one(&other)))
+            ))
+        );
+        assert!(victim.replica.status().changing_view);
+        assert_eq!(victim.replica.status().log_slots, 0);
+    }
+
+    #[test]
+    fn a_view_change_drops_a_held_pre_prepare() {
+        let c = macs(4);
+        let (_, digest, pre_prepare) = spoiled_pre_prepare(&c);
+        let mut victim = c.node(VICTIM);
+        victim.step(deliver(&c, 0, pre_prepare));
+        // f + 1 VIEW-CHANGEs for view 2 (whose primary is not the victim): the victim follows them.
+        for r in [2, 3] {
+            victim.step(deliver(
+                &c,
+                r,
+                ReplicaMsg::ViewChange(c.empty_view_change(r, 2)),
+            ));
+        }
+        let status = victim.replica.status();
+        assert!(status.changing_view && status.view == View(2), "{status:?}");
+        assert_eq!(status.log_slots, 0);
+        // Votes of view 0 arriving late change nothing.
+        assert_eq!(
+            victim.step(deliver(&c, 2, c.prepare(2, 0, 1, digest))),
+            vec![rejected_from_replica(
+                2,
+                "PREPARE",
+                RejectReason::ChangingView
+            )]
+        );
+    }
+}

@@ -12,6 +12,7 @@ use thiserror::Error;
 use crate::mac::SessionKeys;
 use crate::seen::{SeenKey, SeenRequests, key_of};
 use crate::verified::{Verified, VerifiedPrepared};
+use crate::vouch::Unvouched;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum KeyError {
@@ -60,6 +61,9 @@ pub enum VerifiedMsg {
         header: Verified<PrePrepare>,
         batch: Vec<Verified<Request>>,
     },
+    /// A PRE-PREPARE that is authentic and well formed, but where this replica's own MAC of some request did not
+    /// verify: the core holds it until f backups vouch for it (see `vouch`).
+    UnvouchedPrePrepare(Unvouched),
     Prepare(Verified<Prepare>),
     Commit(Verified<Commit>),
     Checkpoint(Verified<Checkpoint>),
@@ -90,6 +94,10 @@ impl VerifiedMsg {
                 header: header.signed().clone(),
                 batch: requests(batch),
             },
+            VerifiedMsg::UnvouchedPrePrepare(held) => ReplicaMsg::PrePrepare {
+                header: held.header().signed().clone(),
+                batch: held.requests().to_vec(),
+            },
             VerifiedMsg::Prepare(m) => ReplicaMsg::Prepare(m.signed().clone()),
             VerifiedMsg::Commit(m) => ReplicaMsg::Commit(m.signed().clone()),
             VerifiedMsg::Checkpoint(m) => ReplicaMsg::Checkpoint(m.signed().clone()),
@@ -110,7 +118,7 @@ impl VerifiedMsg {
     /// The message's kind, for logs and for counting rejected messages by kind.
     pub fn kind(&self) -> &'static str {
         match self {
-            VerifiedMsg::PrePrepare { .. } => "PRE-PREPARE",
+            VerifiedMsg::PrePrepare { .. } | VerifiedMsg::UnvouchedPrePrepare(_) => "PRE-PREPARE",
             VerifiedMsg::Prepare(_) => "PREPARE",
             VerifiedMsg::Commit(_) => "COMMIT",
             VerifiedMsg::Checkpoint(_) => "CHECKPOINT",
@@ -124,6 +132,16 @@ impl VerifiedMsg {
             VerifiedMsg::Request(_) => "REQUEST",
         }
     }
+}
+
+/// The requests of a PRE-PREPARE as this replica checked them.
+enum Proposed {
+    Authentic(Vec<Verified<Request>>),
+    /// Well formed, but `verifier`'s own MAC of at least one of them is wrong.
+    Unvouched {
+        requests: Vec<Signed<Request>>,
+        verifier: ReplicaId,
+    },
 }
 
 /// The public keys of the cluster's replicas and clients: the only way to a `Verified<T>` from received bytes.
@@ -362,11 +380,48 @@ impl Keyring {
         })
     }
 
+    /// The requests of a PRE-PREPARE, as `verify_requests` checks them, except that a MAC-sealed request whose
+    /// entry for this replica is wrong but which is otherwise well formed does not fail the batch: the batch
+    /// comes back unvouched, for the core to hold until f backups vouch for it. Every other fault still fails
+    /// it. Only a replica's keyring (session keys held by a replica) has MAC entries of its own to fail.
+    fn verify_proposed_requests(&self, batch: Vec<Signed<Request>>) -> Result<Proposed, AuthError> {
+        let verifier = match self.sessions.as_ref().map(|s| s.holder()) {
+            Some(Principal::Replica(id)) => id,
+            _ => return self.verify_requests(batch).map(Proposed::Authentic),
+        };
+        let mut own_mac_failed = false;
+        let checked = self.verify_requests_with(batch, |request| {
+            let Seal::Authenticator(authenticator) = request.seal() else {
+                return self.verify(request);
+            };
+            let client = request.value().client;
+            self.authenticator_shape(client, authenticator.len())?;
+            match self.verify(request.clone()) {
+                Err(AuthError::BadMac(_)) => {
+                    own_mac_failed = true;
+                    // Not authentic for this replica: it leaves this function only as a plain request.
+                    Ok(Verified::new(request))
+                }
+                checked => checked,
+            }
+        })?;
+        if own_mac_failed {
+            let requests = checked.into_iter().map(Verified::into_signed).collect();
+            return Ok(Proposed::Unvouched { requests, verifier });
+        }
+        Ok(Proposed::Authentic(checked))
+    }
+
+    /// f, the most replicas that may be faulty.
+    fn f(&self) -> usize {
+        self.replicas.len().saturating_sub(1) / 3
+    }
+
     /// A batch's requests, the MAC-sealed ones checked by `sealed_with_macs`.
     fn verify_requests_with(
         &self,
         batch: Vec<Signed<Request>>,
-        sealed_with_macs: impl Fn(Signed<Request>) -> Result<Verified<Request>, AuthError>,
+        mut sealed_with_macs: impl FnMut(Signed<Request>) -> Result<Verified<Request>, AuthError>,
     ) -> Result<Vec<Verified<Request>>, AuthError> {
         let in_batch = |index: usize| {
             move |e: AuthError| AuthError::BadRequestInBatch {
@@ -433,7 +488,8 @@ impl Keyring {
     }
 
     /// Authenticates a message that arrived on the connection of replica `sender`: the replica's own signature
-    /// (which must be `sender`'s) and, for a PRE-PREPARE, every request of its batch. A forwarded REQUEST is signed
+    /// (which must be `sender`'s) and, for a PRE-PREPARE, every request of its batch (a PRE-PREPARE whose only
+    /// fault is this replica's own MAC entry of some request comes back unvouched). A forwarded REQUEST is signed
     /// by its client, not by the forwarding replica.
     pub fn verify_replica_msg(
         &self,
@@ -451,8 +507,12 @@ impl Keyring {
             ReplicaMsg::PrePrepare { header, batch } => {
                 own(header.value().signer())?;
                 let header = self.verify(header)?;
-                let batch = self.verify_requests(batch)?;
-                VerifiedMsg::PrePrepare { header, batch }
+                match self.verify_proposed_requests(batch)? {
+                    Proposed::Authentic(batch) => VerifiedMsg::PrePrepare { header, batch },
+                    Proposed::Unvouched { requests, verifier } => VerifiedMsg::UnvouchedPrePrepare(
+                        Unvouched::new(header, requests, verifier, self.f()),
+                    ),
+                }
             }
             ReplicaMsg::Prepare(m) => {
                 own(m.value().signer())?;

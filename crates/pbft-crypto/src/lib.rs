@@ -12,6 +12,7 @@ mod mac;
 mod seen;
 mod signer;
 mod verified;
+mod vouch;
 
 pub use digest::{batch_digest, batch_digest_of_bodies, digest_of, request_digest};
 pub use keyfile::KeyFileError;
@@ -19,3 +20,4 @@ pub use keyring::{AuthError, KeyError, Keyring, VerifiedMsg};
 pub use mac::SessionKeys;
 pub use signer::{KeyPair, Signer, verify_bytes};
 pub use verified::{Verified, VerifiedPrepared};
+pub use vouch::{Unvouched, VouchError};

@@ -505,7 +505,7 @@ mod tests {
     fn a_certified_batch_is_taken_even_with_this_replicas_entry_spoiled_but_not_malformed() {
         let c = cluster(4);
         let (sealed, spoiled) = spoiled_for_replica_3(&c);
-        // Replica 3 refuses it from the client or in a PRE-PREPARE...
+        // Replica 3 refuses it from the client...
         assert!(
             c.replica_keyring(3)
                 .verify_request(spoiled.clone())
@@ -541,7 +541,7 @@ mod tests {
     }
 
     #[test]
-    fn a_spoiled_entry_is_refused_in_a_pre_prepare_but_taken_in_a_batch_data() {
+    fn a_spoiled_entry_is_held_unvouched_in_a_pre_prepare_but_taken_in_a_batch_data() {
         use pbft_types::{BatchData, Digest, PrePrepare, ReplicaMsg, SeqNo};
         let c = cluster(4);
         let (_, spoiled) = spoiled_for_replica_3(&c);
@@ -555,10 +555,11 @@ mod tests {
             }),
             batch: vec![spoiled.clone()],
         };
+        // Held until f backups vouch for it (see `vouch`).
         assert!(matches!(
             c.replica_keyring(3)
                 .verify_replica_msg(ReplicaId(0), pre_prepare),
-            Err(AuthError::BadRequestInBatch { index: 0, .. })
+            Ok(crate::VerifiedMsg::UnvouchedPrePrepare(_))
         ));
         // The answer to FETCH-BATCH: the core takes it only for a digest a NEW-VIEW assigned.
         let batch_data = ReplicaMsg::BatchData {

@@ -4,8 +4,10 @@
 use std::sync::Arc;
 
 use pbft_core::{Replica, StateMachine};
-use pbft_crypto::{KeyPair, Keyring, Signer};
-use pbft_types::{ClientId, ClientInfo, ClusterConfig, DecodeLimits, Params, Principal, ReplicaId};
+use pbft_crypto::{KeyPair, Keyring, SessionKeys, Signer};
+use pbft_types::{
+    ClientAuth, ClientId, ClientInfo, ClusterConfig, DecodeLimits, Params, Principal, ReplicaId,
+};
 
 use crate::link::Mesh;
 use crate::runtime::{NodeHandle, start};
@@ -13,10 +15,15 @@ use crate::runtime::{NodeHandle, start};
 pub struct LocalCluster {
     pub config: ClusterConfig,
     pub keyring: Keyring,
+    /// What each replica verifies with: `keyring`, with the replica's session keys when clients seal requests
+    /// with MACs (`client_auth = macs`).
+    pub replica_keyrings: Vec<Keyring>,
     pub nodes: Vec<NodeHandle>,
     pub mesh: Arc<Mesh>,
     /// Client i's signer (client ids 0..clients).
     pub clients: Vec<Signer>,
+    /// Client i's session keys with the replicas, when clients seal requests with MACs; empty otherwise.
+    pub client_sessions: Vec<SessionKeys>,
 }
 
 impl LocalCluster {
@@ -52,6 +59,26 @@ impl LocalCluster {
             max_batch_size: config.params.max_batch_size,
         };
         let (mesh, inboxes) = Mesh::new(n, 4096);
+        let macs = config.params.client_auth == ClientAuth::Macs;
+        let replica_keyrings = (0..n)
+            .map(|i| {
+                if !macs {
+                    return Ok(keyring.clone());
+                }
+                let sessions = SessionKeys::for_replica(&config, ReplicaId(i as u64), &keys[i])
+                    .map_err(|e| e.to_string())?;
+                Ok(keyring.clone().with_sessions(sessions))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let client_sessions = match macs {
+            true => client_keys
+                .iter()
+                .enumerate()
+                .map(|(j, k)| SessionKeys::for_client(&config, ClientId(j as u64), k))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?,
+            false => Vec::new(),
+        };
         let mut nodes = Vec::new();
         for (i, inbox) in inboxes.into_iter().enumerate() {
             let id = ReplicaId(i as u64);
@@ -62,7 +89,7 @@ impl LocalCluster {
             nodes.push(start(
                 replica,
                 keys[i].clone(),
-                keyring.clone(),
+                replica_keyrings[i].clone(),
                 limits,
                 link,
                 inbox,
@@ -78,9 +105,11 @@ impl LocalCluster {
         Ok(LocalCluster {
             config,
             keyring,
+            replica_keyrings,
             nodes,
             mesh,
             clients,
+            client_sessions,
         })
     }
 }

@@ -6,20 +6,23 @@ use std::time::Duration;
 use bytes::Bytes;
 use pbft_apps::{KvOp, KvResult, KvStore};
 use pbft_node::local::LocalCluster;
-use pbft_types::{ClientId, Params, ReplicaId, Request, Timestamp, View};
+use pbft_types::{ClientId, MAC_LEN, Params, ReplicaId, Request, Seal, Signed, Timestamp, View};
 
 const N: usize = 4;
 
 fn cluster() -> LocalCluster {
-    let params = Params {
+    LocalCluster::start(N, 1, params(), || Box::new(KvStore::new())).expect("a valid cluster")
+}
+
+fn params() -> Params {
+    Params {
         checkpoint_interval: 4,
         window: 8,
         request_timeout: Duration::from_millis(300),
         view_change_timeout: Duration::from_millis(300),
         status_interval: Duration::from_millis(50),
         ..Params::default()
-    };
-    LocalCluster::start(N, 1, params, || Box::new(KvStore::new())).expect("a valid cluster")
+    }
 }
 
 /// Submits a put through every replica not in `skip` and returns the results of the replies that came back.
@@ -80,4 +83,57 @@ async fn a_primary_cut_off_is_replaced_and_requests_still_commit() {
     let status = c.nodes[1].status();
     assert!(status.view >= View(1), "a view change happened: {status:?}");
     assert!(c.nodes[1].counters().view_changes >= 1);
+}
+
+/// With MAC authenticators, a client spoils replica 3's MAC while replica 2 is cut off: replica 3's verifier tasks
+/// hand the primary's PRE-PREPARE to the core unvouched, the core takes it once replica 1's PREPARE vouches for it,
+/// and replica 3's vote completes the quorum that replicas 0 and 1 alone could not make.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_one_backup_cannot_check_commits_while_another_is_down() {
+    let params = Params {
+        client_auth: pbft_types::ClientAuth::Macs,
+        ..params()
+    };
+    let c =
+        LocalCluster::start(N, 1, params, || Box::new(KvStore::new())).expect("a valid cluster");
+    c.mesh.set_cut(ReplicaId(2), true);
+    let request = Request {
+        client: ClientId(0),
+        timestamp: Timestamp(1),
+        operation: KvOp::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+        }
+        .encode(),
+    };
+    let sealed = c.client_sessions[0].seal_request(request.clone());
+    let Seal::Authenticator(authenticator) = sealed.seal() else {
+        panic!("sealed with MACs")
+    };
+    let mut authenticator = authenticator.to_vec();
+    authenticator[3 * MAC_LEN] ^= 1;
+    let spoiled =
+        Signed::from_authenticated_parts(sealed.body().clone(), authenticator.into(), request);
+    assert!(c.replica_keyrings[3].verify(spoiled.clone()).is_err());
+    let calls: Vec<_> = [0, 1]
+        .into_iter()
+        .map(|i| {
+            let verified = c.replica_keyrings[i]
+                .verify(spoiled.clone())
+                .expect("the MACs of replicas 0 and 1 are right");
+            let node = c.nodes[i].clone();
+            tokio::spawn(async move { node.submit(verified, Duration::from_secs(10)).await })
+        })
+        .collect();
+    for call in calls {
+        let reply = call.await.expect("joined").expect("a reply");
+        assert_eq!(
+            KvResult::decode(&reply.value().result).expect("a kv result"),
+            KvResult::Done
+        );
+    }
+    let status = c.nodes[3]
+        .wait_for(Duration::from_secs(5), |s| s.last_executed.0 >= 1)
+        .await;
+    assert_eq!(status.last_executed.0, 1, "{status:?}");
 }

@@ -25,12 +25,13 @@ pub enum ClientAuth {
     #[default]
     Signatures,
     /// A MAC authenticator (one HMAC per replica) on requests, one MAC on replies: well under a microsecond
-    /// each. Replicas still accept signed requests. A client whose authenticator is wrong for some replicas
-    /// makes the primary propose batches those replicas refuse: the others commit them, and the refusing
-    /// replicas catch up (a batch a NEW-VIEW assigns is taken by its digest). But while f replicas are down,
-    /// too few remain to commit such a batch, and the cluster stalls until one returns (a backup that took a
-    /// request once f+1 replicas vouch for it would fix this; not built). Choose MACs when clients are trusted
-    /// not to attack liveness, signatures when they are not.
+    /// each. Replicas still accept signed requests. A replica checks only its own MAC, so a client can make its
+    /// request look forged to some replicas and genuine to others. A backup whose own MAC of a request in the
+    /// primary's PRE-PREPARE is wrong therefore does not refuse the PRE-PREPARE but holds it, and accepts it
+    /// once f other backups sent matching PREPAREs: with the primary, f+1 replicas vouch for the batch, so a
+    /// correct one checked it, also while f replicas are down. A client that spoils the primary's MAC still
+    /// costs a view change (the primary refuses the request, the backups time it out): choose MACs when clients
+    /// are trusted not to attack liveness, signatures when they are not.
     Macs,
 }
 

@@ -1,9 +1,10 @@
 //! The normal case (PROTOCOL.md, "Normal case" and "Batching and pipelining"): requests, the primary's batches,
 //! PRE-PREPARE, PREPARE, COMMIT, execution in sequence order and replies.
 
-use pbft_crypto::{Verified, VerifiedPrepared, batch_digest};
+use pbft_crypto::{Unvouched, Verified, VerifiedPrepared, batch_digest};
 use pbft_types::{
     Commit, Digest, PrePrepare, Prepare, Principal, ReplicaId, ReplicaMsg, Reply, Request, SeqNo,
+    Signed,
 };
 
 use super::Replica;
@@ -151,52 +152,14 @@ impl Replica {
         batch: Vec<Verified<Request>>,
     ) {
         let from = Principal::Replica(from);
-        let (view, seq, digest) = (header.view, header.seq, header.digest);
-        if view != self.view {
-            let reason = RejectReason::WrongView {
-                got: view,
-                current: self.view,
-            };
-            return self.reject(from, "PRE-PREPARE", reason);
+        let requests: Vec<&Signed<Request>> = batch.iter().map(Verified::signed).collect();
+        if !self.admissible(from, &header, &requests) {
+            return;
         }
-        if header.replica != self.primary() {
-            let reason = RejectReason::NotFromPrimary {
-                primary: self.primary(),
-            };
-            return self.reject(from, "PRE-PREPARE", reason);
-        }
-        if !self.log.in_window(seq) {
-            return self.reject(from, "PRE-PREPARE", self.outside(seq));
-        }
-        let params = &self.config.params;
-        if batch.len() > params.max_batch_size {
-            let reason = RejectReason::BatchTooLarge {
-                size: batch.len(),
-                limit: params.max_batch_size,
-            };
-            return self.reject(from, "PRE-PREPARE", reason);
-        }
-        if let Some(r) = batch
-            .iter()
-            .find(|r| r.operation.len() > params.max_request_size)
-        {
-            let reason = RejectReason::RequestTooLarge {
-                size: r.operation.len(),
-                limit: params.max_request_size,
-            };
-            return self.reject(from, "PRE-PREPARE", reason);
-        }
-        if batch_digest(batch.iter().map(Verified::signed)) != digest {
-            return self.reject(from, "PRE-PREPARE", RejectReason::BatchDigestMismatch);
-        }
+        let (seq, digest) = (header.seq, header.digest);
         if let Some(accepted) = self.log.get(seq).and_then(|s| s.pre_prepare.clone()) {
             if accepted.digest != digest {
-                // Two PRE-PREPAREs for one (v, n) signed by the primary: proof that it is faulty.
-                self.out.push(Output::Evidence {
-                    first: accepted,
-                    second: header,
-                });
-                return self.start_view_change(self.view.next());
+                return self.equivocated(accepted, header);
             }
             // The same assignment again: it brings the requests if this replica knew only the digest (from O).
             return match self.log.get(seq).is_some_and(|s| s.batch.is_none()) {
@@ -204,6 +167,114 @@ impl Replica {
                 false => self.reject(from, "PRE-PREPARE", RejectReason::Duplicate),
             };
         }
+        if let Some(held) = self.log.get(seq).and_then(|s| s.unvouched.as_ref())
+            && held.header().digest != digest
+        {
+            let held = held.header().clone();
+            return self.equivocated(held, header);
+        }
+        self.accept_pre_prepare(header, batch);
+    }
+
+    /// A PRE-PREPARE that passes every check but this replica's own MAC of some request: held in its slot, and
+    /// accepted once f backups vouch for it with matching PREPAREs (`try_vouch`). A faulty client can make a
+    /// replica's MAC wrong; refusing the batch outright would leave too few replicas to commit it whenever f
+    /// others are down.
+    pub(super) fn on_unvouched_pre_prepare(&mut self, from: ReplicaId, held: Unvouched) {
+        let from = Principal::Replica(from);
+        let header = held.header().clone();
+        let requests: Vec<&Signed<Request>> = held.requests().iter().collect();
+        if !self.admissible(from, &header, &requests) {
+            return;
+        }
+        let seq = header.seq;
+        let known = self.log.get(seq).and_then(|s| {
+            s.pre_prepare
+                .clone()
+                .or_else(|| s.unvouched.as_ref().map(|u| u.header().clone()))
+        });
+        if let Some(known) = known {
+            if known.digest != header.digest {
+                return self.equivocated(known, header);
+            }
+            // A batch known only by its digest (from O) is fetched with FETCH-BATCH instead: a NEW-VIEW vouches
+            // for it more strongly than f PREPAREs.
+            return self.reject(from, "PRE-PREPARE", RejectReason::Duplicate);
+        }
+        let Some(slot) = self.log.slot_mut(seq) else {
+            return;
+        };
+        slot.unvouched = Some(held);
+        self.try_vouch(seq);
+    }
+
+    /// Takes the PRE-PREPARE held unvouched at `seq`, if the PREPAREs gathered there now vouch for its batch.
+    pub(super) fn try_vouch(&mut self, seq: SeqNo) {
+        let Some(slot) = self.log.slot_mut(seq) else {
+            return;
+        };
+        let Some(held) = &slot.unvouched else {
+            return;
+        };
+        let Ok(batch) = held.vouch(slot.prepares.matching(&held.header().digest)) else {
+            return;
+        };
+        let header = held.header().clone();
+        slot.unvouched = None;
+        self.accept_pre_prepare(header, batch);
+    }
+
+    /// Normal case 1's checks of a PRE-PREPARE other than its requests' authenticity and what the slot already
+    /// holds: view, sender, watermarks, sizes and the batch's digest. Refuses it and returns false if one fails.
+    fn admissible(
+        &mut self,
+        from: Principal,
+        header: &PrePrepare,
+        requests: &[&Signed<Request>],
+    ) -> bool {
+        let (view, seq, digest) = (header.view, header.seq, header.digest);
+        let reason = if view != self.view {
+            RejectReason::WrongView {
+                got: view,
+                current: self.view,
+            }
+        } else if header.replica != self.primary() {
+            RejectReason::NotFromPrimary {
+                primary: self.primary(),
+            }
+        } else if !self.log.in_window(seq) {
+            self.outside(seq)
+        } else if requests.len() > self.config.params.max_batch_size {
+            RejectReason::BatchTooLarge {
+                size: requests.len(),
+                limit: self.config.params.max_batch_size,
+            }
+        } else if let Some(r) = requests
+            .iter()
+            .find(|r| r.value().operation.len() > self.config.params.max_request_size)
+        {
+            RejectReason::RequestTooLarge {
+                size: r.value().operation.len(),
+                limit: self.config.params.max_request_size,
+            }
+        } else if batch_digest(requests.iter().copied()) != digest {
+            RejectReason::BatchDigestMismatch
+        } else {
+            return true;
+        };
+        self.reject(from, "PRE-PREPARE", reason);
+        false
+    }
+
+    /// Two PRE-PREPAREs signed by the primary for one (v, n) with different digests: proof that it is faulty.
+    fn equivocated(&mut self, first: Verified<PrePrepare>, second: Verified<PrePrepare>) {
+        self.out.push(Output::Evidence { first, second });
+        self.start_view_change(self.view.next());
+    }
+
+    /// Normal case 2: logs the PRE-PREPARE and sends this backup's PREPARE.
+    fn accept_pre_prepare(&mut self, header: Verified<PrePrepare>, batch: Vec<Verified<Request>>) {
+        let (view, seq, digest) = (header.view, header.seq, header.digest);
         let prepare = self.signer.sign(Prepare {
             view,
             seq,
@@ -221,6 +292,7 @@ impl Replica {
         };
         slot.pre_prepare = Some(header.clone());
         slot.batch = Some(batch.clone());
+        slot.unvouched = None;
         slot.prepares.insert(prepare.clone());
         self.persist(JournalEntry::Accepted {
             header,
@@ -325,7 +397,10 @@ impl Replica {
             return self.reject(from, "PREPARE", self.outside(seq));
         };
         match slot.prepares.insert(prepare) {
-            Insert::New => self.advance(seq),
+            Insert::New => {
+                self.try_vouch(seq);
+                self.advance(seq);
+            }
             Insert::Duplicate => self.reject(from, "PREPARE", RejectReason::Duplicate),
             Insert::Conflicting => self.reject(from, "PREPARE", RejectReason::ConflictingVote),
         }

@@ -14,11 +14,12 @@ use pbft_core::{
     Dest, ExecContext, Input, JournalEntry, Output, RecoveryError, RejectReason, Rejection,
     Replica, RestoreError, StateMachine, Timer,
 };
-use pbft_crypto::{KeyPair, Keyring, Signer, Verified, batch_digest};
+use pbft_crypto::{KeyPair, Keyring, SessionKeys, Signer, Verified, batch_digest};
 use pbft_types::{
     BatchData, Checkpoint, ClientId, ClientInfo, ClusterConfig, Commit, Digest, FetchBatch,
-    FetchState, NewView, Params, PrePrepare, Prepare, PreparedProof, Principal, ReplicaId,
-    ReplicaMsg, Reply, Request, SeqNo, Signed, StateChunk, Status, Timestamp, View, ViewChange,
+    FetchState, MAC_LEN, NewView, Params, PrePrepare, Prepare, PreparedProof, Principal, ReplicaId,
+    ReplicaMsg, Reply, Request, Seal, SeqNo, Signed, StateChunk, Status, Timestamp, View,
+    ViewChange,
 };
 
 /// How many clients every test cluster knows (ids 1..=CLIENTS).
@@ -386,6 +387,43 @@ impl Cluster {
         };
         let signed = self.client_keys[client as usize - 1].sign(request);
         self.keyring.verify(signed).expect("the client's own key")
+    }
+
+    /// What replica `id` verifies with when clients may seal requests with MACs: the keyring with its own
+    /// session keys.
+    pub fn replica_keyring(&self, id: u64) -> Keyring {
+        let sessions =
+            SessionKeys::for_replica(&self.config, ReplicaId(id), &self.keys[id as usize])
+                .expect("test keys are valid");
+        self.keyring.clone().with_sessions(sessions)
+    }
+
+    /// A request of client `client` sealed with a MAC authenticator in which the MACs of the `spoiled` replicas
+    /// are wrong, as a faulty client may send it.
+    pub fn sealed_request(
+        &self,
+        client: u64,
+        timestamp: u64,
+        operation: &str,
+        spoiled: &[u64],
+    ) -> Signed<Request> {
+        let request = Request {
+            client: ClientId(client),
+            timestamp: Timestamp(timestamp),
+            operation: Bytes::copy_from_slice(operation.as_bytes()),
+        };
+        let keys = &self.client_keys[client as usize - 1];
+        let sessions = SessionKeys::for_client(&self.config, ClientId(client), keys)
+            .expect("test keys are valid");
+        let sealed = sessions.seal_request(request.clone());
+        let Seal::Authenticator(authenticator) = sealed.seal() else {
+            unreachable!("seal_request seals with MACs")
+        };
+        let mut authenticator = authenticator.to_vec();
+        for r in spoiled {
+            authenticator[*r as usize * MAC_LEN] ^= 1;
+        }
+        Signed::from_authenticated_parts(sealed.body().clone(), authenticator.into(), request)
     }
 
     /// PRE-PREPARE(view, seq, digest of `batch`) with `batch`, signed by replica `signer`.

@@ -127,6 +127,14 @@ impl Adversary {
                     }
                     self.vote_for(header.view, header.seq, header.digest);
                 }
+                // A faulty replica vouches for what it could not check as readily as for anything else.
+                VerifiedMsg::UnvouchedPrePrepare(held) => {
+                    for r in held.requests() {
+                        self.remember_request(r.clone());
+                    }
+                    let header = held.header();
+                    self.vote_for(header.view, header.seq, header.digest);
+                }
                 VerifiedMsg::Prepare(p) => self.vote_for(p.view, p.seq, p.digest),
                 VerifiedMsg::Commit(c) => self.vote_for(c.view, c.seq, c.digest),
                 VerifiedMsg::Checkpoint(c)
