@@ -17,7 +17,7 @@ use pbft_client::net::{NetClient, NetError};
 use pbft_crypto::{KeyPair, SessionKeys, Signer};
 use pbft_node::config::{ClientAuthFile, ParamsFile};
 use pbft_types::wire::replica_api_client::ReplicaApiClient;
-use pbft_types::wire::{Refusal, SignedEnvelope};
+use pbft_types::wire::{Refusal, RequestBatch, SignedEnvelope};
 use pbft_types::{ClientAuth, Principal, Request, Timestamp};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
@@ -737,15 +737,16 @@ fn a_stream_refuses_bad_requests_and_answers_good_ones() {
     let good = request(cluster.setup.key.clone(), now, 8);
     let forged = request(KeyPair::from_seed([0x77; 32]), now + 1, 8);
     // Over the API's request limit (the cluster's 64 KiB plus 1 KiB of envelope), within what the gRPC decoder
-    // takes (1 KiB more): refused after decoding, so it is refused by name.
+    // takes (a batch of 4 MiB): refused after decoding, so it is refused by name.
     let large = request(cluster.setup.key.clone(), now + 2, 65 * 1024 + 200);
     let garbage = SignedEnvelope {
         body: b"\xff\xff\xff".to_vec().into(),
         signature: vec![0; 64].into(),
         ..SignedEnvelope::default()
     };
+    // Over the 4 MiB a batch may hold.
     let huge = SignedEnvelope {
-        body: vec![0; 4 << 20].into(),
+        body: vec![0; 5 << 20].into(),
         signature: vec![0; 64].into(),
         ..SignedEnvelope::default()
     };
@@ -754,7 +755,15 @@ fn a_stream_refuses_bad_requests_and_answers_good_ones() {
         let mut api = ReplicaApiClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
-        let requests = tokio_stream::iter([forged, garbage, large, good, huge]);
+        // The bad ones share a message with the good one; the huge one comes alone.
+        let requests = tokio_stream::iter([
+            RequestBatch {
+                requests: vec![forged, garbage, large, good],
+            },
+            RequestBatch {
+                requests: vec![huge],
+            },
+        ]);
         let mut answers = api.submit_stream(requests).await.unwrap().into_inner();
         let mut replies = Vec::new();
         let mut refusals: Vec<Refusal> = Vec::new();

@@ -8,21 +8,28 @@
 //! unary call would have returned, so the client above handles both transports alike: the envelope, still to be
 //! verified, or an error status.
 //!
+//! Requests queue for the stream, and each time the transport can take a message, every request queued at that
+//! moment goes out in it as one `RequestBatch` (up to a cap): under load a few messages carry many requests, and
+//! an idle stream sends each request the moment it is queued, never waiting to fill a batch.
+//!
 //! The stream is opened at the first submission and again after it breaks, with a growing pause between failed
 //! attempts so that a replica that is down costs a failed submission, not a connection attempt each time. When a
 //! stream breaks, every submission waiting on it fails at once; the client's retransmission sends them again.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pbft_types::wire::replica_api_client::ReplicaApiClient;
-use pbft_types::wire::{ReplyBatch, SignedEnvelope};
+use pbft_types::wire::{ReplyBatch, RequestBatch, SignedEnvelope};
 use pbft_types::{ClientId, Reply, Signed, Timestamp};
+use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
@@ -33,6 +40,14 @@ const QUEUE: usize = 1024;
 /// [`MAX_PAUSE`], and starts again from here once a stream opened.
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
 const MAX_PAUSE: Duration = Duration::from_secs(2);
+
+/// Requests in one outgoing message at most: a replica refuses a batch of more than it handles at once on a
+/// stream (4096), and a quarter of that already spreads a message's cost thinly.
+const PACK_REQUESTS: usize = 1024;
+
+/// An outgoing message takes no request that would carry it past this many bytes, unless it is the first: well
+/// within the 4 MiB a replica takes.
+const PACK_BYTES: usize = 1 << 20;
 
 /// The largest batch of answers accepted: a replica caps its batches near 1 MiB plus one reply, and a reply
 /// carries a result of the application's choosing.
@@ -185,7 +200,10 @@ async fn drive(
     requests: mpsc::Receiver<SignedEnvelope>,
     demux: Arc<Demux>,
 ) {
-    let why = match api.submit_stream(ReceiverStream::new(requests)).await {
+    let why = match api
+        .submit_stream(Packer::new(requests, PACK_REQUESTS, PACK_BYTES))
+        .await
+    {
         Err(status) => status,
         Ok(response) => {
             if let Some(owner) = owner.upgrade() {
@@ -205,6 +223,58 @@ async fn drive(
         owner.closed(id);
     }
     demux.broke(id, &why);
+}
+
+/// The outgoing half of a stream: each time the transport asks for a message, every request queued at that
+/// moment, up to the caps, as one batch.
+struct Packer {
+    queue: mpsc::Receiver<SignedEnvelope>,
+    /// A request that did not fit the last batch; it opens the next.
+    held: Option<SignedEnvelope>,
+    max_requests: usize,
+    max_bytes: usize,
+}
+
+impl Packer {
+    fn new(queue: mpsc::Receiver<SignedEnvelope>, max_requests: usize, max_bytes: usize) -> Self {
+        Packer {
+            queue,
+            held: None,
+            max_requests: max_requests.max(1),
+            max_bytes,
+        }
+    }
+}
+
+impl Stream for Packer {
+    type Item = RequestBatch;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RequestBatch>> {
+        let this = self.get_mut();
+        let first = match this.held.take() {
+            Some(held) => held,
+            // The queue ends once every sender is gone: the stream's clients, and so its work, are.
+            None => match ready!(this.queue.poll_recv(cx)) {
+                Some(envelope) => envelope,
+                None => return Poll::Ready(None),
+            },
+        };
+        let mut bytes = first.encoded_len();
+        let mut requests = vec![first];
+        while requests.len() < this.max_requests {
+            let Ok(envelope) = this.queue.try_recv() else {
+                break;
+            };
+            let size = envelope.encoded_len();
+            if bytes.saturating_add(size) > this.max_bytes {
+                this.held = Some(envelope);
+                break;
+            }
+            bytes += size;
+            requests.push(envelope);
+        }
+        Poll::Ready(Some(RequestBatch { requests }))
+    }
 }
 
 /// Routes answers to the submissions waiting for them.
@@ -460,6 +530,79 @@ mod tests {
             refusals: vec![],
         });
         assert_eq!(r2.await.unwrap().unwrap().to_envelope(), reply(1, 10));
+    }
+
+    fn numbered(i: u64, size: usize) -> SignedEnvelope {
+        SignedEnvelope {
+            body: Bytes::from(vec![0; size]),
+            signature: Bytes::from(i.to_le_bytes().to_vec()),
+            ..SignedEnvelope::default()
+        }
+    }
+
+    fn numbers(batch: &RequestBatch) -> Vec<u64> {
+        batch
+            .requests
+            .iter()
+            .map(|e| u64::from_le_bytes(e.signature.as_ref().try_into().unwrap()))
+            .collect()
+    }
+
+    /// The packer's next message, which must be ready now.
+    fn next_now(packer: &mut Packer) -> Option<RequestBatch> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(packer).poll_next(&mut cx) {
+            Poll::Ready(batch) => batch,
+            Poll::Pending => panic!("the packer waited"),
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_queued_together_go_out_in_one_message() {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let mut packer = Packer::new(rx, PACK_REQUESTS, PACK_BYTES);
+        for i in 0..100 {
+            tx.send(numbered(i, 512)).await.unwrap();
+        }
+        let batch = next_now(&mut packer).unwrap();
+        assert_eq!(numbers(&batch), (0..100).collect::<Vec<_>>());
+        // Nothing queued: no message, and no waiting to fill one either.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut packer).poll_next(&mut cx).is_pending());
+        tx.send(numbered(100, 512)).await.unwrap();
+        assert_eq!(numbers(&next_now(&mut packer).unwrap()), [100]);
+        // The clients are gone and everything went out: the stream ends.
+        drop(tx);
+        assert!(next_now(&mut packer).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_message_holds_at_most_the_capped_count_of_requests() {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let mut packer = Packer::new(rx, 4, PACK_BYTES);
+        for i in 0..10 {
+            tx.send(numbered(i, 8)).await.unwrap();
+        }
+        assert_eq!(numbers(&next_now(&mut packer).unwrap()), [0, 1, 2, 3]);
+        assert_eq!(numbers(&next_now(&mut packer).unwrap()), [4, 5, 6, 7]);
+        assert_eq!(numbers(&next_now(&mut packer).unwrap()), [8, 9]);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_would_carry_a_message_past_the_byte_cap_opens_the_next() {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        // Each request is a little over 100 bytes: two fit under 250, a third does not.
+        let mut packer = Packer::new(rx, PACK_REQUESTS, 250);
+        for i in 0..3 {
+            tx.send(numbered(i, 100)).await.unwrap();
+        }
+        // A request larger than the cap on its own still goes, alone.
+        tx.send(numbered(3, 1000)).await.unwrap();
+        tx.send(numbered(4, 100)).await.unwrap();
+        assert_eq!(numbers(&next_now(&mut packer).unwrap()), [0, 1]);
+        assert_eq!(numbers(&next_now(&mut packer).unwrap()), [2]);
+        assert_eq!(numbers(&next_now(&mut packer).unwrap()), [3]);
+        assert_eq!(numbers(&next_now(&mut packer).unwrap()), [4]);
     }
 
     #[tokio::test]

@@ -8,7 +8,8 @@ use pbft_types::wire::ledger_api_server::{LedgerApi, LedgerApiServer};
 use pbft_types::wire::replica_api_server::{ReplicaApi, ReplicaApiServer};
 use pbft_types::wire::{
     AccountAtHeight, BalanceQuery, BlockHash, BlockRange, CertifiedBlock as CertifiedBlockMsg,
-    ChainHead, EntryQuery, HeadQuery, Refusal, ReplicaStatus, SignedEnvelope, StatusQuery,
+    ChainHead, EntryQuery, HeadQuery, Refusal, ReplicaStatus, RequestBatch, SignedEnvelope,
+    StatusQuery,
 };
 use pbft_types::{Request as ClientRequest, Signed};
 use tonic::{Request, Response, Status, Streaming};
@@ -20,9 +21,19 @@ use crate::submit_stream::{self, Answer, Limits, ReplyStream};
 /// Room for the envelope's own fields around a request of the largest allowed size.
 const ENVELOPE_OVERHEAD: usize = 1024;
 
+/// The largest `RequestBatch` a stream takes (as `proto/pbft.proto` states), unless one request of the largest
+/// allowed size is larger. Big enough that a packed batch costs little per request, small enough that a stream's
+/// one batch read ahead of its permits (see `submit_stream`) holds little memory.
+const BATCH_BYTES: usize = 4 << 20;
+
 /// The gRPC service, ready to be added to a `tonic` server.
 pub fn service(api: ClientApi) -> ReplicaApiServer<GrpcApi> {
-    let limit = api.max_request().saturating_add(ENVELOPE_OVERHEAD);
+    // One limit covers both calls: a unary request is a single envelope and gets no further than
+    // `submit_envelope`'s size check, which bounds every request of a batch as well.
+    let limit = api
+        .max_request()
+        .saturating_add(ENVELOPE_OVERHEAD)
+        .max(BATCH_BYTES);
     ReplicaApiServer::new(GrpcApi { api }).max_decoding_message_size(limit)
 }
 
@@ -48,11 +59,11 @@ impl ReplicaApi for GrpcApi {
 
     async fn submit_stream(
         &self,
-        request: Request<Streaming<SignedEnvelope>>,
+        request: Request<Streaming<RequestBatch>>,
     ) -> Result<Response<ReplyStream>, Status> {
         let api = self.api.clone();
-        // Each request goes through `submit_envelope` exactly as a unary Submit does (size limit, decoding,
-        // authentication, execution); the tonic decoder has bounded every message already (see `service`).
+        // Each request of a batch goes through `submit_envelope` exactly as a unary Submit does (size limit,
+        // decoding, authentication, execution); the tonic decoder has bounded the batch as a whole (see `service`).
         let handle = move |envelope: SignedEnvelope| {
             let api = api.clone();
             async move {

@@ -1,21 +1,24 @@
-//! `ReplicaApi.SubmitStream`: many requests on one long-lived stream, answered in batches.
+//! `ReplicaApi.SubmitStream`: many requests on one long-lived stream, packed into batches both ways.
 //!
-//! A reader task reads the client's stream and handles each request in a task of its own, so a request that
-//! waits for execution never holds up the ones behind it. Each request holds a permit from the moment it is read
-//! until its answer is put into a batch: with every permit taken, the reader stops reading, and HTTP/2 flow
-//! control pushes back on the client. Answers go through a channel to the outgoing stream, which, whenever the
-//! transport asks for a message, takes every answer ready at that moment (up to a cap) as one [`ReplyBatch`]: a
-//! busy stream sends few large messages, an idle one sends each answer as soon as it exists.
+//! A reader task reads the client's stream and hands each [`RequestBatch`] to a task of its own, which drives the
+//! batch's requests concurrently and passes each answer on the moment it exists: a request that waits for
+//! execution never holds up the others, in its batch or behind it, and a busy stream costs one task per batch
+//! rather than one per request. Each request holds a permit from the moment its batch is read until its answer
+//! is put into a reply batch: with every permit taken, the reader stops reading, and HTTP/2 flow control pushes
+//! back on the client. Answers go through a channel to the outgoing stream, which, whenever the transport asks
+//! for a message, takes every answer ready at that moment (up to a cap) as one [`ReplyBatch`]: a busy stream
+//! sends few large messages, an idle one sends each answer as soon as it exists.
 //!
 //! Dropping the outgoing stream (the client went away, or the connection broke) aborts the reader and, with it,
-//! every request task: nothing outlives the stream.
+//! every batch task: nothing outlives the stream.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use pbft_types::wire::{Refusal, ReplyBatch, SignedEnvelope};
+use futures_util::stream::FuturesUnordered;
+use pbft_types::wire::{Refusal, ReplyBatch, RequestBatch, SignedEnvelope};
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
@@ -25,7 +28,8 @@ use tonic::Status;
 /// How much one stream may hold in the replica.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Requests read and not yet answered (being handled, or answered but not yet taken into a batch).
+    /// Requests read and not yet answered (being handled, or answered but not yet taken into a batch). A request
+    /// batch with more requests than this is refused whole.
     pub in_flight: usize,
     /// Answers in one batch at most.
     pub batch_answers: usize,
@@ -43,6 +47,9 @@ impl Default for Limits {
     }
 }
 
+/// The most `Limits::in_flight` may be: far beyond any use, and within what one semaphore call can take.
+const MAX_IN_FLIGHT: usize = 1 << 24;
+
 /// The answer to one request.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Answer {
@@ -53,15 +60,16 @@ pub enum Answer {
 /// An answer and the permit its request held, released once the answer is in a batch.
 type Ready = (Answer, OwnedSemaphorePermit);
 
-/// Serves one stream: `handle` answers each request of `incoming`. The returned stream yields the batches.
+/// Serves one stream: `handle` answers each request of each batch of `incoming`. The returned stream yields the
+/// reply batches.
 pub fn serve<S, H, F>(incoming: S, handle: H, limits: Limits) -> ReplyStream
 where
-    S: Stream<Item = Result<SignedEnvelope, Status>> + Send + Unpin + 'static,
+    S: Stream<Item = Result<RequestBatch, Status>> + Send + Unpin + 'static,
     H: Fn(SignedEnvelope) -> F + Send + 'static,
     F: Future<Output = Answer> + Send + 'static,
 {
     let limits = Limits {
-        in_flight: limits.in_flight.max(1),
+        in_flight: limits.in_flight.clamp(1, MAX_IN_FLIGHT),
         batch_answers: limits.batch_answers.max(1),
         ..limits
     };
@@ -71,11 +79,11 @@ where
     ReplyStream { rx, reader, limits }
 }
 
-/// Reads requests while permits last, handles each in its own task, and once the client's side ends (or breaks),
-/// waits for the answers to the requests read.
+/// Reads batches while permits last, handles each in its own task, and once the client's side ends (or breaks,
+/// or sends a batch it may not), waits for the answers to the requests read.
 async fn read<S, H, F>(mut incoming: S, handle: H, in_flight: usize, answers: mpsc::Sender<Ready>)
 where
-    S: Stream<Item = Result<SignedEnvelope, Status>> + Unpin,
+    S: Stream<Item = Result<RequestBatch, Status>> + Unpin,
     H: Fn(SignedEnvelope) -> F,
     F: Future<Output = Answer> + Send + 'static,
 {
@@ -84,22 +92,43 @@ where
     loop {
         // Finished tasks stay in the set until joined; reap them so that the set stays as small as the load.
         while tasks.try_join_next().is_some() {}
-        // Backpressure: no permit, no reading.
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+        // Backpressure: no permit, no reading. The batch's first request takes this one.
+        let Ok(mut permit) = Arc::clone(&permits).acquire_owned().await else {
             return; // never closed
         };
         match incoming.next().await {
-            Some(Ok(envelope)) => {
-                let answer = handle(envelope);
-                let answers = answers.clone();
-                tasks.spawn(async move {
-                    let answer = answer.await;
-                    // Fails only when the outgoing stream is gone, and then this task is being aborted anyway.
-                    let _ = answers.send((answer, permit)).await;
-                });
+            Some(Ok(batch)) => {
+                let count = batch.requests.len();
+                if count == 0 {
+                    continue;
+                }
+                if count > in_flight {
+                    // Its permits could never all be free at once: waiting for them would stall the stream for
+                    // good. Like a message over the size limit, it ends the stream.
+                    let refusal = Refusal::from_status(
+                        0,
+                        0,
+                        &Status::resource_exhausted(format!(
+                            "a batch of {count} requests; a stream handles at most {in_flight} at once"
+                        )),
+                    );
+                    let _ = answers.send((Answer::Refused(refusal), permit)).await;
+                    break;
+                }
+                if count > 1 {
+                    // `count - 1 < in_flight <= MAX_IN_FLIGHT`, which fits a u32.
+                    let more = u32::try_from(count - 1).unwrap_or(u32::MAX);
+                    let Ok(rest) = Arc::clone(&permits).acquire_many_owned(more).await else {
+                        return; // never closed
+                    };
+                    permit.merge(rest);
+                }
+                let pending: FuturesUnordered<F> =
+                    batch.requests.into_iter().map(&handle).collect();
+                tasks.spawn(answer_batch(pending, permit, answers.clone()));
             }
             Some(Err(status)) => {
-                // A message that could not be decoded (over the size limit, or not a SignedEnvelope): its ids
+                // A message that could not be decoded (over the size limit, or not a RequestBatch): its ids
                 // cannot be read, and the stream cannot be trusted to frame the next one; answer what was read.
                 let refusal = Refusal::from_status(0, 0, &status);
                 let _ = answers.send((Answer::Refused(refusal), permit)).await;
@@ -111,6 +140,25 @@ where
     while tasks.join_next().await.is_some() {}
 }
 
+/// Drives a batch's requests, passing each answer on with one of the batch's permits as soon as it exists.
+async fn answer_batch<F>(
+    mut pending: FuturesUnordered<F>,
+    mut permits: OwnedSemaphorePermit,
+    answers: mpsc::Sender<Ready>,
+) where
+    F: Future<Output = Answer>,
+{
+    while let Some(answer) = pending.next().await {
+        // The batch holds a permit per request, so there is one for each answer (the last leaves an empty permit
+        // behind). Were they ever miscounted, the answers beyond would be dropped, never sent without a permit.
+        let Some(permit) = permits.split(1) else {
+            break;
+        };
+        // Fails only when the outgoing stream is gone, and then this task is being aborted anyway.
+        let _ = answers.send((answer, permit)).await;
+    }
+}
+
 /// The outgoing half of a stream: a batch of whatever answers are ready each time the transport asks.
 pub struct ReplyStream {
     rx: mpsc::Receiver<Ready>,
@@ -120,7 +168,7 @@ pub struct ReplyStream {
 
 impl Drop for ReplyStream {
     fn drop(&mut self) {
-        // Aborting the reader drops its JoinSet, which aborts every request task.
+        // Aborting the reader drops its JoinSet, which aborts every batch task and, with it, its requests.
         self.reader.abort();
     }
 }
@@ -246,7 +294,29 @@ mod tests {
         assert_eq!(batch.refusals, [refusal]);
     }
 
-    type Incoming = Result<SignedEnvelope, Status>;
+    type Incoming = Result<RequestBatch, Status>;
+
+    /// A request batch of envelopes numbered `numbers`.
+    fn batch(numbers: impl IntoIterator<Item = u64>) -> Incoming {
+        Ok(RequestBatch {
+            requests: numbers.into_iter().map(|i| envelope(i, 1)).collect(),
+        })
+    }
+
+    /// Every answer until the stream ends (it must end within seconds): the numbers replied to, and the refusals.
+    async fn drain(out: &mut ReplyStream) -> (Vec<u64>, Vec<Refusal>) {
+        let mut replies = Vec::new();
+        let mut refusals = Vec::new();
+        while let Some(batch) = tokio::time::timeout(Duration::from_secs(5), out.next())
+            .await
+            .unwrap()
+        {
+            let batch = batch.unwrap();
+            replies.extend(batch.replies.iter().map(number));
+            refusals.extend(batch.refusals);
+        }
+        (replies, refusals)
+    }
 
     /// An input stream the test writes into, as a client's side of a stream.
     fn input(capacity: usize) -> (mpsc::Sender<Incoming>, ReceiverStream<Incoming>) {
@@ -262,7 +332,7 @@ mod tests {
             |e| async move { Answer::Reply(e) },
             Limits::default(),
         );
-        tx.send(Ok(envelope(7, 1))).await.unwrap();
+        tx.send(batch([7])).await.unwrap();
         let batch = tokio::time::timeout(Duration::from_secs(5), out.next())
             .await
             .unwrap()
@@ -296,8 +366,10 @@ mod tests {
             },
             Limits::default(),
         );
-        for i in 0..10 {
-            tx.send(Ok(envelope(i, 1))).await.unwrap();
+        // The slow one shares its batch with four quick ones; five more come alone.
+        tx.send(batch(0..5)).await.unwrap();
+        for i in 5..10 {
+            tx.send(batch([i])).await.unwrap();
         }
         // Let the nine quick ones finish before the transport asks for a message.
         while tx.capacity() < 16 {
@@ -323,7 +395,7 @@ mod tests {
         // Nothing is ever answered.
         let _out = serve(incoming, |_| std::future::pending(), limits);
         for i in 0..10 {
-            tx.send(Ok(envelope(i, 1))).await.unwrap();
+            tx.send(batch([i])).await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         // Four read and held; the reader waits for a permit before it reads the fifth.
@@ -339,7 +411,7 @@ mod tests {
         };
         let _out = serve(incoming, |e| async move { Answer::Reply(e) }, limits);
         for i in 0..10 {
-            tx.send(Ok(envelope(i, 1))).await.unwrap();
+            tx.send(batch([i])).await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         // Answered but never taken: the answers keep their permits.
@@ -362,14 +434,13 @@ mod tests {
             },
             Limits::default(),
         );
-        for i in 0..5 {
-            tx.send(Ok(envelope(i, 1))).await.unwrap();
-        }
+        tx.send(batch(0..3)).await.unwrap();
+        tx.send(batch(3..5)).await.unwrap();
         while Arc::strong_count(&alive) < 7 {
             tokio::task::yield_now().await;
         }
         drop(out);
-        // The reader held the handler (one count) and each of the five tasks one more.
+        // The reader held the handler (one count) and each of the five requests one more.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while Arc::strong_count(&alive) > 1 {
             assert!(tokio::time::Instant::now() < deadline, "tasks still alive");
@@ -388,20 +459,11 @@ mod tests {
             },
             Limits::default(),
         );
-        tx.send(Ok(envelope(1, 1))).await.unwrap();
+        tx.send(batch([1])).await.unwrap();
         tx.send(Err(Status::out_of_range("too large")))
             .await
             .unwrap();
-        let mut replies = Vec::new();
-        let mut refusals = Vec::new();
-        while let Some(batch) = tokio::time::timeout(Duration::from_secs(5), out.next())
-            .await
-            .unwrap()
-        {
-            let batch = batch.unwrap();
-            replies.extend(batch.replies.iter().map(number));
-            refusals.extend(batch.refusals);
-        }
+        let (replies, refusals) = drain(&mut out).await;
         // The stream ended on its own although the test still holds the input open.
         assert_eq!(replies, [1]);
         assert_eq!(refusals.len(), 1);
@@ -424,13 +486,91 @@ mod tests {
             |e| async move { Answer::Reply(e) },
             Limits::default(),
         );
-        tx.send(Ok(envelope(1, 1))).await.unwrap();
-        tx.send(Ok(envelope(2, 1))).await.unwrap();
+        tx.send(batch([1])).await.unwrap();
+        tx.send(batch([2, 3])).await.unwrap();
         drop(tx);
         let mut n = 0;
         while let Some(batch) = out.next().await {
             n += batch.unwrap().replies.len();
         }
-        assert_eq!(n, 2);
+        assert_eq!(n, 3);
+    }
+
+    #[tokio::test]
+    async fn every_request_of_a_batch_is_answered_as_it_completes() {
+        let (tx, incoming) = input(8);
+        let mut out = serve(
+            incoming,
+            |e| async move {
+                // Later requests finish first, 10 ms apart.
+                let wait = (20 - number(&e)) * 10;
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                Answer::Reply(e)
+            },
+            Limits::default(),
+        );
+        tx.send(batch(0..20)).await.unwrap();
+        drop(tx);
+        let (replies, refusals) = drain(&mut out).await;
+        assert!(refusals.is_empty(), "{refusals:?}");
+        // Each went out when it was ready, not when the batch was done: the first ones out are the quickest.
+        assert_eq!(replies.first(), Some(&19));
+        let mut sorted = replies.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..20).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_read_only_once_there_is_a_permit_for_each_of_its_requests() {
+        let (tx, incoming) = input(64);
+        let limits = Limits {
+            in_flight: 4,
+            ..Limits::default()
+        };
+        let handled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = Arc::clone(&handled);
+        // Nothing is ever answered.
+        let _out = serve(
+            incoming,
+            move |_| {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::future::pending()
+            },
+            limits,
+        );
+        tx.send(batch(0..3)).await.unwrap();
+        tx.send(batch(3..6)).await.unwrap();
+        tx.send(batch(6..7)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The second batch was read on the one permit left and waits for two more; the third is not read.
+        assert_eq!(tx.max_capacity() - tx.capacity(), 1);
+        assert_eq!(handled.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_the_in_flight_bound_is_refused_and_ends_the_stream() {
+        let (tx, incoming) = input(8);
+        let limits = Limits {
+            in_flight: 4,
+            ..Limits::default()
+        };
+        let mut out = serve(incoming, |e| async move { Answer::Reply(e) }, limits);
+        tx.send(batch([])).await.unwrap();
+        tx.send(batch(0..4)).await.unwrap();
+        tx.send(batch(4..9)).await.unwrap();
+        tx.send(batch([9])).await.unwrap();
+        let (mut replies, refusals) = drain(&mut out).await;
+        // The empty batch is nothing, a full one is served, the one beyond is refused whole and nothing after it
+        // is read.
+        replies.sort_unstable();
+        assert_eq!(replies, [0, 1, 2, 3]);
+        assert_eq!(refusals.len(), 1, "{refusals:?}");
+        let refusal = &refusals[0];
+        assert_eq!(
+            (refusal.client, refusal.timestamp, refusal.code.as_str()),
+            (0, 0, "RESOURCE_EXHAUSTED")
+        );
+        assert!(refusal.message.contains("5 requests"), "{refusal:?}");
+        drop(tx);
     }
 }
