@@ -350,11 +350,22 @@ impl Outbox {
     }
 }
 
+/// Where the journal writer makes a round's entries durable: the replica's journal (or, in tests, a stand-in).
+trait Durable: Send + 'static {
+    fn persist(&mut self, outputs: &[Output]) -> Result<(), String>;
+}
+
+impl Durable for Journal {
+    fn persist(&mut self, outputs: &[Output]) -> Result<(), String> {
+        Journal::persist(self, outputs).map_err(|e| e.to_string())
+    }
+}
+
 /// Starts the journal writer: it writes each round of outputs it receives (together with every round queued
 /// behind it) in one synced write, then releases their messages and replies. If a write fails it records why and
 /// stops, which closes its queue and so stops the replica task too.
 fn spawn_writer(
-    mut journal: Journal,
+    mut journal: impl Durable,
     outbox: Arc<Outbox>,
     failure: Arc<watch::Sender<Option<String>>>,
 ) -> mpsc::Sender<Vec<Output>> {
@@ -365,7 +376,7 @@ fn spawn_writer(
             while let Ok(more) = rx.try_recv() {
                 outputs.extend(more);
             }
-            if let Err(e) = journal.persist(&outputs) {
+            if let Err(e) = Durable::persist(&mut journal, &outputs) {
                 fail(&failure, format!("the journal could not be written: {e}"));
                 return;
             }
@@ -539,5 +550,136 @@ impl ReplicaTask {
                     .refused(rejection.kind, rejection.reason.name());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc as std_mpsc;
+
+    use pbft_core::{Dest, JournalEntry};
+    use pbft_types::{Digest, Prepare, SeqNo, View};
+
+    use super::*;
+
+    /// A journal that takes its time, and counts the rounds it made durable.
+    struct SlowDisk {
+        written: Arc<AtomicUsize>,
+        fail: bool,
+    }
+
+    impl Durable for SlowDisk {
+        fn persist(&mut self, _outputs: &[Output]) -> Result<(), String> {
+            std::thread::sleep(Duration::from_millis(50));
+            if self.fail {
+                return Err("the disk is full".into());
+            }
+            self.written.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// A link that notes, for every frame, how many writes had completed when it left.
+    struct Watch {
+        written: Arc<AtomicUsize>,
+        sent: Mutex<std_mpsc::Sender<usize>>,
+    }
+
+    impl PeerLink for Watch {
+        fn send(&self, _to: ReplicaId, _frame: Bytes) {
+            self.broadcast(Bytes::new());
+        }
+        fn broadcast(&self, _frame: Bytes) {
+            let written = self.written.load(Ordering::SeqCst);
+            let _ = self
+                .sent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .send(written);
+        }
+    }
+
+    fn round(seq: u64) -> Vec<Output> {
+        let prepare = KeyPair::from_seed([1; 32]).sign(Prepare {
+            view: View(0),
+            seq: SeqNo(seq),
+            digest: Digest([seq as u8; 32]),
+            replica: ReplicaId(0),
+        });
+        vec![
+            Output::Persist(JournalEntry::View {
+                view: View(seq),
+                changing: false,
+            }),
+            Output::Send {
+                to: Dest::AllReplicas,
+                msg: ReplicaMsg::Prepare(prepare),
+            },
+        ]
+    }
+
+    /// The writer's queue, the link's record of frames, and where the writer reports a failure.
+    type Writer = (
+        mpsc::Sender<Vec<Output>>,
+        std_mpsc::Receiver<usize>,
+        Arc<watch::Sender<Option<String>>>,
+    );
+
+    fn writer(fail: bool) -> Writer {
+        let written = Arc::new(AtomicUsize::new(0));
+        let (sent, frames) = std_mpsc::channel();
+        let outbox = Arc::new(Outbox {
+            link: Arc::new(Watch {
+                written: written.clone(),
+                sent: Mutex::new(sent),
+            }),
+            waiters: Arc::new(Waiters::default()),
+            metrics: Metrics::shared(),
+        });
+        let failure = Arc::new(watch::channel(None).0);
+        let disk = SlowDisk { written, fail };
+        (spawn_writer(disk, outbox, failure.clone()), frames, failure)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rounds_messages_leave_only_after_its_entries_are_durable() {
+        let (rounds, frames, _failure) = writer(false);
+        for seq in 1..=3 {
+            rounds.send(round(seq)).await.expect("the writer runs");
+        }
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let written =
+                tokio::task::block_in_place(|| frames.recv_timeout(Duration::from_secs(5)))
+                    .expect("every round's message leaves");
+            seen.push(written);
+        }
+        // The first round's message waited for its write; the later ones may share a write, never precede one.
+        assert!(seen.iter().all(|&w| w >= 1), "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_write_sends_nothing_and_stops_the_writer() {
+        let (rounds, frames, failure) = writer(true);
+        rounds.send(round(1)).await.expect("the writer runs");
+        let sent = tokio::task::block_in_place(|| frames.recv_timeout(Duration::from_millis(500)));
+        assert!(
+            sent.is_err(),
+            "a message left although its round was not written"
+        );
+        let mut failure = failure.subscribe();
+        let reason =
+            tokio::time::timeout(Duration::from_secs(5), failure.wait_for(Option::is_some))
+                .await
+                .expect("the failure is recorded")
+                .expect("the sender lives")
+                .clone();
+        assert!(reason.is_some_and(|r| r.contains("the disk is full")));
+        // Its queue is closed: the replica task's next hand-over fails, and it stops.
+        tokio::time::timeout(Duration::from_secs(5), rounds.closed())
+            .await
+            .expect("the writer's queue closes");
     }
 }
