@@ -11,16 +11,19 @@
 //! each (see `stream`); a call still ends with the replica's answer to it, so everything above is unchanged.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use pbft_crypto::{KeyPair, Keyring, SessionKeys, Signer};
 use pbft_types::wire::replica_api_client::ReplicaApiClient;
 use pbft_types::wire::{ReplicaStatus, StatusQuery};
 use pbft_types::{ClientAuth, ClientId, ClusterConfig, Principal, ReplicaId, Reply, Signed, View};
 use thiserror::Error;
-use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::stream::ReplicaStream;
@@ -127,6 +130,9 @@ impl Connections {
 /// One replica's answer to one call.
 type CallResult = (ReplicaId, Result<Signed<Reply>, tonic::Status>);
 
+/// The calls of one submission that are still open.
+type Calls = FuturesUnordered<Pin<Box<dyn Future<Output = CallResult> + Send>>>;
+
 impl NetClient {
     /// Prepares connections to every replica; none is opened before the first call, so a replica that is down
     /// does not stop the client from starting.
@@ -182,7 +188,9 @@ impl NetClient {
     /// Submits an operation and waits for its result: the bytes f+1 distinct replicas signed alike.
     pub async fn submit(&mut self, operation: Bytes) -> Result<Bytes, NetError> {
         let outputs = self.core.submit(operation, wall_clock_micros())?;
-        let mut calls: JoinSet<CallResult> = JoinSet::new();
+        // The calls run inside this future rather than as tasks of their own: a request costs no task spawns,
+        // and returning (or being dropped) cancels whatever calls are still open.
+        let mut calls: Calls = FuturesUnordered::new();
         let mut in_flight: HashSet<ReplicaId> = HashSet::new();
         let mut timer: Option<tokio::time::Instant> = None;
         let deadline = tokio::time::Instant::now() + self.deadline;
@@ -192,8 +200,8 @@ impl NetClient {
         loop {
             let wake = timer.map_or(deadline, |t| t.min(deadline));
             tokio::select! {
-                joined = calls.join_next(), if !calls.is_empty() => {
-                    let Some(Ok((replica, answer))) = joined else { continue };
+                joined = calls.next(), if !calls.is_empty() => {
+                    let Some((replica, answer)) = joined else { continue };
                     in_flight.remove(&replica);
                     let Ok(reply) = answer else {
                         // The replica is down, refused the request, or gave up waiting; the retransmission
@@ -208,7 +216,6 @@ impl NetClient {
                 }
                 () = tokio::time::sleep_until(wake) => {
                     if tokio::time::Instant::now() >= deadline {
-                        calls.abort_all();
                         self.core.abandon();
                         return Err(NetError::Timeout(self.deadline));
                     }
@@ -255,7 +262,7 @@ impl NetClient {
     fn carry_out(
         &self,
         outputs: Vec<ClientOutput>,
-        calls: &mut JoinSet<CallResult>,
+        calls: &mut Calls,
         in_flight: &mut HashSet<ReplicaId>,
         timer: &mut Option<tokio::time::Instant>,
     ) -> Option<Bytes> {
@@ -271,26 +278,29 @@ impl NetClient {
                         if !in_flight.insert(replica) {
                             continue;
                         }
-                        let mut api = api.clone();
-                        let stream = self.streams.as_ref().and_then(|s| s.get(i)).cloned();
                         let envelope = envelope.clone();
-                        calls.spawn(async move {
-                            let answer = match stream {
-                                Some(stream) => stream.submit(envelope, key, CALL_TIMEOUT).await,
-                                None => api.submit(envelope).await.and_then(|answer| {
-                                    Signed::<Reply>::from_envelope(answer.into_inner())
-                                        .map_err(|e| tonic::Status::data_loss(e.to_string()))
-                                }),
-                            };
-                            (replica, answer)
-                        });
+                        match self.streams.as_ref().and_then(|s| s.get(i)).cloned() {
+                            Some(stream) => calls.push(Box::pin(async move {
+                                (replica, stream.submit(envelope, key, CALL_TIMEOUT).await)
+                            })),
+                            None => {
+                                let mut api = api.clone();
+                                calls.push(Box::pin(async move {
+                                    let answer = api.submit(envelope).await.and_then(|answer| {
+                                        Signed::<Reply>::from_envelope(answer.into_inner())
+                                            .map_err(|e| tonic::Status::data_loss(e.to_string()))
+                                    });
+                                    (replica, answer)
+                                }));
+                            }
+                        }
                     }
                 }
                 ClientOutput::SetTimer(after) => *timer = Some(tokio::time::Instant::now() + after),
                 ClientOutput::CancelTimer => *timer = None,
                 ClientOutput::Completed { result, .. } => {
-                    // Calls still open have nothing left to deliver.
-                    calls.abort_all();
+                    // Calls still open have nothing left to deliver; dropping them cancels them.
+                    calls.clear();
                     return Some(result);
                 }
             }
