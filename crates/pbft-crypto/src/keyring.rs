@@ -159,7 +159,7 @@ pub struct Keyring {
 
 fn parse_key(principal: Principal, bytes: &PublicKeyBytes) -> Result<VerifyingKey, KeyError> {
     let key = VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::Invalid(principal))?;
-    // Batch verification does not reject small-order keys by itself, so they are refused here, once.
+    // Small-order keys would let a signature verify for many messages; they are refused here, once.
     if key.is_weak() {
         return Err(KeyError::Weak(principal));
     }
@@ -247,88 +247,37 @@ impl Keyring {
         Ok(Verified::new(signed))
     }
 
-    /// The nested signatures of a VIEW-CHANGE or NEW-VIEW, checked in one batch; one by one only to name the bad
-    /// one when the batch fails.
+    /// The nested signatures of a VIEW-CHANGE or NEW-VIEW, each checked with `verify_strict`.
+    ///
+    /// Not in a batch: ed25519-dalek's batch equation has no cofactor and draws its coefficients from the batch's
+    /// contents, so a signature whose nonce point carries a small torsion component (which only its own signer can
+    /// make, with its own valid key) passes some batches and fails others and `verify_strict`. A faulty replica
+    /// could then have its VIEW-CHANGE taken by the new primary and refused by the others inside the NEW-VIEW,
+    /// stalling the view change. Every correct replica must reach the same verdict on the same bytes.
     fn verify_nested(&self, nested: &[NestedSignature<'_>]) -> Result<(), AuthError> {
-        if nested.is_empty() {
-            return Ok(());
-        }
-        let keys = nested
-            .iter()
-            .enumerate()
-            .map(|(index, n)| {
-                self.key(n.signer)
-                    .copied()
-                    .map_err(|_| AuthError::BadNestedSignature {
-                        index,
-                        signer: n.signer,
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let messages: Vec<&[u8]> = nested.iter().map(|n| n.body.as_ref()).collect();
-        // Only requests and replies decode without a signature, and neither is ever carried inside another
-        // signed message; a nested message without one fails here all the same.
-        let signatures: Vec<Signature> = nested
-            .iter()
-            .enumerate()
-            .map(|(index, n)| {
-                n.signature
-                    .map(Signature::from_bytes)
-                    .ok_or(AuthError::BadNestedSignature {
-                        index,
-                        signer: n.signer,
-                    })
-            })
-            .collect::<Result<_, _>>()?;
-        if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
-            return Ok(());
-        }
         for (index, n) in nested.iter().enumerate() {
-            if keys[index]
-                .verify_strict(n.body, &signatures[index])
-                .is_err()
-            {
-                return Err(AuthError::BadNestedSignature {
-                    index,
-                    signer: n.signer,
-                });
-            }
+            let bad = || AuthError::BadNestedSignature {
+                index,
+                signer: n.signer,
+            };
+            let key = self.key(n.signer).map_err(|_| bad())?;
+            // Only requests and replies decode without a signature, and neither is ever carried inside another
+            // signed message; a nested message without one fails here all the same.
+            let signature = n.signature.map(Signature::from_bytes).ok_or_else(bad)?;
+            key.verify_strict(n.body, &signature).map_err(|_| bad())?;
         }
         Ok(())
     }
 
-    /// Checks many signatures at once: about half the cost per signature of checking them one by one. If the
-    /// batch fails, each is checked on its own, so one bad signature costs only its own message.
-    pub fn verify_batch<T: Body>(
+    /// Checks each signature on its own (`verify_strict`), for the reason given at `verify_nested`: a batch
+    /// check would let a faulty client or replica make correct replicas disagree about a request in a
+    /// PRE-PREPARE or a PREPARE in a certificate. Requests a replica already checked when their client sent
+    /// them are not checked again (see `seen`), which is where a batch would have saved the most.
+    pub fn verify_each<T: Body>(
         &self,
         items: Vec<Signed<T>>,
     ) -> Vec<Result<Verified<T>, AuthError>> {
-        if items.len() > 1 && self.batch_holds(&items) {
-            return items.into_iter().map(|s| Ok(Verified::new(s))).collect();
-        }
         items.into_iter().map(|s| self.verify(s)).collect()
-    }
-
-    fn batch_holds<T: Body>(&self, items: &[Signed<T>]) -> bool {
-        let mut keys = Vec::with_capacity(items.len());
-        for s in items {
-            match self.key(s.value().signer()) {
-                Ok(k) => keys.push(*k),
-                Err(_) => return false,
-            }
-        }
-        let messages: Vec<&[u8]> = items.iter().map(|s| s.body().as_ref()).collect();
-        let mut signatures = Vec::with_capacity(items.len());
-        for s in items {
-            match s.signature() {
-                Some(signature) => signatures.push(Signature::from_bytes(signature)),
-                None => return false,
-            }
-        }
-        // A signature that passes batch verification could still fail `verify_strict` if it used a
-        // non-canonical encoding; the batch equation checks the same relation, and both refuse weak keys
-        // (refused at load), so a correct client's requests verify the same way on every replica.
-        ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
     }
 
     /// A client's request, checked once: a request this keyring verified before (the same body with the same
@@ -349,7 +298,7 @@ impl Keyring {
 
     /// The client requests of a batch: all of them authentic, or an error naming one that is not. Signed
     /// requests verified before (typically, received from their client first) are not checked again; the
-    /// other signed ones are checked in one batch; MAC-sealed ones each against this replica's own entry.
+    /// other signed ones are checked one by one; MAC-sealed ones each against this replica's own entry.
     pub fn verify_requests(
         &self,
         batch: Vec<Signed<Request>>,
@@ -446,7 +395,7 @@ impl Keyring {
                 unseen_requests.push(request);
             }
         }
-        for ((index, key), result) in unseen.into_iter().zip(self.verify_batch(unseen_requests)) {
+        for ((index, key), result) in unseen.into_iter().zip(self.verify_each(unseen_requests)) {
             out[index] = Some(result.map_err(in_batch(index))?);
             self.seen.insert(key);
         }
@@ -478,7 +427,7 @@ impl Keyring {
     pub fn verify_prepared(&self, proof: PreparedProof) -> Result<VerifiedPrepared, AuthError> {
         let pre_prepare = self.verify(proof.pre_prepare)?;
         let prepares = self
-            .verify_batch(proof.prepares)
+            .verify_each(proof.prepares)
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
         Ok(VerifiedPrepared {
@@ -871,14 +820,9 @@ mod tests {
     fn batch_verification_finds_the_bad_signature() {
         let (replicas, client, keyring) = keys();
         let mut batch: Vec<Signed<Request>> = (1..=5).map(|t| client.sign(request(t))).collect();
-        assert!(
-            keyring
-                .verify_batch(batch.clone())
-                .iter()
-                .all(Result::is_ok)
-        );
+        assert!(keyring.verify_each(batch.clone()).iter().all(Result::is_ok));
         batch[3] = replicas[0].sign(request(4));
-        let results = keyring.verify_batch(batch);
+        let results = keyring.verify_each(batch);
         let bad: Vec<usize> = results
             .iter()
             .enumerate()
@@ -886,6 +830,35 @@ mod tests {
             .map(|(i, _)| i)
             .collect();
         assert_eq!(bad, vec![3]);
+    }
+
+    /// A client request signed with a torsion component in its nonce, among honest ones: refused in every batch
+    /// it is put in, by every path that checks requests, as `verify_strict` refuses it alone. (A cofactorless
+    /// batch check would take it in some of these batches and not in others.)
+    #[test]
+    fn a_request_signed_with_a_torsion_component_is_refused_in_every_batch() {
+        let (_, client, keyring) = keys();
+        let crafted = sign_with_torsion([99; 32], request(1000), EIGHT_TORSION[4]);
+        assert!(matches!(
+            keyring.verify(crafted.clone()),
+            Err(AuthError::BadSignature(_))
+        ));
+        for size in 1..=16u64 {
+            let mut batch: Vec<Signed<Request>> = (1..=size)
+                .map(|t| client.sign(request(100 * size + t)))
+                .collect();
+            batch.push(crafted.clone());
+            let refused = match keyring.verify_requests(batch.clone()) {
+                Err(AuthError::BadRequestInBatch { index, .. }) => index,
+                other => panic!("batch of {size}: {other:?}"),
+            };
+            assert_eq!(refused as u64, size, "batch of {size}");
+            let verdicts = keyring.verify_each(batch);
+            assert!(verdicts[..size as usize].iter().all(Result::is_ok));
+            assert!(verdicts[size as usize].is_err(), "batch of {size}");
+        }
+        // Not remembered as seen either: refused the same way when it comes again.
+        assert!(keyring.verify_request(crafted).is_err());
     }
 
     #[test]
