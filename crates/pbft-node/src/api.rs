@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::Semaphore;
 
+use crate::client_slots::ClientSlots;
 use crate::metrics::Metrics;
 use crate::runtime::{NodeHandle, SubmitError};
 use crate::transport::TransportStats;
@@ -38,6 +39,12 @@ pub enum ApiError {
     /// Too many bytes of requests already wait for this replica to execute them: retry later.
     #[error("the replica is overloaded: {waiting} bytes of requests are waiting; retry later")]
     Overloaded { waiting: usize },
+    /// This client already has as many requests waiting at this replica as one client may.
+    #[error(
+        "client {client} already has {limit} requests waiting at this replica, the most one client may; \
+         wait for their replies"
+    )]
+    TooManyFromClient { client: u64, limit: usize },
     #[error("{0}")]
     Stopped(SubmitError),
 }
@@ -71,6 +78,10 @@ pub type PeerStats = Arc<dyn Fn() -> TransportStats + Send + Sync>;
 /// refusals, never the replica its memory.
 const MAX_WAITING_BYTES: usize = 256 << 20;
 
+/// The most requests one client may have waiting at one replica (see `client_slots`). A client of this
+/// project's library has one.
+pub const MAX_WAITING_PER_CLIENT: usize = 64;
+
 /// What a waiting request counts for at least: its envelope is small, but its waiter and task are not free.
 const MIN_WAITING_BYTES: usize = 1024;
 
@@ -87,6 +98,7 @@ pub struct ClientApi {
     /// One permit per byte of the requests waiting for execution (see MAX_WAITING_BYTES).
     waiting: Arc<Semaphore>,
     waiting_limit: usize,
+    clients: Arc<ClientSlots>,
 }
 
 impl ClientApi {
@@ -110,6 +122,7 @@ impl ClientApi {
             peers: None,
             waiting: Arc::new(Semaphore::new(MAX_WAITING_BYTES)),
             waiting_limit: MAX_WAITING_BYTES,
+            clients: ClientSlots::new(MAX_WAITING_PER_CLIENT),
         }
     }
 
@@ -117,6 +130,12 @@ impl ClientApi {
     pub fn with_waiting_limit(mut self, bytes: usize) -> Self {
         self.waiting = Arc::new(Semaphore::new(bytes));
         self.waiting_limit = bytes;
+        self
+    }
+
+    /// Lets each client have at most `requests` waiting instead of MAX_WAITING_PER_CLIENT.
+    pub fn with_client_limit(mut self, requests: usize) -> Self {
+        self.clients = ClientSlots::new(requests);
         self
     }
 
@@ -182,6 +201,15 @@ impl ClientApi {
             .keyring
             .verify_request(signed)
             .map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
+        // Counted by the authenticated id, after the check: a client cannot spend another's slots.
+        let client = request.client;
+        let _slot = self
+            .clients
+            .take(client)
+            .ok_or(ApiError::TooManyFromClient {
+                client: client.0,
+                limit: self.clients.per_client(),
+            })?;
         let metrics = self.node.metrics();
         metrics.submitted();
         let started = Instant::now();

@@ -111,7 +111,9 @@ fn status(e: &ApiError) -> Status {
         ApiError::Unauthenticated(_) => Status::unauthenticated(e.to_string()),
         ApiError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
         ApiError::Stopped(_) => Status::unavailable(e.to_string()),
-        ApiError::Overloaded { .. } => Status::resource_exhausted(e.to_string()),
+        ApiError::Overloaded { .. } | ApiError::TooManyFromClient { .. } => {
+            Status::resource_exhausted(e.to_string())
+        }
         ApiError::Stale(_) => Status::failed_precondition(e.to_string()),
     }
 }

@@ -108,6 +108,7 @@ async fn submit(
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Stopped(_) | ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyFromClient { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Stale(_) => StatusCode::CONFLICT,
         };
         fail(status, e)

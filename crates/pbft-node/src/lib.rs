@@ -2,6 +2,7 @@
 //! replicas, and the client API.
 
 pub mod api;
+pub mod client_slots;
 pub mod config;
 pub mod durable;
 pub mod grpc;

@@ -201,3 +201,42 @@ async fn a_stale_request_is_answered_at_once_not_held_until_the_timeout() {
     );
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_its_limit_of_requests_waiting_is_refused_more_until_one_is_answered() {
+    let c = cluster();
+    // Replica 1 is a backup: a request sent to it alone waits until it forwards it to the primary (a quarter of
+    // the request timeout), long enough to submit a second one meanwhile.
+    let limited = api(&c, 1).with_client_limit(1);
+    let first = tokio::spawn(call_api(
+        limited.clone(),
+        post(format!(r#"{{"request": "{}"}}"#, put_request(&c, 1))),
+    ));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, json) = call_api(
+        limited.clone(),
+        post(format!(r#"{{"request": "{}"}}"#, put_request(&c, 2))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{json}");
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("requests waiting at this replica"),
+        "{json}"
+    );
+    let (status, json) = first.await.expect("the first call ends");
+    assert_eq!(status, StatusCode::OK, "the first request: {json}");
+    // Its slot is back.
+    let (status, json) = call_api(
+        limited,
+        post(format!(r#"{{"request": "{}"}}"#, put_request(&c, 3))),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "after the first was answered: {json}"
+    );
+}
