@@ -1,18 +1,19 @@
 //! What a replica offers its clients, whatever the protocol they speak (gRPC in `grpc`, HTTP/JSON in `http`):
 //! submit a client-signed request and get this replica's signed reply, and read where the replica stands.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pbft_crypto::Keyring;
+use pbft_crypto::{Keyring, Verified};
 use pbft_types::wire::SignedEnvelope;
 use pbft_types::{Reply, Request, Signed};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::client_slots::ClientSlots;
+use crate::client_slots::{ClientSlot, ClientSlots};
 use crate::metrics::Metrics;
 use crate::runtime::{NodeHandle, SubmitError};
 use crate::transport::TransportStats;
@@ -84,6 +85,15 @@ pub const MAX_WAITING_PER_CLIENT: usize = 64;
 
 /// What a waiting request counts for at least: its envelope is small, but its waiter and task are not free.
 const MIN_WAITING_BYTES: usize = 1024;
+
+/// The answer to one submitted request, once this replica executed it (or refused it).
+pub type Submission = Pin<Box<dyn Future<Output = Result<Signed<Reply>, ApiError>> + Send>>;
+
+/// A request that passed every check, with the room and the client slot it holds while it waits.
+struct Admitted {
+    request: Verified<Request>,
+    held: (OwnedSemaphorePermit, ClientSlot),
+}
 
 /// The client API of one replica, shared by its gRPC and HTTP servers.
 #[derive(Clone)]
@@ -166,6 +176,50 @@ impl ClientApi {
         &self,
         envelope: SignedEnvelope,
     ) -> Result<Signed<Reply>, ApiError> {
+        let admitted = self.admit_envelope(envelope)?;
+        self.submit_admitted(admitted).await
+    }
+
+    async fn submit_signed(&self, signed: Signed<Request>) -> Result<Signed<Reply>, ApiError> {
+        let admitted = self.admit(signed)?;
+        self.submit_admitted(admitted).await
+    }
+
+    async fn submit_admitted(&self, admitted: Admitted) -> Result<Signed<Reply>, ApiError> {
+        match self.wait_all(vec![admitted]).await.pop() {
+            Some(reply) => reply.await,
+            None => Err(ApiError::Stopped(SubmitError::Stopped)),
+        }
+    }
+
+    /// As `submit_envelope` for each of `envelopes`, handed to the replica together: returns, in order, one
+    /// future per envelope that answers it (a request refused before submission answers at once).
+    pub async fn submit_envelopes(&self, envelopes: Vec<SignedEnvelope>) -> Vec<Submission> {
+        let mut answers: Vec<Option<Submission>> = Vec::with_capacity(envelopes.len());
+        let mut admitted = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            match self.admit_envelope(envelope) {
+                Ok(request) => {
+                    answers.push(None);
+                    admitted.push(request);
+                }
+                Err(e) => answers.push(Some(Box::pin(std::future::ready(Err(e))))),
+            }
+        }
+        let mut waiting = self.wait_all(admitted).await.into_iter();
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.or_else(|| waiting.next()).unwrap_or_else(|| {
+                    Box::pin(std::future::ready(Err(ApiError::Stopped(
+                        SubmitError::Stopped,
+                    ))))
+                })
+            })
+            .collect()
+    }
+
+    fn admit_envelope(&self, envelope: SignedEnvelope) -> Result<Admitted, ApiError> {
         let size = envelope.encoded_len();
         if size > self.max_request {
             return Err(ApiError::Malformed(format!(
@@ -175,10 +229,12 @@ impl ClientApi {
         }
         let signed = Signed::<Request>::from_envelope(envelope)
             .map_err(|e| ApiError::Malformed(e.to_string()))?;
-        self.submit_signed(signed).await
+        self.admit(signed)
     }
 
-    async fn submit_signed(&self, signed: Signed<Request>) -> Result<Signed<Reply>, ApiError> {
+    /// Everything a request must pass before it is handed to the replica: its operation's size, room among the
+    /// waiting bytes, its authentication, and a slot of its client's.
+    fn admit(&self, signed: Signed<Request>) -> Result<Admitted, ApiError> {
         // The replica would refuse it too, but silently: the client would wait out its deadline.
         let size = signed.value().operation.len();
         if size > self.max_operation {
@@ -188,7 +244,7 @@ impl ClientApi {
             )));
         }
         let weight = signed.body().len() + MIN_WAITING_BYTES;
-        let _permit = self
+        let permit = self
             .waiting
             .clone()
             .try_acquire_many_owned(u32::try_from(weight).unwrap_or(u32::MAX))
@@ -203,27 +259,49 @@ impl ClientApi {
             .map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
         // Counted by the authenticated id, after the check: a client cannot spend another's slots.
         let client = request.client;
-        let _slot = self
+        let slot = self
             .clients
             .take(client)
             .ok_or(ApiError::TooManyFromClient {
                 client: client.0,
                 limit: self.clients.per_client(),
             })?;
+        Ok(Admitted {
+            request,
+            held: (permit, slot),
+        })
+    }
+
+    /// Hands admitted requests to the replica in one go; each future holds its request's room and slot until
+    /// the request is answered.
+    async fn wait_all(&self, admitted: Vec<Admitted>) -> Vec<Submission> {
+        let (requests, held): (Vec<_>, Vec<_>) =
+            admitted.into_iter().map(|a| (a.request, a.held)).unzip();
         let metrics = self.node.metrics();
-        metrics.submitted();
+        for _ in 0..requests.len() {
+            metrics.submitted();
+        }
         let started = Instant::now();
-        let reply = self
-            .node
-            .submit(request, self.timeout)
+        self.node
+            .submit_all(requests, self.timeout)
             .await
-            .map_err(|e| match e {
-                SubmitError::Timeout(_) => ApiError::Timeout(e),
-                SubmitError::Stale(_) => ApiError::Stale(e),
-                SubmitError::Stopped => ApiError::Stopped(e),
-            })?;
-        metrics.answered(started.elapsed());
-        Ok(reply)
+            .into_iter()
+            .zip(held)
+            .map(|(reply, held)| {
+                let metrics = Arc::clone(metrics);
+                let answer: Submission = Box::pin(async move {
+                    let _held = held;
+                    let reply = reply.await.map_err(|e| match e {
+                        SubmitError::Timeout(_) => ApiError::Timeout(e),
+                        SubmitError::Stale(_) => ApiError::Stale(e),
+                        SubmitError::Stopped => ApiError::Stopped(e),
+                    })?;
+                    metrics.answered(started.elapsed());
+                    Ok(reply)
+                });
+                answer
+            })
+            .collect()
     }
 
     pub fn status(&self) -> StatusView {

@@ -62,20 +62,28 @@ impl ReplicaApi for GrpcApi {
         request: Request<Streaming<RequestBatch>>,
     ) -> Result<Response<ReplyStream>, Status> {
         let api = self.api.clone();
-        // Each request of a batch goes through `submit_envelope` exactly as a unary Submit does (size limit,
-        // decoding, authentication, execution); the tonic decoder has bounded the batch as a whole (see `service`).
-        let handle = move |envelope: SignedEnvelope| {
+        // Each request of a batch goes through the checks a unary Submit passes (size limit, decoding,
+        // authentication, its client's slots), and the batch's admitted requests reach the replica in one
+        // hand-off; the tonic decoder has bounded the batch as a whole (see `service`).
+        let handle = move |envelopes: Vec<SignedEnvelope>| {
             let api = api.clone();
             async move {
-                // Bytes fields: the copy shares the buffers; it is read only if the request is refused.
-                let copy = envelope.clone();
-                match api.submit_envelope(envelope).await {
-                    Ok(reply) => Answer::Reply(reply.to_envelope()),
-                    Err(e) => Answer::Refused(refusal(copy, &e)),
-                }
+                // Bytes fields: the copies share the buffers; one is read only if its request is refused.
+                let copies = envelopes.clone();
+                api.submit_envelopes(envelopes)
+                    .await
+                    .into_iter()
+                    .zip(copies)
+                    .map(|(submission, copy)| async move {
+                        match submission.await {
+                            Ok(reply) => Answer::Reply(reply.to_envelope()),
+                            Err(e) => Answer::Refused(refusal(copy, &e)),
+                        }
+                    })
+                    .collect::<Vec<_>>()
             }
         };
-        Ok(Response::new(submit_stream::serve(
+        Ok(Response::new(submit_stream::serve_batches(
             request.into_inner(),
             handle,
             Limits::default(),

@@ -38,9 +38,16 @@ const WRITER_QUEUE: usize = 64;
 
 /// What the replica task takes in.
 enum Event {
-    Message { from: ReplicaId, msg: VerifiedMsg },
-    Request(Verified<Request>),
-    Timer { timer: Timer, generation: u64 },
+    Message {
+        from: ReplicaId,
+        msg: VerifiedMsg,
+    },
+    /// Requests submitted together (one packed batch of a stream, or a single request): one hand-off for all.
+    Requests(Vec<Verified<Request>>),
+    Timer {
+        timer: Timer,
+        generation: u64,
+    },
 }
 
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -63,19 +70,38 @@ struct Waiters {
     pending: Mutex<HashMap<(ClientId, Timestamp), Vec<ReplySender>>>,
 }
 
+/// A submission's waiter: its receiving end, closed and forgotten when dropped, however the wait ended.
+struct Registered {
+    waiters: Arc<Waiters>,
+    key: (ClientId, Timestamp),
+    reply: oneshot::Receiver<Result<Reply, SubmitError>>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        // Closed first, so that `forget` sees this sender as abandoned and removes it.
+        self.reply.close();
+        self.waiters.forget(self.key.0, self.key.1);
+    }
+}
+
 /// Where one waiting submission gets its reply, or learns that none will come.
 type ReplySender = oneshot::Sender<Result<Reply, SubmitError>>;
 
 impl Waiters {
-    fn wait(
+    /// Registers a waiter for each of `keys`, under one lock.
+    fn wait_all(
         &self,
-        client: ClientId,
-        timestamp: Timestamp,
-    ) -> oneshot::Receiver<Result<Reply, SubmitError>> {
-        let (tx, rx) = oneshot::channel();
+        keys: &[(ClientId, Timestamp)],
+    ) -> Vec<oneshot::Receiver<Result<Reply, SubmitError>>> {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.entry((client, timestamp)).or_default().push(tx);
-        rx
+        keys.iter()
+            .map(|key| {
+                let (tx, rx) = oneshot::channel();
+                pending.entry(*key).or_default().push(tx);
+                rx
+            })
+            .collect()
     }
 
     fn forget(&self, client: ClientId, timestamp: Timestamp) {
@@ -154,21 +180,56 @@ impl NodeHandle {
         request: Verified<Request>,
         timeout: Duration,
     ) -> Result<Signed<Reply>, SubmitError> {
-        let (client, timestamp) = (request.client, request.timestamp);
-        let with_mac = request.signed().signature().is_none();
-        let reply = self.waiters.wait(client, timestamp);
-        if self.events.send(Event::Request(request)).await.is_err() {
-            self.waiters.forget(client, timestamp);
-            return Err(SubmitError::Stopped);
+        match self.submit_all(vec![request], timeout).await.pop() {
+            Some(reply) => reply.await,
+            None => Err(SubmitError::Stopped),
         }
-        let outcome = tokio::time::timeout(timeout, reply).await;
-        self.waiters.forget(client, timestamp);
-        match outcome {
-            Ok(Ok(Ok(reply))) => Ok(self.sealer.seal(reply, with_mac)),
-            Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(_)) => Err(SubmitError::Stopped),
-            Err(_) => Err(SubmitError::Timeout(timeout)),
+    }
+
+    /// Submits authenticated requests together: their waiters are registered under one lock and the requests
+    /// reach the replica task as one event. Returns, in order, one future per request that waits (at most
+    /// `timeout`) for this replica's reply to it, sealed as the request was.
+    pub async fn submit_all(
+        &self,
+        requests: Vec<Verified<Request>>,
+        timeout: Duration,
+    ) -> Vec<impl Future<Output = Result<Signed<Reply>, SubmitError>> + Send + 'static> {
+        if requests.is_empty() {
+            return Vec::new();
         }
+        let keys: Vec<(ClientId, Timestamp)> =
+            requests.iter().map(|r| (r.client, r.timestamp)).collect();
+        let with_mac: Vec<bool> = requests
+            .iter()
+            .map(|r| r.signed().signature().is_none())
+            .collect();
+        let receivers = self.waiters.wait_all(&keys);
+        let sent = self.events.send(Event::Requests(requests)).await.is_ok();
+        keys.into_iter()
+            .zip(with_mac)
+            .zip(receivers)
+            .map(|(((client, timestamp), with_mac), reply)| {
+                let mut registered = Registered {
+                    waiters: Arc::clone(&self.waiters),
+                    key: (client, timestamp),
+                    reply,
+                };
+                let sealer = Arc::clone(&self.sealer);
+                async move {
+                    if !sent {
+                        return Err(SubmitError::Stopped);
+                    }
+                    let outcome = tokio::time::timeout(timeout, &mut registered.reply).await;
+                    drop(registered);
+                    match outcome {
+                        Ok(Ok(Ok(reply))) => Ok(sealer.seal(reply, with_mac)),
+                        Ok(Ok(Err(e))) => Err(e),
+                        Ok(Err(_)) => Err(SubmitError::Stopped),
+                        Err(_) => Err(SubmitError::Timeout(timeout)),
+                    }
+                }
+            })
+            .collect()
     }
 
     pub fn status(&self) -> ReplicaStatus {
@@ -465,7 +526,14 @@ impl ReplicaTask {
     fn handle(&mut self, event: Event) {
         let input = match event {
             Event::Message { from, msg } => pbft_core::Input::Message { from, msg },
-            Event::Request(request) => pbft_core::Input::Request(request),
+            Event::Requests(requests) => {
+                for request in requests {
+                    for output in self.replica.step(pbft_core::Input::Request(request)) {
+                        self.carry_out(output);
+                    }
+                }
+                return;
+            }
             Event::Timer { timer, generation } => {
                 if self.timers.get(&timer) != Some(&generation) {
                     return;

@@ -68,6 +68,21 @@ where
     H: Fn(SignedEnvelope) -> F + Send + 'static,
     F: Future<Output = Answer> + Send + 'static,
 {
+    let each = move |batch: Vec<SignedEnvelope>| {
+        std::future::ready(batch.into_iter().map(&handle).collect::<Vec<F>>())
+    };
+    serve_batches(incoming, each, limits)
+}
+
+/// As `serve`, with `handle` taking a whole batch at once: it returns (once it has handed the batch on) one
+/// future per request, in the batch's order, each of which answers its request.
+pub fn serve_batches<S, H, B, F>(incoming: S, handle: H, limits: Limits) -> ReplyStream
+where
+    S: Stream<Item = Result<RequestBatch, Status>> + Send + Unpin + 'static,
+    H: Fn(Vec<SignedEnvelope>) -> B + Send + 'static,
+    B: Future<Output = Vec<F>> + Send + 'static,
+    F: Future<Output = Answer> + Send + 'static,
+{
     let limits = Limits {
         in_flight: limits.in_flight.clamp(1, MAX_IN_FLIGHT),
         batch_answers: limits.batch_answers.max(1),
@@ -81,10 +96,15 @@ where
 
 /// Reads batches while permits last, handles each in its own task, and once the client's side ends (or breaks,
 /// or sends a batch it may not), waits for the answers to the requests read.
-async fn read<S, H, F>(mut incoming: S, handle: H, in_flight: usize, answers: mpsc::Sender<Ready>)
-where
+async fn read<S, H, B, F>(
+    mut incoming: S,
+    handle: H,
+    in_flight: usize,
+    answers: mpsc::Sender<Ready>,
+) where
     S: Stream<Item = Result<RequestBatch, Status>> + Unpin,
-    H: Fn(SignedEnvelope) -> F,
+    H: Fn(Vec<SignedEnvelope>) -> B,
+    B: Future<Output = Vec<F>> + Send + 'static,
     F: Future<Output = Answer> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(in_flight));
@@ -123,9 +143,12 @@ where
                     };
                     permit.merge(rest);
                 }
-                let pending: FuturesUnordered<F> =
-                    batch.requests.into_iter().map(&handle).collect();
-                tasks.spawn(answer_batch(pending, permit, answers.clone()));
+                let handed = handle(batch.requests);
+                let answers = answers.clone();
+                tasks.spawn(async move {
+                    let pending: FuturesUnordered<F> = handed.await.into_iter().collect();
+                    answer_batch(pending, permit, answers).await;
+                });
             }
             Some(Err(status)) => {
                 // A message that could not be decoded (over the size limit, or not a RequestBatch): its ids

@@ -240,3 +240,60 @@ async fn a_client_with_its_limit_of_requests_waiting_is_refused_more_until_one_i
         "after the first was answered: {json}"
     );
 }
+
+/// The requests of one stream batch reach the replica together; each gets its own answer, in the batch's order,
+/// and a malformed one among them is refused without holding up the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_envelopes_is_answered_request_by_request_in_order() {
+    let c = cluster();
+    let envelope = |timestamp: u64| {
+        c.clients[0]
+            .sign(Request {
+                client: ClientId(0),
+                timestamp: Timestamp(timestamp),
+                operation: KvOp::Put {
+                    key: Bytes::from(format!("k{timestamp}")),
+                    value: Bytes::from_static(b"v"),
+                }
+                .encode(),
+            })
+            .signed()
+            .to_envelope()
+    };
+    let garbage = pbft_types::wire::SignedEnvelope {
+        body: Bytes::from_static(b"not a request"),
+        ..Default::default()
+    };
+    // Replica 0 is the primary: it proposes what it is given, and the others execute it from its PRE-PREPARE.
+    // Room for exactly the batch's two requests of client 0.
+    let two = api(&c, 0).with_client_limit(2);
+    let answers = two
+        .submit_envelopes(vec![envelope(1), garbage, envelope(2)])
+        .await;
+    assert_eq!(answers.len(), 3);
+    let mut results = Vec::new();
+    for answer in answers {
+        results.push(answer.await);
+    }
+    let timestamp = |r: &Result<_, _>| match r {
+        Ok(reply) => {
+            let reply: &pbft_types::Signed<pbft_types::Reply> = reply;
+            Some(reply.value().timestamp.0)
+        }
+        Err(_) => None,
+    };
+    assert_eq!(timestamp(&results[0]), Some(1), "{:?}", results[0]);
+    assert!(
+        matches!(results[1], Err(pbft_node::api::ApiError::Malformed(_))),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(timestamp(&results[2]), Some(2), "{:?}", results[2]);
+    // Nothing is left waiting: the client's slots the batch held are free again.
+    let (status, json) = call_api(
+        two,
+        post(format!(r#"{{"request": "{}"}}"#, put_request(&c, 3))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+}
