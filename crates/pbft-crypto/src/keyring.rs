@@ -440,6 +440,21 @@ impl Keyring {
     /// (which must be `sender`'s) and, for a PRE-PREPARE, every request of its batch (a PRE-PREPARE whose only
     /// fault is this replica's own MAC entry of some request comes back unvouched). A forwarded REQUEST is signed
     /// by its client, not by the forwarding replica.
+    ///
+    /// Replica messages are deliberately not checked together with `ed25519_dalek::verify_batch`,
+    /// although that would halve their cost. Its equation has no cofactor and its coefficients come from the
+    /// batch's contents, so a replica signing with its own (non-weak) key can make a signature whose nonce
+    /// point carries a torsion component T: canonically encoded and not of small order, so no cheap check of R
+    /// filters it, yet `verify_strict` always refuses it while a batch accepts it about once in ord(T) (1/2 or
+    /// 1/8), depending on which other messages share the batch. Accepting such a message is harmless in
+    /// itself (as if the faulty replica had sent it to some peers only); the harm is that correct replicas
+    /// pass on what they accepted, and others check it again with `verify_strict` or a differently composed
+    /// batch: PRE-PREPAREs and PREPAREs in the prepared certificates of VIEW-CHANGEs and of the journal,
+    /// CHECKPOINTs in checkpoint proofs, COMMITs in ledger blocks. A faulty replica could thus get correct
+    /// replicas' VIEW-CHANGEs refused most of the time (a faulty primary could stall its own replacement) and
+    /// their ledgers and journals reported forged. Proving each R torsion-free would restore strictness but
+    /// costs a scalar multiplication, more than batching saves. Batching is sound once every verifier, single
+    /// and batch, uses the cofactored equation instead, as ZIP 215 specifies.
     pub fn verify_replica_msg(
         &self,
         sender: ReplicaId,
@@ -507,32 +522,6 @@ impl Keyring {
             }
             ReplicaMsg::Request(m) => VerifiedMsg::Request(self.verify_request(m)?),
         })
-    }
-
-    /// Authenticates the messages of many frames from peers: one result per message, in order, each exactly
-    /// what `verify_replica_msg` gives for it, so a faulty peer's message costs only itself.
-    ///
-    /// Their top-level signatures are deliberately not checked together with `ed25519_dalek::verify_batch`,
-    /// although that would halve their cost. Its equation has no cofactor and its coefficients come from the
-    /// batch's contents, so a replica signing with its own (non-weak) key can make a signature whose nonce
-    /// point carries a torsion component T: canonically encoded and not of small order, so no cheap check of R
-    /// filters it, yet `verify_strict` always refuses it while a batch accepts it about once in ord(T) (1/2 or
-    /// 1/8), depending on which other messages share the batch. Accepting such a message is harmless in
-    /// itself (as if the faulty replica had sent it to some peers only); the harm is that correct replicas
-    /// pass on what they accepted, and others check it again with `verify_strict` or a differently composed
-    /// batch: PRE-PREPAREs and PREPAREs in the prepared certificates of VIEW-CHANGEs and of the journal,
-    /// CHECKPOINTs in checkpoint proofs, COMMITs in ledger blocks. A faulty replica could thus get correct
-    /// replicas' VIEW-CHANGEs refused most of the time (a faulty primary could stall its own replacement) and
-    /// their ledgers and journals reported forged. Proving each R torsion-free would restore strictness but costs a scalar
-    /// multiplication, more than batching saves. Batching is sound once every verifier, single and batch,
-    /// uses the cofactored equation instead, as ZIP 215 specifies.
-    pub fn verify_replica_msgs(
-        &self,
-        msgs: Vec<(ReplicaId, ReplicaMsg)>,
-    ) -> Vec<Result<VerifiedMsg, AuthError>> {
-        msgs.into_iter()
-            .map(|(sender, msg)| self.verify_replica_msg(sender, msg))
-            .collect()
     }
 }
 
@@ -695,9 +684,8 @@ mod tests {
         keyring: &Keyring,
         msgs: Vec<(ReplicaId, ReplicaMsg)>,
     ) -> Vec<Result<ReplicaMsg, AuthError>> {
-        let results = keyring.verify_replica_msgs(msgs);
-        results
-            .into_iter()
+        msgs.into_iter()
+            .map(|(sender, msg)| keyring.verify_replica_msg(sender, msg))
             .map(|r| r.map(|m| m.to_replica_msg()))
             .collect()
     }
@@ -745,7 +733,7 @@ mod tests {
     #[test]
     fn no_messages_give_no_results() {
         let (_, _, keyring) = keys();
-        assert!(keyring.verify_replica_msgs(Vec::new()).is_empty());
+        assert!(verdicts(&keyring, Vec::new()).is_empty());
     }
 
     /// What replica `seed`'s holder can sign and only a faulty one would: a signature whose nonce point carries

@@ -318,8 +318,8 @@ pub fn start(
 }
 
 /// Frames taken from the queue and handed to a blocking thread at once, so that the hand-off is paid per batch
-/// rather than per frame. Their signatures are still checked one by one: `Keyring::verify_replica_msgs` says
-/// why they are not checked with batch verification.
+/// rather than per frame. Their signatures are still checked one by one: `Keyring::verify_replica_msg` says why
+/// they are not checked with batch verification.
 const VERIFY_BATCH: usize = 64;
 
 /// Decodes and verifies frames from peers on as many tasks as there are cores, a batch at a time, off the
@@ -390,14 +390,14 @@ fn decode_and_verify(
     frames: Vec<Inbound>,
 ) -> (usize, Vec<Verdict>) {
     let total = frames.len();
-    let decoded: Vec<(ReplicaId, ReplicaMsg)> = frames
+    let verdicts: Vec<Verdict> = frames
         .into_iter()
-        .filter_map(|f| Some((f.from, ReplicaMsg::decode(&f.frame, limits).ok()?)))
+        .filter_map(|f| {
+            let msg = ReplicaMsg::decode(&f.frame, limits).ok()?;
+            Some((f.from, keyring.verify_replica_msg(f.from, msg)))
+        })
         .collect();
-    let undecodable = total - decoded.len();
-    let senders: Vec<ReplicaId> = decoded.iter().map(|(from, _)| *from).collect();
-    let verdicts = keyring.verify_replica_msgs(decoded);
-    (undecodable, senders.into_iter().zip(verdicts).collect())
+    (total - verdicts.len(), verdicts)
 }
 
 /// Carries out what leaves the replica: messages to peers, replies to waiting clients, and the count of
