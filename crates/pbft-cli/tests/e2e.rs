@@ -759,9 +759,11 @@ fn a_stream_refuses_bad_requests_and_answers_good_ones() {
         let requests = tokio_stream::iter([
             RequestBatch {
                 requests: vec![forged, garbage, large, good],
+                ..RequestBatch::default()
             },
             RequestBatch {
                 requests: vec![huge],
+                ..RequestBatch::default()
             },
         ]);
         let mut answers = api.submit_stream(requests).await.unwrap().into_inner();

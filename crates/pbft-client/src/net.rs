@@ -1,16 +1,21 @@
 //! The client over the network: the [`Client`] state machine driven by tokio, talking to the replicas' gRPC API
 //! (`service ReplicaApi` in `proto/pbft.proto`).
 //!
-//! A replica answers a submission with its own signed reply once it executed the request, so a reply travels
+//! A replica answers a submission with its own sealed reply once it executed the request, so a reply travels
 //! back on the call that carried the request. The client therefore calls every replica at once, whatever replica
 //! the state machine names: the primary orders the request, the backups forward it and watch that it gets
-//! ordered, and each answers on its call. The result is accepted once f+1 distinct replicas signed matching
+//! ordered, and each answers on its call. The result is accepted once f+1 distinct replicas sealed matching
 //! replies. When no result comes in time, the request goes again to every replica whose call has ended.
 //!
 //! With streamed [`Connections`] the calls travel on one long-lived stream per replica instead of one gRPC call
-//! each (see `stream`); a call still ends with the replica's answer to it, so everything above is unchanged.
+//! each (see `stream`); a call still ends with the replica's answer to it. With MAC authenticators as well, only
+//! the replica the state machine names (the primary it believes in) gets the request itself, as in PBFT; the
+//! others get an `AwaitedReply`, a few bytes that ask for their reply to it once the primary's PRE-PREPARE made
+//! them execute it. That spares each backup the request's bytes and its checks, which the PRE-PREPARE brings
+//! anyway. When no result comes in time, the retransmission sends the request itself to every replica, so that
+//! the backups forward it and watch that it gets ordered (the view-change timer) as before.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,7 +32,7 @@ use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::stream::ReplicaStream;
-use crate::{Client, ClientError, ClientOutput};
+use crate::{Client, ClientError, ClientOutput, Destination};
 
 /// How long one call to a replica may take before it is abandoned (the replica itself gives up sooner and
 /// answers DEADLINE_EXCEEDED when it could not execute the request).
@@ -68,6 +73,9 @@ pub struct NetClient {
     replicas: Vec<ReplicaApiClient<Channel>>,
     /// With streamed connections: the stream to every replica, which carries the requests.
     streams: Option<Vec<ReplicaStream>>,
+    /// With streamed connections and MAC authenticators: the client's sessions, with which it asks the replicas
+    /// other than the primary for their replies instead of sending them the request.
+    awaiting: Option<SessionKeys>,
     deadline: Duration,
 }
 
@@ -127,8 +135,16 @@ impl Connections {
     }
 }
 
+/// What a call to a replica carried: the request itself, or only the wish for the reply to it (see the module
+/// documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Carries {
+    Request,
+    AwaitedReply,
+}
+
 /// One replica's answer to one call.
-type CallResult = (ReplicaId, Result<Signed<Reply>, tonic::Status>);
+type CallResult = (ReplicaId, Carries, Result<Signed<Reply>, tonic::Status>);
 
 /// The calls of one submission that are still open.
 type Calls = FuturesUnordered<Pin<Box<dyn Future<Output = CallResult> + Send>>>;
@@ -160,18 +176,21 @@ impl NetClient {
         let streams = connections.streams.clone();
         let signer = Signer::new(Principal::Client(settings.id), settings.key.clone());
         let mut core = Client::new(settings.config.clone(), signer, settings.retransmit_after);
+        let mut awaiting = None;
         if settings.config.params.client_auth == ClientAuth::Macs {
             // Requests carry MACs, and so do the replies to them.
             let sessions = SessionKeys::for_client(&settings.config, settings.id, &settings.key)
                 .map_err(|e| NetError::Config(e.to_string()))?;
             core = core.with_sessions(sessions.clone());
-            keyring = keyring.with_sessions(sessions);
+            keyring = keyring.with_sessions(sessions.clone());
+            awaiting = streams.is_some().then_some(sessions);
         }
         Ok(NetClient {
             core,
             keyring,
             replicas,
             streams,
+            awaiting,
             deadline: settings.deadline,
         })
     }
@@ -191,7 +210,7 @@ impl NetClient {
         // The calls run inside this future rather than as tasks of their own: a request costs no task spawns,
         // and returning (or being dropped) cancels whatever calls are still open.
         let mut calls: Calls = FuturesUnordered::new();
-        let mut in_flight: HashSet<ReplicaId> = HashSet::new();
+        let mut in_flight: HashMap<ReplicaId, Carries> = HashMap::new();
         let mut timer: Option<tokio::time::Instant> = None;
         let deadline = tokio::time::Instant::now() + self.deadline;
         if let Some(done) = self.carry_out(outputs, &mut calls, &mut in_flight, &mut timer) {
@@ -201,11 +220,24 @@ impl NetClient {
             let wake = timer.map_or(deadline, |t| t.min(deadline));
             tokio::select! {
                 joined = calls.next(), if !calls.is_empty() => {
-                    let Some((replica, answer)) = joined else { continue };
-                    in_flight.remove(&replica);
+                    let Some((replica, carried, answer)) = joined else { continue };
+                    // A call the request superseded (see `carry_out`) leaves the newer one in place.
+                    if in_flight.get(&replica) == Some(&carried) {
+                        in_flight.remove(&replica);
+                    }
                     let Ok(reply) = answer else {
                         // The replica is down, refused the request, or gave up waiting; the retransmission
-                        // timer will try it again.
+                        // timer will try it again. But if it was the one replica sent the request itself while
+                        // the others only wait for their replies to it, nobody else has it: it goes to every
+                        // replica now, as when the timer fires (a primary that crashed costs no timeout).
+                        let stranded = carried == Carries::Request
+                            && in_flight.values().any(|c| *c == Carries::AwaitedReply);
+                        if stranded {
+                            let outputs = self.core.on_timeout();
+                            if let Some(done) = self.carry_out(outputs, &mut calls, &mut in_flight, &mut timer) {
+                                return Ok(done);
+                            }
+                        }
                         continue;
                     };
                     let Some(reply) = self.verify(replica, reply) else { continue };
@@ -263,34 +295,61 @@ impl NetClient {
         &self,
         outputs: Vec<ClientOutput>,
         calls: &mut Calls,
-        in_flight: &mut HashSet<ReplicaId>,
+        in_flight: &mut HashMap<ReplicaId, Carries>,
         timer: &mut Option<tokio::time::Instant>,
     ) -> Option<Bytes> {
         for output in outputs {
             match output {
-                // Replies come back on the call that carried the request, so every replica is called (see the
-                // module documentation); a replica whose call is still open already has the request.
-                ClientOutput::Send { request, .. } => {
+                // Replies come back on the call that carried the request, or that asked for the reply, so every
+                // replica is called (see the module documentation). A replica whose call is still open already
+                // has the request, or is asked for its reply and gets the request only once it goes to all.
+                ClientOutput::Send { request, to } => {
                     let envelope = request.to_envelope();
                     let key = (request.value().client, request.value().timestamp);
                     for (i, api) in self.replicas.iter().enumerate() {
                         let replica = ReplicaId(i as u64);
-                        if !in_flight.insert(replica) {
-                            continue;
+                        let awaited = match (to, &self.awaiting) {
+                            (Destination::Replica(primary), Some(sessions))
+                                if primary != replica =>
+                            {
+                                sessions.awaited_mac(replica, key.1)
+                            }
+                            _ => None,
+                        };
+                        let carries = if awaited.is_some() {
+                            Carries::AwaitedReply
+                        } else {
+                            Carries::Request
+                        };
+                        match in_flight.get(&replica) {
+                            Some(Carries::Request) => continue,
+                            Some(Carries::AwaitedReply) if carries == Carries::AwaitedReply => {
+                                continue;
+                            }
+                            _ => {}
                         }
+                        in_flight.insert(replica, carries);
                         let envelope = envelope.clone();
-                        match self.streams.as_ref().and_then(|s| s.get(i)).cloned() {
-                            Some(stream) => calls.push(Box::pin(async move {
-                                (replica, stream.submit(envelope, key, CALL_TIMEOUT).await)
+                        match (
+                            self.streams.as_ref().and_then(|s| s.get(i)).cloned(),
+                            awaited,
+                        ) {
+                            (Some(stream), Some(mac)) => calls.push(Box::pin(async move {
+                                let answer = stream.await_reply(key, mac, CALL_TIMEOUT).await;
+                                (replica, carries, answer)
                             })),
-                            None => {
+                            (Some(stream), None) => calls.push(Box::pin(async move {
+                                let answer = stream.submit(envelope, key, CALL_TIMEOUT).await;
+                                (replica, carries, answer)
+                            })),
+                            (None, _) => {
                                 let mut api = api.clone();
                                 calls.push(Box::pin(async move {
                                     let answer = api.submit(envelope).await.and_then(|answer| {
                                         Signed::<Reply>::from_envelope(answer.into_inner())
                                             .map_err(|e| tonic::Status::data_loss(e.to_string()))
                                     });
-                                    (replica, answer)
+                                    (replica, carries, answer)
                                 }));
                             }
                         }

@@ -24,7 +24,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pbft_types::wire::replica_api_client::ReplicaApiClient;
-use pbft_types::wire::{ReplyBatch, RequestBatch, SignedEnvelope};
+use pbft_types::wire::{AwaitedReply, ReplyBatch, RequestBatch, SignedEnvelope};
 use pbft_types::{ClientId, Reply, Signed, Timestamp};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
@@ -59,6 +59,22 @@ type Answer = Result<Signed<Reply>, Status>;
 /// Which request an answer is for.
 type Key = (ClientId, Timestamp);
 
+/// What a stream carries to the replica: a request, or a client's wish for the reply to a request it sent to
+/// another replica.
+pub(crate) enum Outgoing {
+    Request(SignedEnvelope),
+    Awaited(AwaitedReply),
+}
+
+impl Outgoing {
+    fn encoded_len(&self) -> usize {
+        match self {
+            Outgoing::Request(envelope) => envelope.encoded_len(),
+            Outgoing::Awaited(awaited) => awaited.encoded_len(),
+        }
+    }
+}
+
 /// One replica's stream, shared by every client of a set of connections; clones share it.
 #[derive(Clone)]
 pub(crate) struct ReplicaStream {
@@ -73,7 +89,7 @@ struct Inner {
 
 /// The stream open now, if any, and when to try again after failures.
 struct Link {
-    open: Option<(StreamId, mpsc::Sender<SignedEnvelope>)>,
+    open: Option<(StreamId, mpsc::Sender<Outgoing>)>,
     next_id: StreamId,
     retry_at: Option<Instant>,
     pause: Duration,
@@ -118,10 +134,30 @@ impl ReplicaStream {
         key: (ClientId, Timestamp),
         timeout: Duration,
     ) -> Answer {
-        let (id, requests) = self.open()?;
+        self.send(Outgoing::Request(envelope), key, timeout).await
+    }
+
+    /// Asks the replica for its reply to the request `key` names, which went to another replica, and waits up
+    /// to `timeout` for it. `mac` is the client's MAC of the wish for this replica.
+    pub(crate) async fn await_reply(
+        &self,
+        key: (ClientId, Timestamp),
+        mac: [u8; pbft_types::MAC_LEN],
+        timeout: Duration,
+    ) -> Answer {
+        let awaited = AwaitedReply {
+            client: key.0.0,
+            timestamp: key.1.0,
+            mac: mac.to_vec().into(),
+        };
+        self.send(Outgoing::Awaited(awaited), key, timeout).await
+    }
+
+    async fn send(&self, outgoing: Outgoing, key: Key, timeout: Duration) -> Answer {
+        let (id, queue) = self.open()?;
         let (_registered, answer) = self.inner.demux.register(key, id)?;
-        requests
-            .send(envelope)
+        queue
+            .send(outgoing)
             .await
             .map_err(|_| Status::unavailable("the stream to the replica closed"))?;
         match tokio::time::timeout(timeout, answer).await {
@@ -135,7 +171,7 @@ impl ReplicaStream {
     }
 
     /// The open stream, opened now if there is none and no pause is running.
-    fn open(&self) -> Result<(StreamId, mpsc::Sender<SignedEnvelope>), Status> {
+    fn open(&self) -> Result<(StreamId, mpsc::Sender<Outgoing>), Status> {
         let mut link = self
             .inner
             .link
@@ -197,7 +233,7 @@ async fn drive(
     owner: Weak<Inner>,
     mut api: ReplicaApiClient<Channel>,
     id: StreamId,
-    requests: mpsc::Receiver<SignedEnvelope>,
+    requests: mpsc::Receiver<Outgoing>,
     demux: Arc<Demux>,
 ) {
     let why = match api
@@ -225,22 +261,22 @@ async fn drive(
     demux.broke(id, &why);
 }
 
-/// The outgoing half of a stream: each time the transport asks for a message, every request queued at that
-/// moment, up to the caps, as one batch.
+/// The outgoing half of a stream: each time the transport asks for a message, every request and awaited reply
+/// queued at that moment, up to the caps, as one batch.
 struct Packer {
-    queue: mpsc::Receiver<SignedEnvelope>,
-    /// A request that did not fit the last batch; it opens the next.
-    held: Option<SignedEnvelope>,
-    max_requests: usize,
+    queue: mpsc::Receiver<Outgoing>,
+    /// An entry that did not fit the last batch; it opens the next.
+    held: Option<Outgoing>,
+    max_entries: usize,
     max_bytes: usize,
 }
 
 impl Packer {
-    fn new(queue: mpsc::Receiver<SignedEnvelope>, max_requests: usize, max_bytes: usize) -> Self {
+    fn new(queue: mpsc::Receiver<Outgoing>, max_entries: usize, max_bytes: usize) -> Self {
         Packer {
             queue,
             held: None,
-            max_requests: max_requests.max(1),
+            max_entries: max_entries.max(1),
             max_bytes,
         }
     }
@@ -255,25 +291,32 @@ impl Stream for Packer {
             Some(held) => held,
             // The queue ends once every sender is gone: the stream's clients, and so its work, are.
             None => match ready!(this.queue.poll_recv(cx)) {
-                Some(envelope) => envelope,
+                Some(outgoing) => outgoing,
                 None => return Poll::Ready(None),
             },
         };
         let mut bytes = first.encoded_len();
-        let mut requests = vec![first];
-        while requests.len() < this.max_requests {
-            let Ok(envelope) = this.queue.try_recv() else {
+        let mut batch = RequestBatch::default();
+        let add = |batch: &mut RequestBatch, outgoing| match outgoing {
+            Outgoing::Request(envelope) => batch.requests.push(envelope),
+            Outgoing::Awaited(awaited) => batch.awaited.push(awaited),
+        };
+        add(&mut batch, first);
+        let mut entries = 1;
+        while entries < this.max_entries {
+            let Ok(outgoing) = this.queue.try_recv() else {
                 break;
             };
-            let size = envelope.encoded_len();
+            let size = outgoing.encoded_len();
             if bytes.saturating_add(size) > this.max_bytes {
-                this.held = Some(envelope);
+                this.held = Some(outgoing);
                 break;
             }
             bytes += size;
-            requests.push(envelope);
+            entries += 1;
+            add(&mut batch, outgoing);
         }
-        Poll::Ready(Some(RequestBatch { requests }))
+        Poll::Ready(Some(batch))
     }
 }
 
@@ -532,12 +575,20 @@ mod tests {
         assert_eq!(r2.await.unwrap().unwrap().to_envelope(), reply(1, 10));
     }
 
-    fn numbered(i: u64, size: usize) -> SignedEnvelope {
-        SignedEnvelope {
+    fn numbered(i: u64, size: usize) -> Outgoing {
+        Outgoing::Request(SignedEnvelope {
             body: Bytes::from(vec![0; size]),
             signature: Bytes::from(i.to_le_bytes().to_vec()),
             ..SignedEnvelope::default()
-        }
+        })
+    }
+
+    fn awaited(timestamp: u64) -> Outgoing {
+        Outgoing::Awaited(AwaitedReply {
+            client: 1,
+            timestamp,
+            mac: Bytes::from_static(&[7; 16]),
+        })
     }
 
     fn numbers(batch: &RequestBatch) -> Vec<u64> {
@@ -574,6 +625,29 @@ mod tests {
         // The clients are gone and everything went out: the stream ends.
         drop(tx);
         assert!(next_now(&mut packer).is_none());
+    }
+
+    #[tokio::test]
+    async fn awaited_replies_travel_with_the_requests_and_count_against_the_cap() {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let mut packer = Packer::new(rx, 3, PACK_BYTES);
+        for i in 0..2 {
+            tx.send(numbered(i, 8)).await.unwrap();
+            tx.send(awaited(10 + i)).await.unwrap();
+        }
+        let first = next_now(&mut packer).unwrap();
+        assert_eq!(numbers(&first), [0, 1]);
+        assert_eq!(
+            first
+                .awaited
+                .iter()
+                .map(|a| a.timestamp)
+                .collect::<Vec<_>>(),
+            [10]
+        );
+        let second = next_now(&mut packer).unwrap();
+        assert!(second.requests.is_empty());
+        assert_eq!(second.awaited[0].timestamp, 11);
     }
 
     #[tokio::test]

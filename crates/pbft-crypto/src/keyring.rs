@@ -5,7 +5,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use pbft_types::{
     BatchData, Body, Checkpoint, ClientId, ClusterConfig, Commit, FetchBatch, FetchState,
     NestedSignature, NewView, PrePrepare, Prepare, PreparedProof, Principal, PublicKeyBytes,
-    ReplicaId, ReplicaMsg, Request, Seal, Signed, StateChunk, Status, ViewChange,
+    ReplicaId, ReplicaMsg, Request, Seal, Signed, StateChunk, Status, Timestamp, ViewChange,
 };
 use thiserror::Error;
 
@@ -207,6 +207,20 @@ impl Keyring {
     /// The session keys this keyring checks MACs with, if it has any.
     pub fn sessions(&self) -> Option<Arc<SessionKeys>> {
         self.sessions.clone()
+    }
+
+    /// Checks that `client` itself asks this replica for its reply to request `timestamp` (an `AwaitedReply`,
+    /// which only clusters with MAC authenticators use).
+    pub fn check_awaited(
+        &self,
+        client: ClientId,
+        timestamp: Timestamp,
+        mac: &[u8],
+    ) -> Result<(), AuthError> {
+        match &self.sessions {
+            Some(sessions) => sessions.check_awaited(client, timestamp, mac),
+            None => Err(AuthError::MacsNotAccepted(Principal::Client(client))),
+        }
     }
 
     /// Also accepts messages sealed with a MAC authenticator by a principal `sessions` shares a key with.

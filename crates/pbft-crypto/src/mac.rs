@@ -20,7 +20,7 @@ use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
 use pbft_types::{
     Body, ClientId, ClusterConfig, MAC_LEN, Principal, PublicKeyBytes, ReplicaId, Reply, Request,
-    Signed,
+    Signed, Timestamp,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -30,6 +30,9 @@ use crate::signer::KeyPair;
 type HmacSha256 = Hmac<Sha256>;
 
 const SALT: &[u8] = b"pbft/mac/v1";
+
+/// Prefixes what an `AwaitedReply`'s MAC covers, so that it can never pass for a request's MAC or the reverse.
+const AWAITED_TAG: &[u8] = b"pbft/awaited/v1";
 
 /// The two keys of one client-replica session, ready to MAC (the HMAC key schedule is done once, here).
 #[derive(Clone)]
@@ -113,6 +116,15 @@ fn check(key: &HmacSha256, body_digest: &[u8; 32], tag: &[u8]) -> bool {
     m.update(body_digest);
     // Constant time, on the leftmost MAC_LEN bytes.
     m.verify_truncated_left(tag).is_ok()
+}
+
+/// What an `AwaitedReply` MAC is computed over (see `proto/pbft.proto`).
+fn awaited_digest(client: ClientId, timestamp: Timestamp) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(AWAITED_TAG);
+    hasher.update(client.0.to_le_bytes());
+    hasher.update(timestamp.0.to_le_bytes());
+    hasher.finalize().into()
 }
 
 impl SessionKeys {
@@ -207,6 +219,43 @@ impl SessionKeys {
             Bytes::copy_from_slice(&tag),
             reply,
         ))
+    }
+
+    /// The MAC with which the holding client asks `replica` for its reply to the client's request `timestamp`
+    /// (an `AwaitedReply`), or None if the holder is not a client or `replica` is not in its cluster.
+    pub fn awaited_mac(&self, replica: ReplicaId, timestamp: Timestamp) -> Option<[u8; MAC_LEN]> {
+        let Principal::Client(client) = self.holder else {
+            return None;
+        };
+        let session = self.sessions.get(&Principal::Replica(replica))?;
+        Some(mac(&session.request, &awaited_digest(client, timestamp)))
+    }
+
+    /// Checks, at the holding replica, that `client` itself asked for the reply to its request `timestamp`.
+    pub fn check_awaited(
+        &self,
+        client: ClientId,
+        timestamp: Timestamp,
+        tag: &[u8],
+    ) -> Result<(), AuthError> {
+        let sender = Principal::Client(client);
+        let session = match self.holder {
+            Principal::Replica(_) => self.sessions.get(&sender),
+            Principal::Client(_) => None,
+        }
+        .ok_or(AuthError::UnknownSigner(sender))?;
+        if tag.len() != MAC_LEN {
+            return Err(AuthError::BadAuthenticatorLength {
+                sender,
+                got: tag.len(),
+                expected: MAC_LEN,
+            });
+        }
+        if check(&session.request, &awaited_digest(client, timestamp), tag) {
+            Ok(())
+        } else {
+            Err(AuthError::BadMac(sender))
+        }
     }
 
     /// Checks the holder's entry of an authenticator sent by `sender`: at a replica, a request's entry for this
@@ -574,6 +623,54 @@ mod tests {
             c.replica_keyring(3)
                 .verify_replica_msg(ReplicaId(1), batch_data)
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_awaited_reply_is_asked_for_by_its_client_only() {
+        let c = cluster(4);
+        let client = c.client(0);
+        let ts = Timestamp(9);
+        for i in 0..4 {
+            let tag = client.awaited_mac(ReplicaId(i as u64), ts).unwrap();
+            c.replica(i).check_awaited(ClientId(1), ts, &tag).unwrap();
+            // Bound to the replica, the timestamp and the client.
+            let other = (i + 1) % 4;
+            assert_eq!(
+                c.replica(other).check_awaited(ClientId(1), ts, &tag),
+                Err(AuthError::BadMac(Principal::Client(ClientId(1))))
+            );
+            assert!(
+                c.replica(i)
+                    .check_awaited(ClientId(1), Timestamp(10), &tag)
+                    .is_err()
+            );
+            assert!(c.replica(i).check_awaited(ClientId(2), ts, &tag).is_err());
+            assert!(matches!(
+                c.replica(i).check_awaited(ClientId(1), ts, &tag[..8]),
+                Err(AuthError::BadAuthenticatorLength { .. })
+            ));
+            assert_eq!(
+                c.replica(i).check_awaited(ClientId(77), ts, &tag),
+                Err(AuthError::UnknownSigner(Principal::Client(ClientId(77))))
+            );
+        }
+        // Neither a replica nor a client checks with the other's role, and no replica outside the cluster has one.
+        assert!(c.replica(0).awaited_mac(ReplicaId(0), ts).is_none());
+        assert!(client.awaited_mac(ReplicaId(4), ts).is_none());
+        let tag = client.awaited_mac(ReplicaId(0), ts).unwrap();
+        assert!(c.client(1).check_awaited(ClientId(1), ts, &tag).is_err());
+    }
+
+    #[test]
+    fn a_requests_mac_does_not_pass_for_an_awaited_reply() {
+        let c = cluster(4);
+        let sealed = c.client(0).seal_request(request(1, 5));
+        let entry = &authenticator(&sealed)[..MAC_LEN];
+        assert!(
+            c.replica(0)
+                .check_awaited(ClientId(1), Timestamp(5), entry)
+                .is_err()
         );
     }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pbft_crypto::{Keyring, Verified};
-use pbft_types::wire::SignedEnvelope;
-use pbft_types::{Reply, Request, Signed};
+use pbft_types::wire::{AwaitedReply, SignedEnvelope};
+use pbft_types::{ClientId, Reply, Request, Signed, Timestamp};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -92,7 +92,40 @@ pub type Submission = Pin<Box<dyn Future<Output = Result<Signed<Reply>, ApiError
 /// A request that passed every check, with the room and the client slot it holds while it waits.
 struct Admitted {
     request: Verified<Request>,
-    held: (OwnedSemaphorePermit, ClientSlot),
+    held: Held,
+}
+
+/// What a waiting submission holds until it is answered: its share of the room for waiting requests, and one of
+/// its client's slots.
+type Held = (OwnedSemaphorePermit, ClientSlot);
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Timeout(_) => ApiError::Timeout(e),
+            SubmitError::Stale(_) => ApiError::Stale(e),
+            SubmitError::Stopped => ApiError::Stopped(e),
+        }
+    }
+}
+
+/// A submission refused before it waited for anything.
+fn refused(e: ApiError) -> Submission {
+    Box::pin(std::future::ready(Err(e)))
+}
+
+/// `answers` with each gap (an admitted submission) filled, in order, from `waiting`, which has one future per
+/// gap; a gap left over (which cannot happen) is answered Stopped rather than dropped.
+fn in_order(answers: Vec<Option<Submission>>, waiting: Vec<Submission>) -> Vec<Submission> {
+    let mut waiting = waiting.into_iter();
+    answers
+        .into_iter()
+        .map(|answer| {
+            answer
+                .or_else(|| waiting.next())
+                .unwrap_or_else(|| refused(ApiError::Stopped(SubmitError::Stopped)))
+        })
+        .collect()
 }
 
 /// The client API of one replica, shared by its gRPC and HTTP servers.
@@ -203,20 +236,57 @@ impl ClientApi {
                     answers.push(None);
                     admitted.push(request);
                 }
-                Err(e) => answers.push(Some(Box::pin(std::future::ready(Err(e))))),
+                Err(e) => answers.push(Some(refused(e))),
             }
         }
-        let mut waiting = self.wait_all(admitted).await.into_iter();
-        answers
+        in_order(answers, self.wait_all(admitted).await)
+    }
+
+    /// Waits for this replica's replies to requests its clients sent to another replica, each asked for with
+    /// an `AwaitedReply` (see `proto/pbft.proto`): one submission per entry, in order, answered with the reply
+    /// (sealed with a MAC) once this replica executed the request, or refused. An entry must carry its client's
+    /// MAC and takes a slot of that client, like a request.
+    pub fn await_replies(&self, awaited: Vec<AwaitedReply>) -> Vec<Submission> {
+        let mut answers: Vec<Option<Submission>> = Vec::with_capacity(awaited.len());
+        let mut keys = Vec::with_capacity(awaited.len());
+        let mut held = Vec::with_capacity(awaited.len());
+        for entry in awaited {
+            let key = (ClientId(entry.client), Timestamp(entry.timestamp));
+            match self.admit_awaited(key, &entry.mac) {
+                Ok(h) => {
+                    answers.push(None);
+                    keys.push(key);
+                    held.push(h);
+                }
+                Err(e) => answers.push(Some(refused(e))),
+            }
+        }
+        let waiting = self
+            .node
+            .await_all(keys, self.timeout)
             .into_iter()
-            .map(|answer| {
-                answer.or_else(|| waiting.next()).unwrap_or_else(|| {
-                    Box::pin(std::future::ready(Err(ApiError::Stopped(
-                        SubmitError::Stopped,
-                    ))))
+            .zip(held)
+            .map(|(reply, held)| -> Submission {
+                Box::pin(async move {
+                    let _held = held;
+                    reply.await.map_err(ApiError::from)
                 })
             })
-            .collect()
+            .collect();
+        in_order(answers, waiting)
+    }
+
+    fn admit_awaited(
+        &self,
+        (client, timestamp): (ClientId, Timestamp),
+        mac: &[u8],
+    ) -> Result<Held, ApiError> {
+        self.keyring
+            .check_awaited(client, timestamp, mac)
+            .map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
+        let permit = self.waiting_permit(MIN_WAITING_BYTES)?;
+        let slot = self.client_slot(client)?;
+        Ok((permit, slot))
     }
 
     fn admit_envelope(&self, envelope: SignedEnvelope) -> Result<Admitted, ApiError> {
@@ -243,29 +313,12 @@ impl ClientApi {
                 self.max_operation
             )));
         }
-        let weight = signed.body().len() + MIN_WAITING_BYTES;
-        let permit = self
-            .waiting
-            .clone()
-            .try_acquire_many_owned(u32::try_from(weight).unwrap_or(u32::MAX))
-            .map_err(|_| ApiError::Overloaded {
-                waiting: self
-                    .waiting_limit
-                    .saturating_sub(self.waiting.available_permits()),
-            })?;
+        let permit = self.waiting_permit(signed.body().len() + MIN_WAITING_BYTES)?;
         let request = self
             .keyring
             .verify_request(signed)
             .map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
-        // Counted by the authenticated id, after the check: a client cannot spend another's slots.
-        let client = request.client;
-        let slot = self
-            .clients
-            .take(client)
-            .ok_or(ApiError::TooManyFromClient {
-                client: client.0,
-                limit: self.clients.per_client(),
-            })?;
+        let slot = self.client_slot(request.client)?;
         Ok(Admitted {
             request,
             held: (permit, slot),
@@ -274,6 +327,28 @@ impl ClientApi {
 
     /// Hands admitted requests to the replica in one go; each future holds its request's room and slot until
     /// the request is answered.
+    /// `weight` bytes of the room for waiting requests, or Overloaded.
+    fn waiting_permit(&self, weight: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.waiting
+            .clone()
+            .try_acquire_many_owned(u32::try_from(weight).unwrap_or(u32::MAX))
+            .map_err(|_| ApiError::Overloaded {
+                waiting: self
+                    .waiting_limit
+                    .saturating_sub(self.waiting.available_permits()),
+            })
+    }
+
+    /// One of `client`'s slots, or TooManyFromClient.
+    fn client_slot(&self, client: ClientId) -> Result<ClientSlot, ApiError> {
+        self.clients
+            .take(client)
+            .ok_or(ApiError::TooManyFromClient {
+                client: client.0,
+                limit: self.clients.per_client(),
+            })
+    }
+
     async fn wait_all(&self, admitted: Vec<Admitted>) -> Vec<Submission> {
         let (requests, held): (Vec<_>, Vec<_>) =
             admitted.into_iter().map(|a| (a.request, a.held)).unzip();
@@ -291,11 +366,7 @@ impl ClientApi {
                 let metrics = Arc::clone(metrics);
                 let answer: Submission = Box::pin(async move {
                     let _held = held;
-                    let reply = reply.await.map_err(|e| match e {
-                        SubmitError::Timeout(_) => ApiError::Timeout(e),
-                        SubmitError::Stale(_) => ApiError::Stale(e),
-                        SubmitError::Stopped => ApiError::Stopped(e),
-                    })?;
+                    let reply = reply.await.map_err(ApiError::from)?;
                     metrics.answered(started.elapsed());
                     Ok(reply)
                 });

@@ -65,19 +65,29 @@ impl ReplicaApi for GrpcApi {
         // Each request of a batch goes through the checks a unary Submit passes (size limit, decoding,
         // authentication, its client's slots), and the batch's admitted requests reach the replica in one
         // hand-off; the tonic decoder has bounded the batch as a whole (see `service`).
-        let handle = move |envelopes: Vec<SignedEnvelope>| {
+        let handle = move |batch: RequestBatch| {
             let api = api.clone();
             async move {
                 // Bytes fields: the copies share the buffers; one is read only if its request is refused.
-                let copies = envelopes.clone();
-                api.submit_envelopes(envelopes)
-                    .await
+                let requests: Vec<Asked> =
+                    batch.requests.iter().cloned().map(Asked::Request).collect();
+                let awaited: Vec<Asked> = batch
+                    .awaited
+                    .iter()
+                    .map(|a| Asked::Reply {
+                        client: a.client,
+                        timestamp: a.timestamp,
+                    })
+                    .collect();
+                let mut submissions = api.submit_envelopes(batch.requests).await;
+                submissions.extend(api.await_replies(batch.awaited));
+                submissions
                     .into_iter()
-                    .zip(copies)
-                    .map(|(submission, copy)| async move {
+                    .zip(requests.into_iter().chain(awaited))
+                    .map(|(submission, asked)| async move {
                         match submission.await {
                             Ok(reply) => Answer::Reply(reply.to_envelope()),
-                            Err(e) => Answer::Refused(refusal(copy, &e)),
+                            Err(e) => Answer::Refused(refusal(asked, &e)),
                         }
                     })
                     .collect::<Vec<_>>()
@@ -126,11 +136,20 @@ fn status(e: &ApiError) -> Status {
     }
 }
 
-/// The refusal of a streamed request, naming the request's client and timestamp when they can be read (a
-/// malformed request may still name them; one that is not a signed REQUEST at all is refused as client 0).
-fn refusal(envelope: SignedEnvelope, e: &ApiError) -> Refusal {
-    let (client, timestamp) = Signed::<ClientRequest>::from_envelope(envelope)
-        .map_or((0, 0), |r| (r.value().client.0, r.value().timestamp.0));
+/// What one entry of a stream's batch asked for.
+enum Asked {
+    Request(SignedEnvelope),
+    Reply { client: u64, timestamp: u64 },
+}
+
+/// The refusal of a streamed entry, naming the request's client and timestamp when they can be read (a malformed
+/// request may still name them; one that is not a signed REQUEST at all is refused as client 0).
+fn refusal(asked: Asked, e: &ApiError) -> Refusal {
+    let (client, timestamp) = match asked {
+        Asked::Request(envelope) => Signed::<ClientRequest>::from_envelope(envelope)
+            .map_or((0, 0), |r| (r.value().client.0, r.value().timestamp.0)),
+        Asked::Reply { client, timestamp } => (client, timestamp),
+    };
     Refusal::from_status(client, timestamp, &status(e))
 }
 

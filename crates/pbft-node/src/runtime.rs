@@ -63,11 +63,19 @@ pub enum SubmitError {
 
 pub use crate::metrics::Counters;
 
-/// The waiting clients of one replica: each request submitted through this node waits for this replica's reply
-/// to it.
+/// The waiting clients of one replica: each request submitted through this node, and each reply a client asked
+/// for (an `AwaitedReply`), waits for this replica's reply to it.
 #[derive(Default)]
 struct Waiters {
-    pending: Mutex<HashMap<(ClientId, Timestamp), Vec<ReplySender>>>,
+    state: Mutex<WaitState>,
+}
+
+#[derive(Default)]
+struct WaitState {
+    pending: HashMap<(ClientId, Timestamp), Vec<ReplySender>>,
+    /// The newest reply this replica gave each client, for a client that asks for it only after it was given
+    /// (its `AwaitedReply` came late). One per client of the configuration at most, as in the client table.
+    latest: HashMap<ClientId, Reply>,
 }
 
 /// A submission's waiter: its receiving end, closed and forgotten when dropped, however the wait ended.
@@ -89,42 +97,74 @@ impl Drop for Registered {
 type ReplySender = oneshot::Sender<Result<Reply, SubmitError>>;
 
 impl Waiters {
-    /// Registers a waiter for each of `keys`, under one lock.
+    fn lock(&self) -> std::sync::MutexGuard<'_, WaitState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a waiter for each of `keys`, under one lock. With `given_too`, a key whose reply was given
+    /// already is answered at once, and one older than its client's latest reply is stale.
     fn wait_all(
         &self,
         keys: &[(ClientId, Timestamp)],
+        given_too: bool,
     ) -> Vec<oneshot::Receiver<Result<Reply, SubmitError>>> {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.lock();
         keys.iter()
-            .map(|key| {
+            .map(|&(client, timestamp)| {
                 let (tx, rx) = oneshot::channel();
-                pending.entry(*key).or_default().push(tx);
+                let given = given_too
+                    .then(|| state.latest.get(&client))
+                    .flatten()
+                    .filter(|latest| latest.timestamp >= timestamp);
+                match given {
+                    Some(latest) if latest.timestamp == timestamp => {
+                        let _ = tx.send(Ok(latest.clone()));
+                    }
+                    Some(latest) => {
+                        let _ = tx.send(Err(SubmitError::Stale(latest.timestamp)));
+                    }
+                    None => state
+                        .pending
+                        .entry((client, timestamp))
+                        .or_default()
+                        .push(tx),
+                }
                 rx
             })
             .collect()
     }
 
     fn forget(&self, client: ClientId, timestamp: Timestamp) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(waiting) = pending.get_mut(&(client, timestamp)) {
+        let mut state = self.lock();
+        if let Some(waiting) = state.pending.get_mut(&(client, timestamp)) {
             waiting.retain(|tx| !tx.is_closed());
             if waiting.is_empty() {
-                pending.remove(&(client, timestamp));
+                state.pending.remove(&(client, timestamp));
             }
         }
     }
 
     fn deliver(&self, reply: &Reply) {
-        self.answer(reply.client, reply.timestamp, &Ok(reply.clone()));
-    }
-
-    fn answer(&self, client: ClientId, timestamp: Timestamp, answer: &Result<Reply, SubmitError>) {
         let waiting = {
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            pending.remove(&(client, timestamp))
+            let mut state = self.lock();
+            let newer = state
+                .latest
+                .get(&reply.client)
+                .is_none_or(|latest| latest.timestamp <= reply.timestamp);
+            if newer {
+                state.latest.insert(reply.client, reply.clone());
+            }
+            state.pending.remove(&(reply.client, reply.timestamp))
         };
         for tx in waiting.into_iter().flatten() {
             // A waiter that gave up has dropped its receiver; nothing to do for it.
+            let _ = tx.send(Ok(reply.clone()));
+        }
+    }
+
+    fn answer(&self, client: ClientId, timestamp: Timestamp, answer: &Result<Reply, SubmitError>) {
+        let waiting = self.lock().pending.remove(&(client, timestamp));
+        for tx in waiting.into_iter().flatten() {
             let _ = tx.send(answer.clone());
         }
     }
@@ -203,8 +243,34 @@ impl NodeHandle {
             .iter()
             .map(|r| r.signed().signature().is_none())
             .collect();
-        let receivers = self.waiters.wait_all(&keys);
+        let receivers = self.waiters.wait_all(&keys, false);
         let sent = self.events.send(Event::Requests(requests)).await.is_ok();
+        self.waiting(keys, with_mac, receivers, sent, timeout)
+    }
+
+    /// Waits (at most `timeout`) for this replica's replies to requests that other replicas received, each named
+    /// by its client and timestamp, which the caller has authenticated as asked for by that client (an
+    /// `AwaitedReply`). A reply given already is answered at once; the replies are sealed with MACs. Returns one
+    /// future per key, in order.
+    pub fn await_all(
+        &self,
+        keys: Vec<(ClientId, Timestamp)>,
+        timeout: Duration,
+    ) -> Vec<impl Future<Output = Result<Signed<Reply>, SubmitError>> + Send + 'static> {
+        let receivers = self.waiters.wait_all(&keys, true);
+        let with_mac = vec![true; keys.len()];
+        self.waiting(keys, with_mac, receivers, true, timeout)
+    }
+
+    /// One future per registered waiter, which gives up after `timeout` and seals what it got.
+    fn waiting(
+        &self,
+        keys: Vec<(ClientId, Timestamp)>,
+        with_mac: Vec<bool>,
+        receivers: Vec<oneshot::Receiver<Result<Reply, SubmitError>>>,
+        sent: bool,
+        timeout: Duration,
+    ) -> Vec<impl Future<Output = Result<Signed<Reply>, SubmitError>> + Send + 'static> {
         keys.into_iter()
             .zip(with_mac)
             .zip(receivers)
@@ -687,6 +753,52 @@ mod tests {
                 .unwrap_or_else(PoisonError::into_inner)
                 .send(written);
         }
+    }
+
+    fn reply_to(client: u64, timestamp: u64) -> Reply {
+        Reply {
+            view: View(0),
+            timestamp: Timestamp(timestamp),
+            client: ClientId(client),
+            replica: ReplicaId(1),
+            result: Bytes::from_static(b"ok"),
+        }
+    }
+
+    #[test]
+    fn an_awaited_reply_given_already_is_answered_at_once_and_an_older_one_is_stale() {
+        let waiters = Waiters::default();
+        waiters.deliver(&reply_to(1, 10));
+        // A reply of another client, and an older one of client 1 delivered late, change nothing for client 1.
+        waiters.deliver(&reply_to(2, 50));
+        waiters.deliver(&reply_to(1, 9));
+        let keys = [
+            (ClientId(1), Timestamp(10)),
+            (ClientId(1), Timestamp(9)),
+            (ClientId(1), Timestamp(11)),
+        ];
+        let mut answers = waiters.wait_all(&keys, true);
+        assert_eq!(answers[0].try_recv().unwrap(), Ok(reply_to(1, 10)));
+        assert_eq!(
+            answers[1].try_recv().unwrap(),
+            Err(SubmitError::Stale(Timestamp(10)))
+        );
+        // Not executed yet: it waits, and gets the reply when it comes.
+        assert!(answers[2].try_recv().is_err());
+        waiters.deliver(&reply_to(1, 11));
+        assert_eq!(answers[2].try_recv().unwrap(), Ok(reply_to(1, 11)));
+    }
+
+    #[test]
+    fn a_submitted_request_waits_for_its_reply_even_if_one_was_given_before() {
+        // A request goes to the core, which answers a repeated one from its client table; its waiter does not
+        // look at the replies this node remembers.
+        let waiters = Waiters::default();
+        waiters.deliver(&reply_to(1, 10));
+        let mut answers = waiters.wait_all(&[(ClientId(1), Timestamp(10))], false);
+        assert!(answers[0].try_recv().is_err());
+        waiters.deliver(&reply_to(1, 10));
+        assert_eq!(answers[0].try_recv().unwrap(), Ok(reply_to(1, 10)));
     }
 
     fn round(seq: u64) -> Vec<Output> {

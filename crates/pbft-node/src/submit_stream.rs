@@ -60,26 +60,13 @@ pub enum Answer {
 /// An answer and the permit its request held, released once the answer is in a batch.
 type Ready = (Answer, OwnedSemaphorePermit);
 
-/// Serves one stream: `handle` answers each request of each batch of `incoming`. The returned stream yields the
-/// reply batches.
-pub fn serve<S, H, F>(incoming: S, handle: H, limits: Limits) -> ReplyStream
-where
-    S: Stream<Item = Result<RequestBatch, Status>> + Send + Unpin + 'static,
-    H: Fn(SignedEnvelope) -> F + Send + 'static,
-    F: Future<Output = Answer> + Send + 'static,
-{
-    let each = move |batch: Vec<SignedEnvelope>| {
-        std::future::ready(batch.into_iter().map(&handle).collect::<Vec<F>>())
-    };
-    serve_batches(incoming, each, limits)
-}
-
-/// As `serve`, with `handle` taking a whole batch at once: it returns (once it has handed the batch on) one
-/// future per request, in the batch's order, each of which answers its request.
+/// Serves one stream: `handle` takes each batch of `incoming` and returns (once it has handed the batch on) one
+/// future per entry, each of which answers its entry: first the batch's requests, then its awaited replies, each
+/// in the batch's order. The returned stream yields the reply batches.
 pub fn serve_batches<S, H, B, F>(incoming: S, handle: H, limits: Limits) -> ReplyStream
 where
     S: Stream<Item = Result<RequestBatch, Status>> + Send + Unpin + 'static,
-    H: Fn(Vec<SignedEnvelope>) -> B + Send + 'static,
+    H: Fn(RequestBatch) -> B + Send + 'static,
     B: Future<Output = Vec<F>> + Send + 'static,
     F: Future<Output = Answer> + Send + 'static,
 {
@@ -103,7 +90,7 @@ async fn read<S, H, B, F>(
     answers: mpsc::Sender<Ready>,
 ) where
     S: Stream<Item = Result<RequestBatch, Status>> + Unpin,
-    H: Fn(Vec<SignedEnvelope>) -> B,
+    H: Fn(RequestBatch) -> B,
     B: Future<Output = Vec<F>> + Send + 'static,
     F: Future<Output = Answer> + Send + 'static,
 {
@@ -118,7 +105,7 @@ async fn read<S, H, B, F>(
         };
         match incoming.next().await {
             Some(Ok(batch)) => {
-                let count = batch.requests.len();
+                let count = batch.requests.len() + batch.awaited.len();
                 if count == 0 {
                     continue;
                 }
@@ -143,7 +130,7 @@ async fn read<S, H, B, F>(
                     };
                     permit.merge(rest);
                 }
-                let handed = handle(batch.requests);
+                let handed = handle(batch);
                 let answers = answers.clone();
                 tasks.spawn(async move {
                     let pending: FuturesUnordered<F> = handed.await.into_iter().collect();
@@ -262,6 +249,20 @@ mod tests {
         u64::from_le_bytes(e.signature.as_ref().try_into().unwrap())
     }
 
+    /// Serves a stream with `handle` answering each request of each batch on its own (the tests send no
+    /// awaited replies).
+    fn serve<S, H, F>(incoming: S, handle: H, limits: Limits) -> ReplyStream
+    where
+        S: Stream<Item = Result<RequestBatch, Status>> + Send + Unpin + 'static,
+        H: Fn(SignedEnvelope) -> F + Send + 'static,
+        F: Future<Output = Answer> + Send + 'static,
+    {
+        let each = move |batch: RequestBatch| {
+            std::future::ready(batch.requests.into_iter().map(&handle).collect::<Vec<F>>())
+        };
+        serve_batches(incoming, each, limits)
+    }
+
     /// Answers filled into a channel the way request tasks fill it.
     fn ready(answers: impl IntoIterator<Item = Answer>) -> mpsc::Receiver<Ready> {
         let answers: Vec<Answer> = answers.into_iter().collect();
@@ -323,6 +324,7 @@ mod tests {
     fn batch(numbers: impl IntoIterator<Item = u64>) -> Incoming {
         Ok(RequestBatch {
             requests: numbers.into_iter().map(|i| envelope(i, 1)).collect(),
+            awaited: Vec::new(),
         })
     }
 

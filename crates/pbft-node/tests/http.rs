@@ -297,3 +297,75 @@ async fn a_batch_of_envelopes_is_answered_request_by_request_in_order() {
     .await;
     assert_eq!(status, StatusCode::OK, "{json}");
 }
+
+/// A client that sends its request to the primary only asks the backups for their replies with an
+/// `AwaitedReply`: each answers with its own reply once the primary's PRE-PREPARE made it execute the request, a
+/// late wish is answered from the reply given, and a wish without the client's MAC is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_answers_an_awaited_reply_with_its_own_reply() {
+    let params = Params {
+        client_auth: pbft_types::ClientAuth::Macs,
+        ..Params::default()
+    };
+    let c = LocalCluster::start(4, 1, params, || Box::new(KvStore::new())).expect("a cluster");
+    let api_of = |replica: usize| {
+        ClientApi::new(
+            c.nodes[replica].clone(),
+            c.replica_keyrings[replica].clone(),
+            64 * 1024,
+            Duration::from_secs(5),
+        )
+    };
+    let sessions = &c.client_sessions[0];
+    let wish = |replica: u64, timestamp: u64| pbft_types::wire::AwaitedReply {
+        client: 0,
+        timestamp,
+        mac: sessions
+            .awaited_mac(pbft_types::ReplicaId(replica), Timestamp(timestamp))
+            .expect("a replica of the cluster")
+            .to_vec()
+            .into(),
+    };
+    let request = sessions.seal_request(Request {
+        client: ClientId(0),
+        timestamp: Timestamp(1),
+        operation: KvOp::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+        }
+        .encode(),
+    });
+    // Replica 1 waits before the request exists anywhere; a wish carrying replica 2's MAC is not replica 1's.
+    let mut early = api_of(1).await_replies(vec![wish(1, 1), wish(2, 1)]);
+    let forged = early.pop().expect("two answers").await;
+    assert!(
+        matches!(forged, Err(pbft_node::api::ApiError::Unauthenticated(_))),
+        "{forged:?}"
+    );
+    let primary = api_of(0)
+        .submit_envelopes(vec![request.to_envelope()])
+        .await
+        .pop()
+        .expect("one answer")
+        .await
+        .expect("the primary's reply");
+    let backup = early
+        .pop()
+        .expect("one answer")
+        .await
+        .expect("replica 1's reply");
+    assert_eq!(backup.value().replica.0, 1);
+    assert_eq!(backup.value().result, primary.value().result);
+    // Replica 2 executed the request before it was asked: it answers from the reply it gave.
+    c.nodes[2]
+        .wait_for(Duration::from_secs(5), |s| s.last_executed.0 >= 1)
+        .await;
+    let late = api_of(2)
+        .await_replies(vec![wish(2, 1)])
+        .pop()
+        .expect("one answer")
+        .await
+        .expect("replica 2's reply");
+    assert_eq!(late.value().replica.0, 2);
+    assert_eq!(late.value().result, primary.value().result);
+}
