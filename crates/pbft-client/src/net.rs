@@ -321,12 +321,12 @@ impl NetClient {
                         } else {
                             Carries::Request
                         };
-                        match in_flight.get(&replica) {
-                            Some(Carries::Request) => continue,
-                            Some(Carries::AwaitedReply) if carries == Carries::AwaitedReply => {
-                                continue;
-                            }
-                            _ => {}
+                        // Nothing to add where the request is already, or where the wish is all that goes.
+                        if in_flight
+                            .get(&replica)
+                            .is_some_and(|c| *c == Carries::Request || *c == carries)
+                        {
+                            continue;
                         }
                         in_flight.insert(replica, carries);
                         let envelope = envelope.clone();

@@ -145,7 +145,7 @@ impl Waiters {
     }
 
     fn deliver(&self, reply: &Reply) {
-        let waiting = {
+        {
             let mut state = self.lock();
             let newer = state
                 .latest
@@ -154,17 +154,15 @@ impl Waiters {
             if newer {
                 state.latest.insert(reply.client, reply.clone());
             }
-            state.pending.remove(&(reply.client, reply.timestamp))
-        };
-        for tx in waiting.into_iter().flatten() {
-            // A waiter that gave up has dropped its receiver; nothing to do for it.
-            let _ = tx.send(Ok(reply.clone()));
         }
+        // A wish registered between the two locks finds the reply recorded and is answered at once.
+        self.answer(reply.client, reply.timestamp, &Ok(reply.clone()));
     }
 
     fn answer(&self, client: ClientId, timestamp: Timestamp, answer: &Result<Reply, SubmitError>) {
         let waiting = self.lock().pending.remove(&(client, timestamp));
         for tx in waiting.into_iter().flatten() {
+            // A waiter that gave up has dropped its receiver; nothing to do for it.
             let _ = tx.send(answer.clone());
         }
     }
