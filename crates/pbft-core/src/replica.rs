@@ -29,6 +29,7 @@ use crate::log::Log;
 use crate::pending::Pending;
 use crate::relay::Unrelayed;
 use crate::state_transfer::Transfer;
+use status::Asking;
 
 pub use recovery::RecoveryError;
 
@@ -99,13 +100,12 @@ pub struct Replica {
     /// The last executed sequence number each peer reported in a STATUS of this replica's view: how a replica
     /// learns that it is behind when nothing else would tell it (an idle cluster sends no new messages).
     peers_executed: BTreeMap<ReplicaId, SeqNo>,
-    /// Peers whose STATUS showed them behind this replica: they get its STATUS when the status timer fires next.
-    /// Answering at once could echo forever with a peer that answers in kind; the timer paces it.
+    /// Peers whose STATUS showed them behind this replica, or asked: they get its STATUS when the status timer
+    /// fires next. Answering at once could echo forever with a peer that answers in kind; the timer paces it.
     owed_status: BTreeSet<ReplicaId>,
-    /// Status rounds left in which the replica asks its peers where they are although nothing tells it that it is
-    /// behind: after it recovered or installed a checkpoint, when it has just jumped and an idle cluster would
-    /// tell it nothing. Peers that are ahead answer, and from then on `peers_executed` keeps it asking.
-    asking_rounds: u32,
+    /// Set after the replica recovered or installed a checkpoint: it has just jumped, and does not know where its
+    /// peers are (an idle cluster would tell it nothing). See `status::Asking`.
+    asking: Option<Asking>,
     transfer_timer_set: bool,
     out: Vec<Output>,
 }
@@ -159,7 +159,7 @@ impl Replica {
             status_timer_set: false,
             peers_executed: BTreeMap::new(),
             owed_status: BTreeSet::new(),
-            asking_rounds: 0,
+            asking: None,
             transfer_timer_set: false,
             out: Vec::new(),
             config,

@@ -160,15 +160,88 @@ fn a_prepared_certificate_survives_and_travels_in_the_next_view_change() {
     let (mut recovered, outs) = c.recovered_node(3, &node.persisted).expect("recovers");
     assert!(view_changes(&outs).is_empty(), "it was not changing view");
     // Just recovered, it first asks its peers where they are (a timeout then is held back: it may merely be
-    // behind). Nobody answers here; once it stopped asking, its timer fires and its VIEW-CHANGE carries the
-    // certificate.
+    // behind). Two peers answer that they are where it is; once it stopped asking, its timer fires and its
+    // VIEW-CHANGE carries the certificate.
     let outs = recovered.step(Input::TimerFired(Timer::ViewChange));
     assert!(view_changes(&outs).is_empty(), "{outs:?}");
+    for r in [1, 2] {
+        recovered.step(c.deliver(r, c.status(r, 0, 0, 0)));
+    }
     for _ in 0..10 {
         recovered.step(Input::TimerFired(Timer::Status));
     }
     let outs = recovered.step(Input::TimerFired(Timer::ViewChange));
     assert_eq!(view_changes(&outs), vec![(View(1), 1)]);
+}
+
+/// Rounds of asking that reach no one (after a restart its peers reconnect with back-off) do not count: a
+/// recovered replica holds its request timer until q - 1 peers answered, and for ten status rounds after that,
+/// then times its requests out as usual (a faulty primary cannot keep it asking).
+#[test]
+fn a_recovered_replica_holds_its_requests_until_q_minus_1_peers_answered() {
+    let c = cluster();
+    let mut node = c.node(3);
+    let batch = [c.request(1, 1, "a")];
+    node.step(c.deliver(0, c.pre_prepare(0, 0, 1, &batch)));
+    let (mut recovered, outs) = c.recovered_node(3, &node.persisted).expect("recovers");
+    assert!(
+        outs.contains(&c.view_timer()),
+        "it times the request it held: {outs:?}"
+    );
+    assert!(
+        outs.contains(&support::to_all(c.status_asking(3, 0, 0, 0))),
+        "{outs:?}"
+    );
+    let holds = |recovered: &mut support::Node| {
+        let outs = recovered.step(Input::TimerFired(Timer::ViewChange));
+        assert!(view_changes(&outs).is_empty(), "{outs:?}");
+        assert!(
+            outs.contains(&c.view_timer()),
+            "it times the request again: {outs:?}"
+        );
+    };
+    // Fifty rounds and timeouts with no answer: it holds on.
+    for _ in 0..50 {
+        let outs = recovered.step(Input::TimerFired(Timer::Status));
+        assert!(
+            outs.contains(&support::to_all(c.status_asking(3, 0, 0, 0))),
+            "{outs:?}"
+        );
+        holds(&mut recovered);
+    }
+    // One peer answers, and the same peer again: not yet q - 1 of them.
+    for _ in 0..2 {
+        recovered.step(c.deliver(1, c.status(1, 0, 0, 0)));
+    }
+    for _ in 0..20 {
+        recovered.step(Input::TimerFired(Timer::Status));
+    }
+    holds(&mut recovered);
+    // A second peer answers: ten rounds later it stops asking and times the request out.
+    recovered.step(c.deliver(2, c.status(2, 0, 0, 0)));
+    for round in 0..10 {
+        holds(&mut recovered);
+        let outs = recovered.step(Input::TimerFired(Timer::Status));
+        assert!(!outs.is_empty(), "round {round}: it still asks");
+    }
+    let outs = recovered.step(Input::TimerFired(Timer::ViewChange));
+    assert_eq!(view_changes(&outs), vec![(View(1), 0)]);
+}
+
+/// A replica answers a STATUS marked asking with its own at its next status round, even when it has nothing
+/// unfinished and the asking replica is not behind: only so does a recovered replica learn that its peers are
+/// there, and stop holding back.
+#[test]
+fn a_replica_answers_an_asking_status_even_when_idle() {
+    let c = cluster();
+    let mut node = c.node(1);
+    let outs = node.step(c.deliver(3, c.status_asking(3, 0, 0, 0)));
+    assert!(outs.contains(&c.status_timer()), "{outs:?}");
+    let outs = node.step(Input::TimerFired(Timer::Status));
+    assert_eq!(outs, vec![support::to_replica(3, c.status(1, 0, 0, 0))]);
+    // Answered once: nothing more is owed.
+    let outs = node.step(Input::TimerFired(Timer::Status));
+    assert!(outs.is_empty(), "{outs:?}");
 }
 
 #[test]

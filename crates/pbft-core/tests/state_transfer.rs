@@ -465,6 +465,10 @@ mod fetching {
         transfer(&c, &mut source, &mut node, 2, d, &snapshot_of(&OPS[..2]));
         assert_eq!(node.replica.status().last_executed, SeqNo(2));
 
+        // Two peers (q - 1) answer that they are where it is.
+        for r in [1, 2] {
+            node.step(c.deliver(r, c.status(r, 0, 2, 2)));
+        }
         let mut rounds = 0;
         loop {
             let outs = node.step(Input::TimerFired(Timer::Status));
@@ -472,7 +476,7 @@ mod fetching {
                 break;
             }
             assert!(
-                outs.contains(&to_all(c.status(3, 0, 2, 2))),
+                outs.contains(&to_all(c.status_asking(3, 0, 2, 2))),
                 "round {rounds}: {outs:?}"
             );
             rounds += 1;
@@ -846,8 +850,11 @@ mod request_timer {
         assert!(outs.contains(&c.view_timer()), "{outs:?}");
         assert_eq!(node.replica.status().last_executed, SeqNo(2));
 
-        // A replica that is not behind (it has asked its peers for its rounds and heard nothing of them being
-        // ahead) still asks for a view change when the request does not execute.
+        // A replica that is not behind (q - 1 peers answered where they are, and it asked for its rounds) still
+        // asks for a view change when the request does not execute.
+        for r in [1, 2] {
+            node.step(c.deliver(r, c.status(r, 0, 2, 2)));
+        }
         for _ in 0..10 {
             node.step(Input::TimerFired(Timer::Status));
         }

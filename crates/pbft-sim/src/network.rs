@@ -19,12 +19,15 @@ pub enum Endpoint {
 }
 
 /// A set of replicas cut off from everyone else (replicas and clients) during `[start, end)`. Messages among the
-/// isolated replicas still flow.
+/// isolated replicas still flow, and so do messages between them and clients if `spares_clients` is set: a
+/// replica whose links to its peers are down (a restarted replica whose peers have not reconnected yet) while
+/// clients still reach it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Partition {
     pub isolated: BTreeSet<ReplicaId>,
     pub start: Duration,
     pub end: Duration,
+    pub spares_clients: bool,
 }
 
 impl Partition {
@@ -34,7 +37,11 @@ impl Partition {
 
     /// Whether this partition separates `a` from `b` at time `now`.
     pub fn cuts(&self, a: Endpoint, b: Endpoint, now: Duration) -> bool {
-        self.start <= now && now < self.end && self.isolates(a) != self.isolates(b)
+        let client_link = matches!(a, Endpoint::Client(_)) || matches!(b, Endpoint::Client(_));
+        self.start <= now
+            && now < self.end
+            && self.isolates(a) != self.isolates(b)
+            && !(client_link && self.spares_clients)
     }
 }
 
@@ -206,6 +213,7 @@ mod tests {
             isolated: BTreeSet::from([ReplicaId(1), ReplicaId(2)]),
             start: ms(100),
             end: ms(200),
+            spares_clients: false,
         });
         let mut net = Network::new(cfg);
         assert_eq!(net.route(R0, R1, ms(99), &mut rng).len(), 1);
@@ -217,6 +225,25 @@ mod tests {
         assert_eq!(net.route(R1, R0, ms(200), &mut rng).len(), 1);
         assert_eq!(net.stats().partitioned, 3);
         assert_eq!(net.stats().dropped, 3);
+    }
+
+    #[test]
+    fn a_partition_that_spares_clients_cuts_only_replica_links() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut cfg = config(0.0, 0.0);
+        cfg.partitions.push(Partition {
+            isolated: BTreeSet::from([ReplicaId(2)]),
+            start: ms(100),
+            end: ms(200),
+            spares_clients: true,
+        });
+        let mut net = Network::new(cfg);
+        assert!(net.route(R0, R2, ms(150), &mut rng).is_empty());
+        assert!(net.route(R2, R1, ms(150), &mut rng).is_empty());
+        assert_eq!(net.route(C0, R2, ms(150), &mut rng).len(), 1);
+        assert_eq!(net.route(R2, C0, ms(150), &mut rng).len(), 1);
+        assert_eq!(net.route(R0, R2, ms(200), &mut rng).len(), 1);
+        assert_eq!(net.stats().partitioned, 2);
     }
 
     #[test]

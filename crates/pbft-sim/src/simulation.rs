@@ -357,6 +357,11 @@ impl Simulation {
         &self.network.config().partitions
     }
 
+    /// What each replica (each copy of a twin) reports about itself now: after `run`, where the run left it.
+    pub fn statuses(&self) -> Vec<ReplicaStatus> {
+        self.replicas.iter().map(|n| n.replica.status()).collect()
+    }
+
     fn requests_total(&self) -> usize {
         self.config.clients * self.config.requests
     }
@@ -984,5 +989,6 @@ fn draw_partition(cluster: &ClusterConfig, config: &SimConfig, rng: &mut impl Rn
         isolated: backups.into_iter().take(k).collect(),
         start: Duration::from_micros(start),
         end: Duration::from_micros((start + length).min(heal)),
+        spares_clients: false,
     }
 }

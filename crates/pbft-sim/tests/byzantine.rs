@@ -55,6 +55,7 @@ fn scenario(seed: u64, n: usize, strategy: Strategy) -> SimConfig {
                 isolated: BTreeSet::from([ReplicaId(0)]),
                 start: Duration::from_millis(100),
                 end: Duration::from_millis(1500),
+                spares_clients: false,
             });
             c
         }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use pbft_sim::{Fault, FaultyReplica, SimConfig, SimReport, Simulation};
+use pbft_sim::{Fault, FaultyReplica, Partition, SimConfig, SimReport, Simulation};
 use pbft_types::ReplicaId;
 
 fn run(config: SimConfig) -> SimReport {
@@ -56,5 +56,54 @@ fn a_primary_that_crashes_and_restarts_from_its_disk_stays_consistent() {
         };
         let report = run(config);
         assert!(report.passed(), "{report}");
+    }
+}
+
+/// A backup restarts while the others carry on, and its links to its peers stay down for longer than a request
+/// timeout (in a real cluster the peers reconnect with back-off), while clients reach it at once. It recovered
+/// requests it held before the crash, and clients retransmit to it, but the others executed those long ago: it
+/// must not time them out into a view change of its own, which the others, with nothing left to time, would never
+/// join. Whether the load goes on or ends about when its links come back, it learns that it is behind and catches
+/// up with the others, in their view.
+#[test]
+fn a_restarted_backup_cut_off_from_its_peers_does_not_leave_their_view_alone() {
+    // 30 requests a client: the load ends about when the links come back; 80: it goes on well past that.
+    for (seed, requests) in (0..12).flat_map(|seed| [(seed, 30), (seed, 80)]) {
+        let restart = Duration::from_millis(400);
+        let config = SimConfig {
+            drop: 0.0,
+            duplicate: 0.0,
+            faulty: Some(vec![FaultyReplica {
+                replica: ReplicaId(3),
+                fault: Fault::Crash {
+                    at: Duration::from_millis(150),
+                    restart,
+                },
+            }]),
+            partitions: vec![Partition {
+                isolated: [ReplicaId(3)].into(),
+                start: restart,
+                end: restart + Duration::from_millis(1200),
+                spares_clients: true,
+            }],
+            heal_at: Duration::from_secs(3),
+            requests,
+            think_time: Duration::from_millis(40),
+            drain: Duration::from_secs(3),
+            ..SimConfig::new(seed, 4)
+        };
+        let mut sim = Simulation::new(config).expect("a valid configuration");
+        let report = sim.run();
+        assert!(report.passed(), "{report}");
+        let statuses = sim.statuses();
+        let first = statuses[0];
+        for s in &statuses {
+            assert_eq!(
+                (s.view, s.changing_view, s.last_executed),
+                (first.view, first.changing_view, first.last_executed),
+                "seed {seed}, {requests} requests a client: replica {} is not where replica 0 is: {statuses:?}\n{report}",
+                s.id
+            );
+        }
     }
 }

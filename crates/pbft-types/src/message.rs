@@ -72,6 +72,9 @@ pub struct Status {
     pub replica: ReplicaId,
     /// The replica sent VIEW-CHANGE for `view` and still waits for its NEW-VIEW.
     pub changing_view: bool,
+    /// The replica just jumped (recovered from its journal, or installed a checkpoint) and does not know yet where
+    /// its peers are: each answers with its own STATUS.
+    pub asking: bool,
 }
 
 /// FETCH-BATCH(n, d, i): replica i knows that batch `digest` is assigned to `seq` but lacks its requests.
@@ -341,6 +344,7 @@ impl Body for Status {
             executed: self.executed.0,
             replica: self.replica.0,
             changing_view: self.changing_view,
+            asking: self.asking,
         })
     }
     fn from_wire(kind: Kind) -> Result<Self, DecodeError> {
@@ -351,6 +355,7 @@ impl Body for Status {
                 executed: SeqNo(m.executed),
                 replica: ReplicaId(m.replica),
                 changing_view: m.changing_view,
+                asking: m.asking,
             }),
             other => Err(wrong_kind("STATUS", &other)),
         }

@@ -206,6 +206,7 @@ mod tests {
                 executed: SeqNo(9),
                 replica: ReplicaId(1),
                 changing_view: true,
+                asking: true,
             })),
             ReplicaMsg::ViewChange(signed(ViewChange {
                 new_view: View(3),

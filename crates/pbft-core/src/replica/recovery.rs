@@ -69,8 +69,8 @@ impl Replica {
             self.changing = false;
             self.start_view_change(view);
         }
-        self.send_status_to(Dest::AllReplicas);
         self.ask_peers();
+        self.send_status_to(Dest::AllReplicas);
         self.refresh_request_timer();
         self.arm_status_timer();
         let out = std::mem::take(&mut self.out);

@@ -1,10 +1,27 @@
 //! Recovering lost messages: a replica with unfinished work sends STATUS now and then, and each peer resends the
 //! messages of its own that the replica lacks (or, across views, the VIEW-CHANGE and NEW-VIEW it missed).
 
+use std::collections::BTreeSet;
+
 use pbft_types::{ReplicaId, ReplicaMsg, SeqNo, Status};
 
 use super::Replica;
 use crate::io::{Dest, Output, Timer};
+
+/// A replica that just jumped (recovered from its journal, or installed a checkpoint) asks its peers where they
+/// are, in STATUS messages marked `asking` that every peer answers, until it has heard from q - 1 of them and for
+/// a few status rounds after that. Meanwhile it does not time out the requests it holds: the others may have
+/// executed them long ago, and a view change of its own, which they would not join, would leave it alone in a
+/// later view.
+///
+/// Counting answers rather than rounds matters after a restart: its peers reconnect with back-off, and rounds
+/// sent before they are back reach no one. Waiting for q - 1 answers cannot stall: 2f peers are correct, and a
+/// view change needs q replicas anyway. The rounds after that are few, so a faulty peer cannot keep it asking.
+#[derive(Debug)]
+pub(super) struct Asking {
+    heard: BTreeSet<ReplicaId>,
+    rounds_left: u32,
+}
 
 impl Replica {
     /// Whether this replica is waiting for something its peers could help with by resending messages.
@@ -18,16 +35,37 @@ impl Replica {
             || self.changing
             || self.behind_peers()
             || !self.owed_status.is_empty()
-            || self.asking_rounds > 0
+            || self.asking.is_some()
     }
 
-    /// How many status rounds a replica that just jumped (recovered, or installed a checkpoint) asks its peers.
+    /// How many status rounds a replica that just jumped keeps asking once q - 1 peers answered.
     const ASKING_ROUNDS: u32 = 10;
 
-    /// The replica just jumped to a state its peers may be well past: ask them for a few status rounds.
+    /// The replica just jumped to a state its peers may be well past: ask them where they are.
     pub(super) fn ask_peers(&mut self) {
         self.peers_executed.clear();
-        self.asking_rounds = Self::ASKING_ROUNDS;
+        self.asking = Some(Asking {
+            heard: BTreeSet::new(),
+            rounds_left: Self::ASKING_ROUNDS,
+        });
+    }
+
+    /// Whether the replica still asks its peers where they are (and holds back its request timer meanwhile).
+    pub(super) fn is_asking(&self) -> bool {
+        self.asking.is_some()
+    }
+
+    /// A status round passed: once q - 1 peers answered, it counts towards the end of the asking.
+    fn count_asking_round(&mut self) {
+        let heard_enough = self.quorum() - 1;
+        if let Some(asking) = &mut self.asking
+            && asking.heard.len() >= heard_enough
+        {
+            asking.rounds_left = asking.rounds_left.saturating_sub(1);
+            if asking.rounds_left == 0 {
+                self.asking = None;
+            }
+        }
     }
 
     /// Whether f+1 peers (so at least one correct one) reported having executed beyond this replica, in its view.
@@ -52,7 +90,7 @@ impl Replica {
     }
 
     pub(super) fn send_status(&mut self) {
-        self.asking_rounds = self.asking_rounds.saturating_sub(1);
+        self.count_asking_round();
         let owed = std::mem::take(&mut self.owed_status);
         if !self.has_unfinished_work() {
             for peer in owed {
@@ -71,6 +109,7 @@ impl Replica {
             executed: self.settled(),
             replica: self.id,
             changing_view: self.changing,
+            asking: self.asking.is_some(),
         };
         let status = self.signer.sign(status);
         self.send(to, ReplicaMsg::Status(status.into_signed()));
@@ -93,6 +132,12 @@ impl Replica {
     /// A peer says what it has; resend it this replica's own messages that it lacks. Each replica resends only
     /// what it signed itself (the primary its PRE-PREPAREs), so nothing relayed needs another signature.
     pub(super) fn on_status(&mut self, from: ReplicaId, status: &Status) {
+        if let Some(asking) = &mut self.asking {
+            asking.heard.insert(from);
+        }
+        if status.asking {
+            self.owed_status.insert(from);
+        }
         if status.view == self.view {
             self.peers_executed.insert(from, status.executed);
         }

@@ -71,10 +71,10 @@ impl Replica {
 
     /// Whether a checkpoint above what this replica executed is certified by q replicas (adopted as stable from a
     /// NEW-VIEW, voted for by q of them, or being fetched), or the replica has just jumped (recovered, installed)
-    /// and is still asking its peers where they are, for a bounded number of status rounds.
+    /// and is still asking its peers where they are (see `status::Asking`).
     fn behind_a_certified_checkpoint(&self) -> bool {
         // Just recovered or installed: it has not heard yet how far its peers are.
-        self.asking_rounds > 0
+        self.is_asking()
             || self.transfer.is_some()
             || self.checkpoints.stable().seq > self.last_executed
             || self

@@ -506,7 +506,7 @@ impl Cluster {
     }
 
     pub fn status(&self, signer: u64, view: u64, stable: u64, executed: u64) -> ReplicaMsg {
-        self.status_changing(signer, view, stable, executed, false)
+        self.status_of(signer, view, stable, executed, false, false)
     }
 
     /// STATUS with `changing_view` set as given: the sender sent VIEW-CHANGE for `view` and waits for NEW-VIEW.
@@ -518,12 +518,30 @@ impl Cluster {
         executed: u64,
         changing_view: bool,
     ) -> ReplicaMsg {
+        self.status_of(signer, view, stable, executed, changing_view, false)
+    }
+
+    /// STATUS marked `asking`: the sender just recovered or installed a checkpoint, and every peer answers it.
+    pub fn status_asking(&self, signer: u64, view: u64, stable: u64, executed: u64) -> ReplicaMsg {
+        self.status_of(signer, view, stable, executed, false, true)
+    }
+
+    fn status_of(
+        &self,
+        signer: u64,
+        view: u64,
+        stable: u64,
+        executed: u64,
+        changing_view: bool,
+        asking: bool,
+    ) -> ReplicaMsg {
         ReplicaMsg::Status(self.keys[signer as usize].sign(Status {
             view: View(view),
             stable: SeqNo(stable),
             executed: SeqNo(executed),
             replica: ReplicaId(signer),
             changing_view,
+            asking,
         }))
     }
 

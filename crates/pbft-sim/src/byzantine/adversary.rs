@@ -928,6 +928,8 @@ impl Adversary {
                     executed: SeqNo(0),
                     replica,
                     changing_view,
+                    // Always asking: each peer owes it a STATUS, the most a STATUS can make a peer send.
+                    asking: true,
                 }))
             }
             5 => {
