@@ -254,7 +254,7 @@ impl Keyring {
                     .sessions
                     .as_ref()
                     .ok_or(AuthError::MacsNotAccepted(signer))?;
-                sessions.check(signer, signed.body(), authenticator)?;
+                sessions.check(signer, &signed.body_digest(), authenticator)?;
             }
         }
         self.verify_nested(&signed.value().nested())?;

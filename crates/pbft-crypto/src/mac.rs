@@ -263,7 +263,7 @@ impl SessionKeys {
     pub(crate) fn check(
         &self,
         sender: Principal,
-        body: &[u8],
+        body_digest: &[u8; 32],
         authenticator: &[u8],
     ) -> Result<(), AuthError> {
         let session = self
@@ -295,8 +295,7 @@ impl SessionKeys {
             // Sessions only join a client and a replica, so no other pair has one (refused above).
             _ => return Err(AuthError::UnknownSigner(sender)),
         };
-        let digest: [u8; 32] = Sha256::digest(body).into();
-        if check(key, &digest, tag) {
+        if check(key, body_digest, tag) {
             Ok(())
         } else {
             Err(AuthError::BadMac(sender))

@@ -4,8 +4,12 @@
 //! (see `pbft-crypto`'s `mac` module). A `Signed<T>` proves nothing by itself: anyone can build one. Only
 //! `pbft-crypto` turns it into a `Verified<T>`, after checking the seal against the sender's keys.
 
+use std::fmt;
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use prost::Message;
+use sha2::{Digest as _, Sha256};
 
 use crate::error::DecodeError;
 use crate::message::{Body, kind_name};
@@ -36,6 +40,27 @@ pub struct Signed<T> {
     body: Bytes,
     seal: Seal,
     value: T,
+    body_digest: BodyDigest,
+}
+
+/// The SHA-256 of a `Signed`'s body, computed at most once: a request's MAC check and the digest of every batch
+/// it travels in both need it, and on a busy replica recomputing it was 2 to 3% of the CPU. It is a function of
+/// the body, so it never makes two `Signed`s differ.
+#[derive(Clone, Default)]
+struct BodyDigest(OnceLock<[u8; 32]>);
+
+impl PartialEq for BodyDigest {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for BodyDigest {}
+
+impl fmt::Debug for BodyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("..")
+    }
 }
 
 impl<T: Body> Signed<T> {
@@ -46,6 +71,7 @@ impl<T: Body> Signed<T> {
             body,
             seal: Seal::Signature(signature),
             value,
+            body_digest: BodyDigest::default(),
         }
     }
 
@@ -55,6 +81,7 @@ impl<T: Body> Signed<T> {
             body,
             seal: Seal::Authenticator(authenticator),
             value,
+            body_digest: BodyDigest::default(),
         }
     }
 
@@ -95,6 +122,7 @@ impl<T: Body> Signed<T> {
             body: envelope.body,
             seal,
             value,
+            body_digest: BodyDigest::default(),
         })
     }
 
@@ -136,6 +164,14 @@ impl<T> Signed<T> {
         &self.body
     }
 
+    /// SHA-256 of the body: what a MAC covers, and a request's part of its batch's digest.
+    pub fn body_digest(&self) -> [u8; 32] {
+        *self
+            .body_digest
+            .0
+            .get_or_init(|| Sha256::digest(&self.body).into())
+    }
+
     pub fn seal(&self) -> &Seal {
         &self.seal
     }
@@ -170,6 +206,19 @@ mod tests {
             operation: Bytes::from_static(b"op"),
         }
         .encode_body()
+    }
+
+    #[test]
+    fn the_body_digest_is_sha256_of_the_body_and_never_makes_two_envelopes_differ() {
+        let bytes = envelope(request(), &[], &[7; MAC_LEN * 4]);
+        let a = Signed::<Request>::decode(&bytes, 1 << 20).unwrap();
+        let b = a.clone();
+        let expected: [u8; 32] = Sha256::digest(a.body()).into();
+        assert_eq!(a.body_digest(), expected);
+        // `a` has computed it and `b` (cloned before) has not: still equal, as are their digests.
+        assert_eq!(a, b);
+        assert_eq!(b.body_digest(), expected);
+        assert_eq!(a.clone().body_digest(), expected);
     }
 
     #[test]
