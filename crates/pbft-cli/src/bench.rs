@@ -27,7 +27,7 @@ use pbft_apps::KvOp;
 use pbft_client::net::{Connections, NetClient};
 use pbft_node::config::{AppKind, ClientFile, ClientSetup, ParamsFile};
 use pbft_node::testnet::{TestnetSpec, write};
-use pbft_types::{ClientAuth, ReplicaId};
+use pbft_types::{ClientAuth, Params, ReplicaAuth, ReplicaId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
@@ -52,7 +52,7 @@ pub struct BenchArgs {
     /// `pbft testnet` writes them). Every client-*.toml in that directory is used, one per network client, so it
     /// must hold at least clients x window of them (open loop: --pool). Replica CPU and bytes are measured only
     /// if the replica processes are found on this machine (`pbft replica --config <that directory>/...`).
-    #[arg(long, value_name = "CLIENT_CONFIG", conflicts_with_all = ["replicas", "batch_size", "batch_delay_ms", "client_auth", "base_port", "keep"])]
+    #[arg(long, value_name = "CLIENT_CONFIG", conflicts_with_all = ["replicas", "batch_size", "batch_delay_ms", "client_auth", "replica_auth", "base_port", "keep"])]
     attach: Option<PathBuf>,
     /// Closed loop: logical clients, each sending its next request as soon as one completes.
     #[arg(long, default_value_t = 8)]
@@ -95,6 +95,10 @@ pub struct BenchArgs {
     /// authenticators (the fast path the targets assume) or ed25519 signatures.
     #[arg(long, value_enum, default_value_t = AuthChoice::Macs)]
     client_auth: AuthChoice,
+    /// How replicas authenticate their COMMITs in the started cluster: ed25519 signatures, or ("macs") only by
+    /// the authenticated connection they travel on.
+    #[arg(long, value_enum, default_value_t = AuthChoice::Signatures)]
+    replica_auth: AuthChoice,
     /// Run one point per value, comma-separated: client counts (closed loop) or, with --rate or --open,
     /// request rates. Draws a throughput-latency chart (throughput-latency.svg) in --out.
     #[arg(long, value_delimiter = ',')]
@@ -378,7 +382,8 @@ struct Target {
     pids: Vec<u32>,
     replicas: Option<Replicas>,
     n: usize,
-    client_auth: ClientAuth,
+    /// The cluster's parameters, as its cluster file says.
+    params: Params,
 }
 
 async fn bench(args: &BenchArgs, plan: &Plan, dir: &Path) -> Result<(), String> {
@@ -443,9 +448,13 @@ async fn bench(args: &BenchArgs, plan: &Plan, dir: &Path) -> Result<(), String> 
             batch_delay_ms: args.batch_delay_ms,
             transport: args.transport.name().into(),
             connections: args.connections,
-            client_auth: match target.client_auth {
+            client_auth: match target.params.client_auth {
                 ClientAuth::Signatures => "signatures".into(),
                 ClientAuth::Macs => "macs".into(),
+            },
+            replica_auth: match target.params.replica_auth {
+                ReplicaAuth::Signatures => "signatures".into(),
+                ReplicaAuth::Macs => "macs".into(),
             },
         };
         let config = match load {
@@ -507,6 +516,7 @@ async fn start_cluster(args: &BenchArgs, plan: &Plan, dir: &Path) -> Result<Targ
         max_batch_size: args.batch_size,
         batch_delay_ms: args.batch_delay_ms,
         client_auth: Some(args.client_auth.file()),
+        replica_auth: Some(args.replica_auth.file()),
         ..ParamsFile::default()
     };
     let net = write(
@@ -523,6 +533,7 @@ async fn start_cluster(args: &BenchArgs, plan: &Plan, dir: &Path) -> Result<Targ
     )
     .map_err(|e| e.to_string())?;
     let setups = net.client_setups().map_err(|e| e.to_string())?;
+    let net_params = setups[0].cluster.config.params.clone();
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the pbft binary: {e}"))?;
     let replicas = Replicas::start(&exe, dir, args.replicas)?;
     let http = setups[0].cluster.addresses.iter().map(|a| a.http).collect();
@@ -532,7 +543,7 @@ async fn start_cluster(args: &BenchArgs, plan: &Plan, dir: &Path) -> Result<Targ
         pids: replicas.pids(),
         replicas: Some(replicas),
         n: args.replicas,
-        client_auth: args.client_auth.into(),
+        params: net_params,
     })
 }
 
@@ -578,14 +589,14 @@ fn attach(client_file: &Path, needed: usize) -> Result<Target, String> {
         );
     }
     let http = setups[0].cluster.addresses.iter().map(|a| a.http).collect();
-    let client_auth = setups[0].cluster.config.params.client_auth;
+    let params = setups[0].cluster.config.params.clone();
     Ok(Target {
         setups,
         http,
         pids: if pids.len() == n { pids } else { Vec::new() },
         replicas: None,
         n,
-        client_auth,
+        params,
     })
 }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use pbft_sim::{Byzantine, SimApp, SimConfig, SimReport, Simulation, Summary, run_seeds};
-use pbft_types::{ClientAuth, Params};
+use pbft_types::{ClientAuth, Params, ReplicaAuth};
 
 use crate::testnet::{AppChoice, AuthChoice};
 
@@ -84,6 +84,11 @@ pub struct SimArgs {
     #[arg(long, value_enum, default_value_t = AuthChoice::Signatures)]
     client_auth: AuthChoice,
 
+    /// How replicas authenticate their COMMITs: signatures, or ("macs") only by the link they arrive on. Not
+    /// with the ledger.
+    #[arg(long, value_enum, default_value_t = AuthChoice::Signatures)]
+    replica_auth: AuthChoice,
+
     /// Threads to run seeds on (each seed's run is deterministic whatever the number).
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -111,6 +116,7 @@ impl SimArgs {
         let defaults = SimConfig::new(self.seed_range().start, replicas);
         let params = Params {
             client_auth: self.client_auth.into(),
+            replica_auth: self.replica_auth.into(),
             ..defaults.params.clone()
         };
         SimConfig {
@@ -157,7 +163,7 @@ pub fn run(args: &SimArgs) -> ExitCode {
             }
         }
         println!(
-            "n={replicas} clients={} requests={} drop={} duplicate={}{}{}{}{}: {}, wall {:.1}s",
+            "n={replicas} clients={} requests={} drop={} duplicate={}{}{}{}{}{}: {}, wall {:.1}s",
             config.clients,
             config.requests,
             config.drop,
@@ -173,6 +179,10 @@ pub fn run(args: &SimArgs) -> ExitCode {
                 (SimApp::Ledger, ClientAuth::Signatures) => " app=ledger",
                 (SimApp::Kv, ClientAuth::Macs) => " client-auth=macs",
                 (SimApp::Kv, ClientAuth::Signatures) => "",
+            },
+            match config.params.replica_auth {
+                ReplicaAuth::Macs => " replica-auth=macs",
+                ReplicaAuth::Signatures => "",
             },
             Summary::of(&reports),
             wall.as_secs_f64()

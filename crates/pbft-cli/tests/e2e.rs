@@ -11,14 +11,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, http, metric, noise};
+use common::{Cluster, PBFT, http, metric, noise};
 use pbft_apps::{KvOp, KvResult};
 use pbft_client::net::{NetClient, NetError};
 use pbft_crypto::{KeyPair, SessionKeys, Signer};
-use pbft_node::config::{ClientAuthFile, ParamsFile};
+use pbft_node::config::{AuthFile, ParamsFile};
 use pbft_types::wire::replica_api_client::ReplicaApiClient;
 use pbft_types::wire::{Refusal, RequestBatch, SignedEnvelope};
-use pbft_types::{ClientAuth, Principal, Request, Timestamp};
+use pbft_types::{ClientAuth, Principal, ReplicaAuth, Request, Timestamp};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
 // Port ranges: each test uses base..base+300 (peers, gRPC, HTTP).
@@ -34,6 +34,7 @@ const IMPOSTOR_LISTENER: u16 = 23400;
 const STREAMED: u16 = 23700;
 const STREAM_REFUSALS: u16 = 20700;
 const MACS: u16 = 26600;
+const LINK_COMMITS: u16 = 26900;
 
 fn status_json(cluster: &Cluster, i: usize) -> serde_json::Value {
     let (code, body) = http(cluster.http_addr(i), "GET", "/v1/status", None);
@@ -252,10 +253,75 @@ fn rejects_a_client_with_a_wrong_key() {
     assert_eq!(cluster.get(&mut client, "mine").as_deref(), Some("ok"));
 }
 
+/// With `replica_auth = "macs"` the replicas' COMMITs travel unsigned, vouched for by their TLS links: the cluster
+/// commits, a backup restarted from its journal catches up (the others resend their COMMITs to it), and no
+/// peer's frame is refused on the way. A ledger cannot be set up that way.
+#[test]
+fn commits_sealed_by_their_links() {
+    let params = ParamsFile {
+        client_auth: Some(AuthFile::Macs),
+        replica_auth: Some(AuthFile::Macs),
+        ..ParamsFile::default()
+    };
+    let mut cluster = Cluster::create_with(LINK_COMMITS, 1, params);
+    assert_eq!(
+        cluster.setup.cluster.config.params.replica_auth,
+        ReplicaAuth::Macs
+    );
+    for i in 0..cluster.n {
+        cluster.spawn(i);
+    }
+    cluster.wait_connected();
+    let mut client = cluster.client();
+    for i in 0..5 {
+        cluster.put(&mut client, &format!("k{i}"), &i.to_string());
+    }
+    cluster.kill(3);
+    for i in 5..10 {
+        cluster.put(&mut client, &format!("k{i}"), &i.to_string());
+    }
+    cluster.spawn(3);
+    cluster.put(&mut client, "after", "y");
+    let target = (0..3)
+        .filter_map(|i| cluster.status(i).map(|s| s.last_executed))
+        .max()
+        .unwrap();
+    cluster.wait_status(3, "caught up", |s| s.last_executed >= target);
+    assert_eq!(cluster.get(&mut client, "k7").as_deref(), Some("7"));
+    for i in 0..cluster.n {
+        let (code, metrics) = http(cluster.http_addr(i), "GET", "/metrics", None);
+        assert_eq!(code, 200);
+        assert_eq!(
+            metric(&metrics, "pbft_messages_unauthenticated_total"),
+            Some(0.0),
+            "replica {i}: {metrics}"
+        );
+    }
+
+    let out = std::process::Command::new(PBFT)
+        .args([
+            "testnet",
+            "--app",
+            "ledger",
+            "--replica-auth",
+            "macs",
+            "--out",
+        ])
+        .arg(cluster.path().join("ledger-net"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a ledger with unsigned COMMITs: {stderr}"
+    );
+    assert!(stderr.contains("replica_auth"), "{stderr}");
+}
+
 #[test]
 fn macs_authenticate_requests_and_replies() {
     let params = ParamsFile {
-        client_auth: Some(ClientAuthFile::Macs),
+        client_auth: Some(AuthFile::Macs),
         ..ParamsFile::default()
     };
     let mut cluster = Cluster::create_with(MACS, 2, params);

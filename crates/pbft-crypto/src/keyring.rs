@@ -5,7 +5,8 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use pbft_types::{
     BatchData, Body, Checkpoint, ClientId, ClusterConfig, Commit, FetchBatch, FetchState,
     NestedSignature, NewView, PrePrepare, Prepare, PreparedProof, Principal, PublicKeyBytes,
-    ReplicaId, ReplicaMsg, Request, Seal, Signed, StateChunk, Status, Timestamp, ViewChange,
+    ReplicaAuth, ReplicaId, ReplicaMsg, Request, Seal, Signed, StateChunk, Status, Timestamp,
+    ViewChange,
 };
 use thiserror::Error;
 
@@ -52,6 +53,14 @@ pub enum AuthError {
         "{0} sent a MAC authenticator, but this cluster requires signatures (client_auth = \"signatures\")"
     )]
     MacsNotAccepted(Principal),
+    #[error(
+        "a message of {0} has no seal of its own, and did not come straight from {0} on its connection"
+    )]
+    Unsealed(Principal),
+    #[error(
+        "{0} sent a COMMIT without a signature, but this cluster requires signed ones (replica_auth = \"signatures\")"
+    )]
+    UnsealedNotAccepted(Principal),
 }
 
 /// A replica message whose every signature has been checked.
@@ -155,6 +164,8 @@ pub struct Keyring {
     clients: HashMap<ClientId, VerifyingKey>,
     seen: Arc<SeenRequests>,
     sessions: Option<Arc<SessionKeys>>,
+    /// Whether a COMMIT that came straight from its sender may be unsigned (`replica_auth = "macs"`).
+    link_commits: bool,
 }
 
 fn parse_key(principal: Principal, bytes: &PublicKeyBytes) -> Result<VerifyingKey, KeyError> {
@@ -179,6 +190,7 @@ impl Keyring {
             clients,
             seen: Arc::default(),
             sessions: None,
+            link_commits: config.params.replica_auth == ReplicaAuth::Macs,
         })
     }
 
@@ -196,6 +208,7 @@ impl Keyring {
             clients: HashMap::new(),
             seen: Arc::default(),
             sessions: None,
+            link_commits: config.params.replica_auth == ReplicaAuth::Macs,
         })
     }
 
@@ -256,6 +269,8 @@ impl Keyring {
                     .ok_or(AuthError::MacsNotAccepted(signer))?;
                 sessions.check(signer, &signed.body_digest(), authenticator)?;
             }
+            // Authentic only as it arrives from its sender's own connection: `verify_replica_msg` takes it.
+            Seal::Link => return Err(AuthError::Unsealed(signer)),
         }
         self.verify_nested(&signed.value().nested())?;
         Ok(Verified::new(signed))
@@ -336,7 +351,7 @@ impl Keyring {
         self.verify_requests_with(batch, |request| {
             let len = match request.seal() {
                 Seal::Authenticator(authenticator) => authenticator.len(),
-                Seal::Signature(_) => return self.verify(request),
+                Seal::Signature(_) | Seal::Link => return self.verify(request),
             };
             self.authenticator_shape(request.value().client, len)?;
             Ok(Verified::new(request))
@@ -498,7 +513,14 @@ impl Keyring {
             }
             ReplicaMsg::Commit(m) => {
                 own(m.value().signer())?;
-                VerifiedMsg::Commit(self.verify(m)?)
+                match m.seal() {
+                    // It came on its sender's own connection (checked just above), which vouches for it.
+                    Seal::Link if self.link_commits => VerifiedMsg::Commit(Verified::new(m)),
+                    Seal::Link => {
+                        return Err(AuthError::UnsealedNotAccepted(Principal::Replica(sender)));
+                    }
+                    _ => VerifiedMsg::Commit(self.verify(m)?),
+                }
             }
             ReplicaMsg::Checkpoint(m) => {
                 own(m.value().signer())?;
@@ -655,6 +677,90 @@ mod tests {
                 sender: ReplicaId(2)
             })
         );
+    }
+
+    /// The keyring of a cluster like `keys()`'s whose `replica_auth` is as given.
+    fn keyring_with(replicas: &[KeyPair], auth: ReplicaAuth) -> Keyring {
+        let config = ClusterConfig {
+            replicas: replicas.iter().map(KeyPair::public_key).collect(),
+            clients: Vec::new(),
+            params: Params {
+                replica_auth: auth,
+                ..Params::default()
+            },
+        };
+        Keyring::new(&config).unwrap()
+    }
+
+    /// A COMMIT of `replica`'s sealed by its link only, as it decodes at the receiver.
+    fn link_sealed_commit(replicas: &[KeyPair], replica: u64) -> ReplicaMsg {
+        let signer = crate::Signer::new(
+            Principal::Replica(ReplicaId(replica)),
+            replicas[replica as usize].clone(),
+        );
+        let commit = signer.seal_for_link(commit(replica, 1)).into_signed();
+        let bytes = ReplicaMsg::Commit(commit).encode();
+        let limits = pbft_types::DecodeLimits {
+            max_message_size: 1 << 20,
+            max_batch_size: 16,
+        };
+        ReplicaMsg::decode(&bytes, limits).unwrap()
+    }
+
+    #[test]
+    fn a_commit_sealed_by_its_link_passes_only_from_its_sender_and_only_where_the_cluster_allows_it()
+     {
+        let (replicas, _, _) = keys();
+        let macs = keyring_with(&replicas, ReplicaAuth::Macs);
+        let msg = link_sealed_commit(&replicas, 1);
+        let ReplicaMsg::Commit(decoded) = &msg else {
+            panic!("{msg:?}")
+        };
+        assert_eq!(decoded.seal(), &Seal::Link);
+        assert!(matches!(
+            macs.verify_replica_msg(ReplicaId(1), msg.clone()),
+            Ok(VerifiedMsg::Commit(_))
+        ));
+        // Relayed by another replica, it proves nothing.
+        assert_eq!(
+            macs.verify_replica_msg(ReplicaId(2), msg.clone()),
+            Err(AuthError::SenderMismatch {
+                signer: Principal::Replica(ReplicaId(1)),
+                sender: ReplicaId(2)
+            })
+        );
+        // Outside its link (a certificate, a third party), it is refused.
+        assert_eq!(
+            macs.verify(decoded.clone()).map(|_| ()),
+            Err(AuthError::Unsealed(Principal::Replica(ReplicaId(1))))
+        );
+        // A cluster of signed COMMITs refuses it even from its sender.
+        let signatures = keyring_with(&replicas, ReplicaAuth::Signatures);
+        assert_eq!(
+            signatures.verify_replica_msg(ReplicaId(1), msg).map(|_| ()),
+            Err(AuthError::UnsealedNotAccepted(Principal::Replica(
+                ReplicaId(1)
+            )))
+        );
+        // A signed COMMIT still passes where unsigned ones are allowed.
+        let signed = ReplicaMsg::Commit(replicas[1].sign(commit(1, 1)));
+        assert!(macs.verify_replica_msg(ReplicaId(1), signed).is_ok());
+    }
+
+    #[test]
+    fn only_a_commit_may_come_without_a_seal() {
+        let (replicas, _, _) = keys();
+        let signer = crate::Signer::new(Principal::Replica(ReplicaId(1)), replicas[1].clone());
+        let commit = signer.seal_for_link(commit(1, 1)).into_signed();
+        // The same unsealed envelope shape, with a PREPARE's body: refused when decoded.
+        let prepare_body = prepare(1).encode_body();
+        let envelope = pbft_types::wire::SignedEnvelope {
+            body: prepare_body,
+            signature: Bytes::new(),
+            authenticator: Bytes::new(),
+        };
+        assert!(Signed::<Prepare>::from_envelope(envelope).is_err());
+        assert!(Signed::<Commit>::from_envelope(commit.to_envelope()).is_ok());
     }
 
     fn commit(replica: u64, seq: u64) -> Commit {

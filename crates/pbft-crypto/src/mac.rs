@@ -378,7 +378,7 @@ mod tests {
     fn authenticator(signed: &Signed<impl Body>) -> Bytes {
         match signed.seal() {
             Seal::Authenticator(a) => a.clone(),
-            Seal::Signature(_) => panic!("sealed with a signature"),
+            other => panic!("not sealed with an authenticator: {other:?}"),
         }
     }
 

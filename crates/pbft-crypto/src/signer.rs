@@ -103,4 +103,24 @@ impl Signer {
         );
         Verified::new(self.key.sign(value))
     }
+
+    /// Seals a message of this principal's own for its replica links only, with no signature (`Seal::Link`):
+    /// a COMMIT in a cluster whose `replica_auth` is "macs". The authenticated connection it is sent on vouches
+    /// for it at the receiver, and nothing else ever will.
+    ///
+    /// # Panics
+    /// If `value` names another signer, or is of a kind that must always be signed: bugs in the caller.
+    pub fn seal_for_link<T: Body>(&self, value: T) -> Verified<T> {
+        assert_eq!(
+            value.signer(),
+            self.principal,
+            "a signer seals only its own messages"
+        );
+        assert!(
+            T::MAY_TRAVEL_UNSEALED,
+            "only a COMMIT may travel sealed by its link"
+        );
+        let body = value.encode_body();
+        Verified::new(Signed::link_sealed(body, value))
+    }
 }

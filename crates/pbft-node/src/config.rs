@@ -17,6 +17,7 @@ use pbft_apps::Genesis;
 use pbft_crypto::{KeyFileError, KeyPair};
 use pbft_types::{
     ClientAuth, ClientId, ClientInfo, ClusterConfig, ConfigError, Params, PublicKeyBytes,
+    ReplicaAuth,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -133,31 +134,43 @@ pub struct ParamsFile {
     pub max_request_size: Option<usize>,
     pub max_message_size: Option<usize>,
     /// "signatures" (the default) or "macs": how clients authenticate requests and replicas their replies.
-    pub client_auth: Option<ClientAuthFile>,
+    pub client_auth: Option<AuthFile>,
+    /// "signatures" (the default) or "macs": whether replicas sign their COMMITs or let their authenticated
+    /// connections vouch for them. Not with the ledger, whose blocks carry signed commit certificates.
+    pub replica_auth: Option<AuthFile>,
 }
 
-/// `client_auth` as the cluster file spells it.
+/// `client_auth` and `replica_auth` as the cluster file spells them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ClientAuthFile {
+pub enum AuthFile {
     Signatures,
     Macs,
 }
 
-impl From<ClientAuthFile> for ClientAuth {
-    fn from(file: ClientAuthFile) -> ClientAuth {
+impl From<AuthFile> for ClientAuth {
+    fn from(file: AuthFile) -> ClientAuth {
         match file {
-            ClientAuthFile::Signatures => ClientAuth::Signatures,
-            ClientAuthFile::Macs => ClientAuth::Macs,
+            AuthFile::Signatures => ClientAuth::Signatures,
+            AuthFile::Macs => ClientAuth::Macs,
         }
     }
 }
 
-impl From<ClientAuth> for ClientAuthFile {
-    fn from(auth: ClientAuth) -> ClientAuthFile {
+impl From<AuthFile> for ReplicaAuth {
+    fn from(file: AuthFile) -> ReplicaAuth {
+        match file {
+            AuthFile::Signatures => ReplicaAuth::Signatures,
+            AuthFile::Macs => ReplicaAuth::Macs,
+        }
+    }
+}
+
+impl From<ClientAuth> for AuthFile {
+    fn from(auth: ClientAuth) -> AuthFile {
         match auth {
-            ClientAuth::Signatures => ClientAuthFile::Signatures,
-            ClientAuth::Macs => ClientAuthFile::Macs,
+            ClientAuth::Signatures => AuthFile::Signatures,
+            ClientAuth::Macs => AuthFile::Macs,
         }
     }
 }
@@ -177,6 +190,7 @@ impl ParamsFile {
             max_request_size: self.max_request_size.unwrap_or(d.max_request_size),
             max_message_size: self.max_message_size.unwrap_or(d.max_message_size),
             client_auth: self.client_auth.map_or(d.client_auth, ClientAuth::from),
+            replica_auth: self.replica_auth.map_or(d.replica_auth, ReplicaAuth::from),
             ..d
         }
     }
@@ -304,6 +318,13 @@ impl ClusterFile {
             clients,
             params: self.params.to_params(),
         };
+        if matches!(app, App::Ledger(_)) && config.params.replica_auth == ReplicaAuth::Macs {
+            return Err(invalid(
+                "params.replica_auth = \"macs\" leaves COMMITs unsigned, but the ledger's blocks carry commit \
+                 certificates that anyone must be able to check: use \"signatures\" with kind = \"ledger\""
+                    .to_string(),
+            ));
+        }
         config
             .validate()
             .map_err(|source| ConfigFileError::Cluster {

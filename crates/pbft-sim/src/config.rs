@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use pbft_crypto::KeyError;
-use pbft_types::{ClientAuth, ConfigError, Params, ReplicaId};
+use pbft_types::{ClientAuth, ConfigError, Params, ReplicaAuth, ReplicaId};
 use thiserror::Error;
 
 use rand::RngExt;
@@ -90,6 +90,7 @@ pub fn simulation_params() -> Params {
         state_chunk_size: 256,
         max_snapshot_size: 16 * 1024 * 1024,
         client_auth: ClientAuth::Signatures,
+        replica_auth: ReplicaAuth::Signatures,
     }
 }
 
@@ -166,6 +167,13 @@ impl SimConfig {
         if self.retransmit_after.is_zero() || self.liveness_bound.is_zero() {
             return invalid(
                 "the retransmission timeout and the liveness bound must be positive".to_string(),
+            );
+        }
+        if self.app == SimApp::Ledger && self.params.replica_auth == ReplicaAuth::Macs {
+            return invalid(
+                "the ledger's blocks carry signed commit certificates: it cannot run with unsigned COMMITs \
+                 (replica auth macs)"
+                    .to_string(),
             );
         }
         let f = (self.replicas - 1) / 3;
@@ -254,6 +262,9 @@ impl SimConfig {
         }
         if self.params.client_auth == ClientAuth::Macs {
             command.push_str(" --client-auth macs");
+        }
+        if self.params.replica_auth == ReplicaAuth::Macs {
+            command.push_str(" --replica-auth macs");
         }
         if !self.spoiled_macs.is_empty() {
             command.push_str("  # client 0 spoiled its MACs by hand: rerun the test that set them");

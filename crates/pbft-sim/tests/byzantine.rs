@@ -211,30 +211,77 @@ fn the_ledger_under_random_faults_and_crashes_records_the_same_blocks() {
     }
 }
 
+/// Random Byzantine faults, crashes and partitions in an n-replica cluster with the given authentication: every
+/// seed passes, and its replay command names the authentication (`replay_flag`).
+fn random_faults_pass_with(
+    n: usize,
+    seeds: std::ops::Range<u64>,
+    client_auth: pbft_types::ClientAuth,
+    replica_auth: pbft_types::ReplicaAuth,
+    replay_flag: &str,
+) {
+    let defaults = SimConfig::new(0, n);
+    let params = pbft_types::Params {
+        client_auth,
+        replica_auth,
+        ..defaults.params.clone()
+    };
+    let base = SimConfig {
+        byzantine: pbft_sim::Byzantine::Random,
+        crash: true,
+        partition: true,
+        requests: 12,
+        params,
+        ..defaults
+    };
+    let reports = pbft_sim::run_seeds(&base, seeds, 2).expect("a valid configuration");
+    for report in &reports {
+        assert!(report.passed(), "{report}");
+        assert!(report.replay.contains(replay_flag), "{report}");
+    }
+}
+
 /// With MAC authenticators each replica checks its own MAC of every request, also inside PRE-PREPAREs and in its
 /// journal after a crash, and the clients accept MACed replies: the same faults pass.
 #[test]
 fn mac_authenticators_under_random_faults_crashes_and_partitions() {
     for n in [4, 7] {
-        let defaults = SimConfig::new(0, n);
-        let params = pbft_types::Params {
-            client_auth: pbft_types::ClientAuth::Macs,
-            ..defaults.params.clone()
-        };
-        let base = SimConfig {
-            byzantine: pbft_sim::Byzantine::Random,
-            crash: true,
-            partition: true,
-            requests: 12,
-            params,
-            ..defaults
-        };
-        let reports = pbft_sim::run_seeds(&base, 0..12, 2).expect("a valid configuration");
-        for report in &reports {
-            assert!(report.passed(), "{report}");
-            assert!(report.replay.contains("--client-auth macs"), "{report}");
-        }
+        random_faults_pass_with(
+            n,
+            0..12,
+            pbft_types::ClientAuth::Macs,
+            pbft_types::ReplicaAuth::Signatures,
+            "--client-auth macs",
+        );
     }
+}
+
+/// COMMITs sealed only by their links (`replica_auth = "macs"`), with MAC authenticators for clients too: a
+/// Byzantine replica's COMMITs prove nothing beyond its own link, a forged or relayed one is refused, and the same
+/// random faults, crashes and partitions pass.
+#[test]
+fn commits_sealed_by_their_links_under_random_faults_crashes_and_partitions() {
+    for (n, seeds) in [(4, 0..24), (7, 100..108)] {
+        random_faults_pass_with(
+            n,
+            seeds,
+            pbft_types::ClientAuth::Macs,
+            pbft_types::ReplicaAuth::Macs,
+            "--replica-auth macs",
+        );
+    }
+    let ledger = SimConfig {
+        app: pbft_sim::SimApp::Ledger,
+        params: pbft_types::Params {
+            replica_auth: pbft_types::ReplicaAuth::Macs,
+            ..pbft_sim::simulation_params()
+        },
+        ..SimConfig::new(0, 4)
+    };
+    assert!(
+        ledger.validate().is_err(),
+        "the ledger needs signed commit certificates"
+    );
 }
 
 /// Beyond f the guarantees are gone, and the checkers must notice: an equivocating primary and a replica that

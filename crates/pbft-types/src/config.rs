@@ -35,6 +35,21 @@ pub enum ClientAuth {
     Macs,
 }
 
+/// How replicas authenticate the normal-case messages they send each other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReplicaAuth {
+    /// Every message signed with ed25519.
+    #[default]
+    Signatures,
+    /// COMMITs carry no signature: the mutually authenticated TLS connection between two replicas, whose records
+    /// carry MACs under the session's keys, tells the receiver who sent them, as the MACs of the PBFT papers do.
+    /// This spares a signature and n-1 checks per replica and batch. Everything a third party may have to check
+    /// stays signed: PRE-PREPAREs and PREPAREs (a VIEW-CHANGE carries them as proof), CHECKPOINTs (a checkpoint
+    /// certificate), VIEW-CHANGEs and NEW-VIEWs. The ledger cannot use it: its blocks carry commit certificates
+    /// that anyone can check.
+    Macs,
+}
+
 /// The protocol's tunable parameters. Everything here must be identical on every replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Params {
@@ -65,6 +80,8 @@ pub struct Params {
     pub max_snapshot_size: u64,
     /// What authenticates client requests and replies.
     pub client_auth: ClientAuth,
+    /// What authenticates the replicas' COMMITs.
+    pub replica_auth: ReplicaAuth,
 }
 
 impl Default for Params {
@@ -82,6 +99,7 @@ impl Default for Params {
             state_chunk_size: 1024 * 1024,
             max_snapshot_size: 1 << 30,
             client_auth: ClientAuth::Signatures,
+            replica_auth: ReplicaAuth::Signatures,
         }
     }
 }

@@ -13,7 +13,8 @@ pub mod signed;
 pub mod wire;
 
 pub use config::{
-    ClientAuth, ClientInfo, ClusterConfig, ConfigError, Params, PublicKeyBytes, new_view_size_bound,
+    ClientAuth, ClientInfo, ClusterConfig, ConfigError, Params, PublicKeyBytes, ReplicaAuth,
+    new_view_size_bound,
 };
 pub use error::DecodeError;
 pub use ids::{ClientId, Digest, Principal, ReplicaId, SeqNo, Timestamp, View};

@@ -168,6 +168,11 @@ pub trait Body: Sized {
     /// client's request and a replica's reply to it, which convince their receiver and nobody else.
     const MAY_CARRY_AUTHENTICATOR: bool = false;
 
+    /// Whether this kind of message may travel between replicas with no seal of its own, authenticated by the
+    /// connection it arrives on (`Seal::Link`): only a COMMIT, which no third party ever needs to check unless
+    /// the ledger puts it in a block's certificate (the cluster's `replica_auth` says which).
+    const MAY_TRAVEL_UNSEALED: bool = false;
+
     /// The principal whose key must have signed this body.
     fn signer(&self) -> Principal;
     fn to_wire(&self) -> Kind;
@@ -250,8 +255,9 @@ impl Body for Request {
 
 /// PRE-PREPARE, PREPARE and COMMIT share one shape: (v, n, d, i).
 macro_rules! vote_body {
-    ($ty:ident, $variant:ident, $name:literal) => {
+    ($ty:ident, $variant:ident, $name:literal, $unsealed:literal) => {
         impl Body for $ty {
+            const MAY_TRAVEL_UNSEALED: bool = $unsealed;
             fn signer(&self) -> Principal {
                 Principal::Replica(self.replica)
             }
@@ -278,9 +284,10 @@ macro_rules! vote_body {
     };
 }
 
-vote_body!(PrePrepare, PrePrepare, "PRE-PREPARE");
-vote_body!(Prepare, Prepare, "PREPARE");
-vote_body!(Commit, Commit, "COMMIT");
+// PRE-PREPAREs and PREPAREs are signed always: a VIEW-CHANGE carries them as proof that a batch prepared.
+vote_body!(PrePrepare, PrePrepare, "PRE-PREPARE", false);
+vote_body!(Prepare, Prepare, "PREPARE", false);
+vote_body!(Commit, Commit, "COMMIT", true);
 
 impl Body for Reply {
     const MAY_CARRY_AUTHENTICATOR: bool = true;

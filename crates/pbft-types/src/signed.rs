@@ -33,6 +33,10 @@ pub enum Seal {
     /// holds one per replica (entry i for replica i), a reply's holds one, for its client. Only a receiver can
     /// check its own entry, so an authenticated message convinces nobody else.
     Authenticator(Bytes),
+    /// None of its own: the replica-to-replica connection it arrived on authenticates it (mutually authenticated
+    /// TLS, whose records carry MACs under the session's keys). Only for a COMMIT, in a cluster whose
+    /// `replica_auth` is "macs"; it convinces its receiver, who knows which peer sent it, and nobody else.
+    Link,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,9 +89,20 @@ impl<T: Body> Signed<T> {
         }
     }
 
-    /// Decodes an envelope received from the network. The seal is not checked here, only its shape: exactly one
-    /// of a 64-byte signature or a non-empty authenticator of whole MACs, and an authenticator only on the kinds
-    /// of message that may carry one (requests and replies).
+    /// The holder's own message, sealed by nothing but the connection it will travel on (see `Seal::Link`).
+    pub fn link_sealed(body: Bytes, value: T) -> Self {
+        Signed {
+            body,
+            seal: Seal::Link,
+            value,
+            body_digest: BodyDigest::default(),
+        }
+    }
+
+    /// Decodes an envelope received from the network. The seal is not checked here, only its shape: at most one
+    /// of a 64-byte signature or a non-empty authenticator of whole MACs, an authenticator only on the kinds of
+    /// message that may carry one (requests and replies), and neither only on those that may travel unsealed
+    /// (commits).
     pub fn from_envelope(envelope: wire::SignedEnvelope) -> Result<Self, DecodeError> {
         let body = wire::SignedBody::decode(envelope.body.clone())?;
         let kind = body.kind.ok_or(DecodeError::Missing("kind"))?;
@@ -114,6 +129,7 @@ impl<T: Body> Signed<T> {
                 }
                 Seal::Authenticator(envelope.authenticator)
             }
+            (true, true) if T::MAY_TRAVEL_UNSEALED => Seal::Link,
             (true, true) => return Err(DecodeError::Missing("signature or authenticator")),
             (false, false) => return Err(DecodeError::TwoSeals),
         };
@@ -141,6 +157,7 @@ impl<T: Body> Signed<T> {
         let (signature, authenticator) = match &self.seal {
             Seal::Signature(s) => (Bytes::copy_from_slice(s), Bytes::new()),
             Seal::Authenticator(a) => (Bytes::new(), a.clone()),
+            Seal::Link => (Bytes::new(), Bytes::new()),
         };
         wire::SignedEnvelope {
             body: self.body.clone(),
@@ -176,11 +193,12 @@ impl<T> Signed<T> {
         &self.seal
     }
 
-    /// The signature, if the seal is one (always, for the messages replicas exchange).
+    /// The signature, if the seal is one (always, for the messages replicas exchange, but for link-sealed
+    /// commits).
     pub fn signature(&self) -> Option<&SignatureBytes> {
         match &self.seal {
             Seal::Signature(s) => Some(s),
-            Seal::Authenticator(_) => None,
+            Seal::Authenticator(_) | Seal::Link => None,
         }
     }
 }

@@ -66,6 +66,8 @@ pub struct RunConfig {
     pub connections: usize,
     /// How requests and replies are authenticated: "signatures" or "macs".
     pub client_auth: String,
+    /// How replicas authenticate their COMMITs: "signatures", or "macs" (by the link only).
+    pub replica_auth: String,
 }
 
 /// Raw counts over the measured interval, as the load generator and `/proc` saw them.
@@ -224,7 +226,7 @@ impl Report {
             }
         );
         let mut s = format!(
-            "{load}, n = {}, {} B requests, {:.0}% reads, client auth: {}\n\
+            "{load}, n = {}, {} B requests, {:.0}% reads, client auth: {}, replica auth: {}\n\
              \x20 committed       {} in {:.1}s = {:.0} requests/s ({} failed)\n\
              \x20 latency         p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n\
              \x20 replica CPU     {} us per request ({} cores busy)\n\
@@ -237,6 +239,7 @@ impl Report {
             self.config.request_size,
             self.config.reads * 100.0,
             self.config.client_auth,
+            self.config.replica_auth,
             self.committed,
             self.elapsed_s,
             self.throughput_rps,
@@ -282,7 +285,7 @@ pub const CSV_HEADER: &str = "mode,replicas,clients,window,target_rate,request_s
 batch_size,batch_delay_ms,client_auth,elapsed_s,committed,failed,unsent,throughput_rps,latency_samples,latency_mean_ms,\
 latency_p50_ms,latency_p90_ms,latency_p99_ms,latency_max_ms,replica_cpu_us_per_request,replica_cores_busy,\
 loadgen_cpu_us_per_request,loadgen_cores_busy,replica_bytes_written_per_request,\
-replica_storage_bytes_per_request,loadgen_bytes_written_per_request,peer_bytes_per_request,batches_per_s,executed_per_s,mean_batch_size,loadavg_before,loadavg_after,cores,transport,connections";
+replica_storage_bytes_per_request,loadgen_bytes_written_per_request,peer_bytes_per_request,batches_per_s,executed_per_s,mean_batch_size,loadavg_before,loadavg_after,cores,transport,connections,replica_auth";
 
 /// One CSV row (no field needs quoting: load averages are space-separated numbers). Unknown values are empty.
 pub fn csv_row(r: &Report) -> String {
@@ -332,6 +335,7 @@ pub fn csv_row(r: &Report) -> String {
         r.cores.to_string(),
         c.transport.clone(),
         c.connections.to_string(),
+        c.replica_auth.clone(),
     ]
     .join(",")
 }
@@ -374,6 +378,7 @@ mod tests {
             transport: "stream".into(),
             connections: 4,
             client_auth: "macs".into(),
+            replica_auth: "signatures".into(),
         }
     }
 
@@ -472,7 +477,11 @@ mod tests {
             "{csv}"
         );
         assert!(lines[1].starts_with("closed,4,8,1,,512,"), "{}", lines[1]);
-        assert!(lines[0].ends_with(",transport,connections"), "{}", lines[0]);
-        assert!(lines[1].ends_with(",stream,4"), "{}", lines[1]);
+        assert!(
+            lines[0].ends_with(",transport,connections,replica_auth"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].ends_with(",stream,4,signatures"), "{}", lines[1]);
     }
 }

@@ -1,10 +1,10 @@
 //! The normal case (PROTOCOL.md, "Normal case" and "Batching and pipelining"): requests, the primary's batches,
 //! PRE-PREPARE, PREPARE, COMMIT, execution in sequence order and replies.
 
-use pbft_crypto::{Unvouched, Verified, VerifiedPrepared, batch_digest};
+use pbft_crypto::{Signer, Unvouched, Verified, VerifiedPrepared, batch_digest};
 use pbft_types::{
-    Commit, Digest, PrePrepare, Prepare, Principal, ReplicaId, ReplicaMsg, Reply, Request, SeqNo,
-    Signed,
+    Commit, Digest, PrePrepare, Prepare, Principal, ReplicaAuth, ReplicaId, ReplicaMsg, Reply,
+    Request, SeqNo, Signed,
 };
 
 use super::Replica;
@@ -435,6 +435,20 @@ impl Replica {
         }
     }
 
+    /// This replica's COMMIT for (view, seq, digest): signed, or with `replica_auth = "macs"` sealed only by the
+    /// links it travels on. No third party ever checks a COMMIT in such a cluster (the ledger, whose blocks carry
+    /// commit certificates, refuses that setting), and its receiver knows the peer it came from.
+    pub(super) fn own_commit(
+        signer: &Signer,
+        auth: ReplicaAuth,
+        commit: Commit,
+    ) -> Verified<Commit> {
+        match auth {
+            ReplicaAuth::Signatures => signer.sign(commit),
+            ReplicaAuth::Macs => signer.seal_for_link(commit),
+        }
+    }
+
     /// Normal case 3 and 4: moves slot `seq` to prepared (and sends COMMIT), then to committed (and executes).
     /// Votes may have arrived in any order; this runs after each one.
     pub(super) fn advance(&mut self, seq: SeqNo) {
@@ -453,12 +467,13 @@ impl Replica {
                 pre_prepare,
                 prepares: slot.prepares.matching(&digest).cloned().collect(),
             };
-            let commit = self.signer.sign(Commit {
+            let commit = Commit {
                 view,
                 seq,
                 digest,
                 replica: id,
-            });
+            };
+            let commit = Self::own_commit(&self.signer, self.config.params.replica_auth, commit);
             slot.commits.insert(commit.clone());
             self.out.push(Output::Send {
                 to: Dest::AllReplicas,

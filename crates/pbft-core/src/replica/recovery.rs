@@ -202,12 +202,13 @@ impl Replica {
         }
         // In the current view, the slot gets back this replica's COMMIT (it sent one before executing): peers
         // that restarted behind it may need it resent to commit the same batch.
-        let commit = self.signer.sign(Commit {
+        let commit = Commit {
             view: header.view,
             seq,
             digest: header.digest,
             replica: self.id,
-        });
+        };
+        let commit = Self::own_commit(&self.signer, self.config.params.replica_auth, commit);
         if let Some(slot) = self.log.slot_mut(seq)
             && slot.digest() == Some(header.digest)
         {

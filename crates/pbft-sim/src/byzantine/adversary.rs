@@ -965,9 +965,11 @@ impl Adversary {
     }
 }
 
-/// `signed` with one bit of its signature (or of every MAC of its authenticator) flipped.
+/// `signed` with one bit of its signature (or of every MAC of its authenticator) flipped; a COMMIT that only its
+/// link vouched for gets a made-up signature.
 fn broken<T: Body + Clone>(signed: &Signed<T>) -> Signed<T> {
     match signed.seal() {
+        Seal::Link => Signed::from_parts(signed.body().clone(), [7; 64], signed.value().clone()),
         Seal::Signature(signature) => {
             let mut signature = *signature;
             signature[7] ^= 0x10;
