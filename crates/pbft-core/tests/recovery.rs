@@ -228,6 +228,48 @@ fn a_recovered_replica_holds_its_requests_until_q_minus_1_peers_answered() {
     assert_eq!(view_changes(&outs), vec![(View(1), 0)]);
 }
 
+/// Of the q - 1 peers that answered, one may be faulty and claim to be where the replica is while the correct one
+/// is ahead: the replica keeps asking (and holding its request timer) past the ten rounds until f+1 peers report
+/// no further than it, or for thirty rounds at most.
+#[test]
+fn a_recovered_replica_asks_until_f_plus_1_peers_are_not_ahead_of_it_or_for_a_bounded_time() {
+    for third_peer_answers in [true, false] {
+        let c = cluster();
+        let mut node = c.node(3);
+        let batch = [c.request(1, 1, "a")];
+        node.step(c.deliver(0, c.pre_prepare(0, 0, 1, &batch)));
+        let (mut recovered, _) = c.recovered_node(3, &node.persisted).expect("recovers");
+        // Replica 1 (correct) has executed further; replica 2 (faulty, say) claims to be where it is.
+        recovered.step(c.deliver(1, c.status(1, 0, 0, 5)));
+        recovered.step(c.deliver(2, c.status(2, 0, 0, 0)));
+        let mut round = 0;
+        while round < 20 {
+            let outs = recovered.step(Input::TimerFired(Timer::ViewChange));
+            assert!(view_changes(&outs).is_empty(), "round {round}: {outs:?}");
+            recovered.step(Input::TimerFired(Timer::Status));
+            round += 1;
+        }
+        if third_peer_answers {
+            // Replica 0 answers too, no further than it: f+1 peers say it caught up, and the next round ends it.
+            recovered.step(c.deliver(0, c.status(0, 0, 0, 0)));
+        } else {
+            while round < 29 {
+                let outs = recovered.step(Input::TimerFired(Timer::ViewChange));
+                assert!(view_changes(&outs).is_empty(), "round {round}: {outs:?}");
+                recovered.step(Input::TimerFired(Timer::Status));
+                round += 1;
+            }
+        }
+        recovered.step(Input::TimerFired(Timer::Status));
+        let outs = recovered.step(Input::TimerFired(Timer::ViewChange));
+        assert_eq!(
+            view_changes(&outs),
+            vec![(View(1), 0)],
+            "third peer answers: {third_peer_answers}"
+        );
+    }
+}
+
 /// A replica answers a STATUS marked asking with its own at its next status round, even when it has nothing
 /// unfinished and the asking replica is not behind: only so does a recovered replica learn that its peers are
 /// there, and stop holding back.

@@ -97,6 +97,19 @@ impl App {
             App::Ledger(_) => "ledger",
         }
     }
+
+    /// Whether the application can run with these parameters: the ledger's blocks carry commit certificates
+    /// that anyone must be able to check, so its COMMITs must be signed.
+    pub fn check_params(&self, params: &Params) -> Result<(), String> {
+        match (self, params.replica_auth) {
+            (App::Ledger(_), ReplicaAuth::Macs) => Err(
+                "params.replica_auth = \"macs\" leaves COMMITs unsigned, but the ledger's blocks carry commit \
+                 certificates that anyone must be able to check: use \"signatures\" with kind = \"ledger\""
+                    .to_string(),
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,13 +331,7 @@ impl ClusterFile {
             clients,
             params: self.params.to_params(),
         };
-        if matches!(app, App::Ledger(_)) && config.params.replica_auth == ReplicaAuth::Macs {
-            return Err(invalid(
-                "params.replica_auth = \"macs\" leaves COMMITs unsigned, but the ledger's blocks carry commit \
-                 certificates that anyone must be able to check: use \"signatures\" with kind = \"ledger\""
-                    .to_string(),
-            ));
-        }
+        app.check_params(&config.params).map_err(invalid)?;
         config
             .validate()
             .map_err(|source| ConfigFileError::Cluster {
@@ -441,5 +448,23 @@ impl ClientFile {
             key,
             cluster,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ledger_needs_signed_commits_and_the_key_value_store_does_not() {
+        let macs = Params {
+            replica_auth: ReplicaAuth::Macs,
+            ..Params::default()
+        };
+        let ledger = App::Ledger(Genesis::new(Vec::new()).unwrap());
+        let refused = ledger.check_params(&macs).unwrap_err();
+        assert!(refused.contains("replica_auth"), "{refused}");
+        assert_eq!(ledger.check_params(&Params::default()), Ok(()));
+        assert_eq!(App::Kv.check_params(&macs), Ok(()));
     }
 }

@@ -9,18 +9,22 @@ use super::Replica;
 use crate::io::{Dest, Output, Timer};
 
 /// A replica that just jumped (recovered from its journal, or installed a checkpoint) asks its peers where they
-/// are, in STATUS messages marked `asking` that every peer answers, until it has heard from q - 1 of them and for
-/// a few status rounds after that. Meanwhile it does not time out the requests it holds: the others may have
-/// executed them long ago, and a view change of its own, which they would not join, would leave it alone in a
-/// later view.
+/// are, in STATUS messages marked `asking` that every peer answers. It stops once it has heard from q - 1 of
+/// them, at least ten status rounds have passed since, and f+1 peers (one correct at least) reported having
+/// executed no further than it has; or thirty rounds after it heard from q - 1. Meanwhile it does not time out
+/// the requests it holds: the others may have executed them long ago, and a view change of its own, which they
+/// would not join, would leave it alone in a later view.
 ///
 /// Counting answers rather than rounds matters after a restart: its peers reconnect with back-off, and rounds
 /// sent before they are back reach no one. Waiting for q - 1 answers cannot stall: 2f peers are correct, and a
-/// view change needs q replicas anyway. The rounds after that are few, so a faulty peer cannot keep it asking.
+/// view change needs q replicas anyway. A faulty peer is one of the q - 1 perhaps, and may claim to be where
+/// the replica is: only f+1 such reports say that it caught up. The cap keeps a faulty peer from holding it for
+/// longer.
 #[derive(Debug)]
 pub(super) struct Asking {
     heard: BTreeSet<ReplicaId>,
-    rounds_left: u32,
+    /// Status rounds since q - 1 peers answered.
+    rounds_heard: u32,
 }
 
 impl Replica {
@@ -38,15 +42,19 @@ impl Replica {
             || self.asking.is_some()
     }
 
-    /// How many status rounds a replica that just jumped keeps asking once q - 1 peers answered.
+    /// Status rounds a replica that just jumped keeps asking at least, and at most, once q - 1 peers answered.
+    /// With the default status interval (100 ms) the most is 3 s: longer than a correct peer takes to reconnect
+    /// (the transport's back-off stops growing at 2 s), short enough not to delay much a view change that the
+    /// cluster needs.
     const ASKING_ROUNDS: u32 = 10;
+    const MAX_ASKING_ROUNDS: u32 = 30;
 
     /// The replica just jumped to a state its peers may be well past: ask them where they are.
     pub(super) fn ask_peers(&mut self) {
         self.peers_executed.clear();
         self.asking = Some(Asking {
             heard: BTreeSet::new(),
-            rounds_left: Self::ASKING_ROUNDS,
+            rounds_heard: 0,
         });
     }
 
@@ -58,14 +66,25 @@ impl Replica {
     /// A status round passed: once q - 1 peers answered, it counts towards the end of the asking.
     fn count_asking_round(&mut self) {
         let heard_enough = self.quorum() - 1;
+        let caught_up = self.peers_not_ahead() >= self.config.weak_quorum();
         if let Some(asking) = &mut self.asking
             && asking.heard.len() >= heard_enough
         {
-            asking.rounds_left = asking.rounds_left.saturating_sub(1);
-            if asking.rounds_left == 0 {
+            asking.rounds_heard += 1;
+            let done = (asking.rounds_heard >= Self::ASKING_ROUNDS && caught_up)
+                || asking.rounds_heard >= Self::MAX_ASKING_ROUNDS;
+            if done {
                 self.asking = None;
             }
         }
+    }
+
+    /// How many peers reported, in this replica's view, having executed no further than it has.
+    fn peers_not_ahead(&self) -> usize {
+        self.peers_executed
+            .values()
+            .filter(|seq| **seq <= self.last_executed)
+            .count()
     }
 
     /// Whether f+1 peers (so at least one correct one) reported having executed beyond this replica, in its view.
@@ -155,6 +174,18 @@ impl Replica {
             // Both wait for the same NEW-VIEW: make sure the peer has this replica's VIEW-CHANGE.
             return self.help_into_view(from, status.view);
         }
+        self.resend_own_messages(from, status);
+        // A peer behind this replica may not know it (a restarted replica in an idle cluster has nothing
+        // unfinished): this replica's own STATUS, sent when its status timer fires, tells it, and it keeps asking
+        // until it caught up.
+        if self.last_executed > status.executed {
+            self.owed_status.insert(from);
+        }
+    }
+
+    /// This replica's own messages that a peer lacks, by its STATUS: in its log above what the peer executed, and
+    /// its CHECKPOINTs above the peer's stable checkpoint.
+    fn resend_own_messages(&mut self, from: ReplicaId, status: &Status) {
         let to = Dest::Replica(from);
         let mut resend = Vec::new();
         for (_, slot) in self.log.above(status.executed) {
@@ -178,12 +209,6 @@ impl Replica {
         }
         for msg in resend {
             self.send(to, msg);
-        }
-        // A peer behind this replica may not know it (a restarted replica in an idle cluster has nothing
-        // unfinished): this replica's own STATUS, sent when its status timer fires, tells it, and it keeps asking
-        // until it caught up.
-        if self.last_executed > status.executed {
-            self.owed_status.insert(from);
         }
     }
 }
