@@ -19,6 +19,9 @@
 //!   every replica.
 //! - `Stable`: each stable checkpoint with its proof and the state snapshot at it. Everything filed at or below
 //!   it is obsolete; the driver may delete it.
+//! - `NewView`: the NEW-VIEW of the view the replica entered last. A primary that restarts can resend it to a
+//!   peer that missed it; otherwise, after a crash of the whole cluster, no one could, and that peer would stay in
+//!   the old view.
 //!
 //! Messages from peers are not kept: they resend what a replica lacks when it asks (STATUS).
 
@@ -26,8 +29,8 @@ use bytes::Bytes;
 use pbft_crypto::{Keyring, Verified, VerifiedPrepared};
 use pbft_types::wire::{self, journal_record};
 use pbft_types::{
-    Checkpoint, DecodeError, DecodeLimits, Digest, PrePrepare, PreparedProof, Request, SeqNo,
-    Signed, View,
+    Checkpoint, DecodeError, DecodeLimits, Digest, NewView, PrePrepare, PreparedProof, Request,
+    SeqNo, Signed, View,
 };
 use prost::Message;
 use thiserror::Error;
@@ -60,6 +63,8 @@ pub enum JournalEntry {
         proof: Vec<Verified<Checkpoint>>,
         snapshot: Bytes,
     },
+    /// The NEW-VIEW of the view the replica entered (sent or accepted). Replaces the previous one.
+    NewView(Verified<NewView>),
 }
 
 #[derive(Debug, Error)]
@@ -76,10 +81,13 @@ pub enum JournalError {
 
 impl JournalEntry {
     /// The sequence number the entry is about. A stable checkpoint at or above it makes the entry obsolete;
-    /// `None` for `View` (each replaces the previous) and `Stable` (each replaces the previous and collects).
+    /// `None` for `View` and `NewView` (each replaces the previous) and `Stable` (each replaces the previous and
+    /// collects).
     pub fn seq(&self) -> Option<SeqNo> {
         match self {
-            JournalEntry::View { .. } | JournalEntry::Stable { .. } => None,
+            JournalEntry::View { .. } | JournalEntry::Stable { .. } | JournalEntry::NewView(_) => {
+                None
+            }
             JournalEntry::Accepted { header, .. } | JournalEntry::Executed { header } => {
                 Some(header.seq)
             }
@@ -119,6 +127,7 @@ impl JournalEntry {
                 proof: proof.iter().map(|c| c.signed().to_envelope()).collect(),
                 snapshot: snapshot.clone(),
             }),
+            JournalEntry::NewView(nv) => journal_record::Kind::NewView(nv.signed().to_envelope()),
         };
         wire::JournalRecord { kind: Some(kind) }.encode_to_vec()
     }
@@ -185,6 +194,10 @@ impl JournalEntry {
                     proof,
                     snapshot: s.snapshot,
                 }
+            }
+            journal_record::Kind::NewView(envelope) => {
+                let nv = Signed::<NewView>::from_envelope(envelope)?;
+                JournalEntry::NewView(keyring.verify(nv)?)
             }
         })
     }

@@ -392,3 +392,36 @@ fn a_recovered_replica_resends_its_commit_for_what_it_executed() {
     let commit = support::to_replica(1, c.commit(3, 0, 1, digest_of(&batch)));
     assert!(outs.contains(&commit), "{outs:?}");
 }
+
+/// The primary of a new view keeps its NEW-VIEW in the journal: restarted (after a crash of the whole cluster,
+/// say), it can still resend it to a replica that missed it, which otherwise would stay in the old view.
+#[test]
+fn a_restarted_primary_still_resends_its_new_view() {
+    let c = cluster();
+    let mut primary = c.restorable_node(1);
+    for r in [2, 3] {
+        primary.step(c.deliver(
+            r,
+            pbft_types::ReplicaMsg::ViewChange(c.empty_view_change(r, 1)),
+        ));
+    }
+    assert_eq!(
+        (
+            primary.replica.status().view,
+            primary.replica.status().changing_view
+        ),
+        (View(1), false),
+        "q VIEW-CHANGEs made it enter view 1"
+    );
+    let (mut recovered, _) = c
+        .recovered_node(1, &primary.persisted)
+        .expect("the journal recovers");
+    assert_eq!(recovered.replica.status().view, View(1));
+    // Replica 0 missed the NEW-VIEW and still speaks from view 0.
+    let outs = recovered.step(c.deliver(0, c.status(0, 0, 0, 0)));
+    let resent = outs.iter().any(|o| {
+        matches!(o, Out::Send(pbft_core::Dest::Replica(to), ReplicaMsg::NewView(nv))
+            if *to == pbft_types::ReplicaId(0) && nv.value().view == View(1))
+    });
+    assert!(resent, "{outs:?}");
+}

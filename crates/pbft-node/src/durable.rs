@@ -12,8 +12,9 @@ use thiserror::Error;
 
 use crate::config::App;
 
-/// The name under which the store keeps the latest `JournalEntry::View`.
+/// The names under which the store keeps the latest `JournalEntry::View` and `JournalEntry::NewView`.
 const VIEW: &str = "view";
+const NEW_VIEW: &str = "new_view";
 
 #[derive(Debug, Error)]
 pub enum DurableError {
@@ -86,8 +87,10 @@ impl Journal {
         if let Some(stable) = &recovered.stable {
             entries.push(decode(&stable.bytes)?);
         }
-        if let Some(view) = recovered.values.get(VIEW) {
-            entries.push(decode(view)?);
+        for name in [VIEW, NEW_VIEW] {
+            if let Some(value) = recovered.values.get(name) {
+                entries.push(decode(value)?);
+            }
         }
         for record in &recovered.records {
             entries.push(decode(&record.bytes)?);
@@ -116,6 +119,7 @@ impl Journal {
             };
             match entry {
                 JournalEntry::View { .. } => batch.set(VIEW, entry.encode()),
+                JournalEntry::NewView(_) => batch.set(NEW_VIEW, entry.encode()),
                 JournalEntry::Stable { seq, .. } => batch.stable(seq.0, entry.encode()),
                 _ => {
                     if let Some(seq) = entry.seq() {

@@ -17,6 +17,7 @@ use pbft_types::{DecodeLimits, SeqNo};
 #[derive(Clone, Debug, Default)]
 pub struct Disk {
     view: Option<Vec<u8>>,
+    new_view: Option<Vec<u8>>,
     stable: Option<(SeqNo, Vec<u8>)>,
     records: Vec<(SeqNo, Vec<u8>)>,
 }
@@ -25,6 +26,7 @@ impl Disk {
     pub fn persist(&mut self, entry: &JournalEntry) {
         match entry {
             JournalEntry::View { .. } => self.view = Some(entry.encode()),
+            JournalEntry::NewView(_) => self.new_view = Some(entry.encode()),
             JournalEntry::Stable { seq, .. } => {
                 if self.stable.as_ref().is_none_or(|(s, _)| s <= seq) {
                     self.stable = Some((*seq, entry.encode()));
@@ -53,6 +55,7 @@ impl Disk {
         let stable = self.stable.iter().map(|(_, bytes)| bytes);
         let all = stable
             .chain(self.view.iter())
+            .chain(self.new_view.iter())
             .chain(self.records.iter().map(|(_, bytes)| bytes));
         all.map(|bytes| JournalEntry::decode(bytes, keyring, limits).map_err(|e| e.to_string()))
             .collect()

@@ -44,17 +44,25 @@ impl Replica {
             JournalEntry::View { view, changing } => Some((*view, *changing)),
             _ => None,
         });
+        let new_view = journal.iter().rev().find_map(|e| match e {
+            JournalEntry::NewView(nv) => Some(nv.clone()),
+            _ => None,
+        });
         if let Some(seq) = stable {
             self.recover_stable(&journal, seq)?;
         }
         let (view, changing) = view.unwrap_or((View(0), false));
         self.view = view;
+        // The NEW-VIEW of the view it is in, so that as its primary it can resend it to a peer that missed it.
+        self.new_view = new_view.filter(|nv| nv.view == view && !changing);
         for entry in journal {
             match entry {
                 JournalEntry::Accepted { header, batch } => self.recover_accepted(header, batch),
                 JournalEntry::Prepared(cert) => self.recover_prepared(cert),
                 JournalEntry::Executed { header } => self.recover_executed(header)?,
-                JournalEntry::View { .. } | JournalEntry::Stable { .. } => {}
+                JournalEntry::View { .. }
+                | JournalEntry::Stable { .. }
+                | JournalEntry::NewView(_) => {}
             }
         }
         // Slots of the current view that prepared before the crash: this replica sent its COMMIT for them.

@@ -284,6 +284,7 @@ impl Replica {
             view,
             changing: false,
         });
+        self.persist(JournalEntry::NewView(nv.clone()));
         self.new_view = Some(nv);
         self.stop_view_timer();
         // VIEW-CHANGEs for this view stay (this replica's own is resent to peers that lag behind); older go.
