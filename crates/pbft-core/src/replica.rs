@@ -103,6 +103,10 @@ pub struct Replica {
     /// Peers whose STATUS showed them behind this replica, or asked: they get its STATUS when the status timer
     /// fires next. Answering at once could echo forever with a peer that answers in kind; the timer paces it.
     owed_status: BTreeSet<ReplicaId>,
+    /// Peers this replica resent its messages to since its status timer last fired: one resend per peer and
+    /// status interval, so that a faulty peer sending STATUS after STATUS cannot make it send its whole window
+    /// each time.
+    resent_to: BTreeSet<ReplicaId>,
     /// Set after the replica recovered or installed a checkpoint: it has just jumped, and does not know where its
     /// peers are (an idle cluster would tell it nothing). See `status::Asking`.
     asking: Option<Asking>,
@@ -159,6 +163,7 @@ impl Replica {
             status_timer_set: false,
             peers_executed: BTreeMap::new(),
             owed_status: BTreeSet::new(),
+            resent_to: BTreeSet::new(),
             asking: None,
             transfer_timer_set: false,
             out: Vec::new(),

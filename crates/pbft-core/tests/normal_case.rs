@@ -1435,6 +1435,10 @@ mod status {
                 to_replica(3, c.checkpoint(0, 2, cp)),
             ]
         );
+        // The same STATUS again within the status interval: it was answered already (a faulty peer cannot make
+        // the primary send its window again and again).
+        assert_eq!(primary.step(c.deliver(3, c.status(3, 0, 0, 0))), vec![]);
+        primary.step(Input::TimerFired(Timer::Status));
         // A peer that executed 2 and holds checkpoint 2 as stable needs only slot 3.
         assert_eq!(
             primary.step(c.deliver(3, c.status(3, 0, 2, 2))),

@@ -556,6 +556,8 @@ mod new_primary {
             deliver(&c, &mut primary, 1, c.status(1, 0, 0, 0)),
             vec![to_replica(1, nv.clone())]
         );
+        // (A STATUS is answered once per status interval.)
+        primary.step(Input::TimerFired(Timer::Status));
         assert_eq!(
             deliver(&c, &mut primary, 1, c.status_changing(1, 2, 0, 0, true)),
             vec![to_replica(1, nv)]
@@ -1369,6 +1371,9 @@ mod liveness {
             deliver(&c, &mut node, 2, c.status(2, 0, 0, 0)),
             vec![to_replica(2, own.clone())]
         );
+        // Once per status interval at most.
+        assert_eq!(deliver(&c, &mut node, 2, c.status(2, 0, 0, 0)), vec![]);
+        node.step(Input::TimerFired(Timer::Status));
         assert_eq!(
             deliver(&c, &mut node, 2, c.status_changing(2, 1, 0, 0, true)),
             vec![to_replica(2, own)]

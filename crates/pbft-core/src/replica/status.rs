@@ -39,6 +39,7 @@ impl Replica {
             || self.changing
             || self.behind_peers()
             || !self.owed_status.is_empty()
+            || !self.resent_to.is_empty()
             || self.asking.is_some()
     }
 
@@ -111,6 +112,7 @@ impl Replica {
     pub(super) fn send_status(&mut self) {
         self.count_asking_round();
         let owed = std::mem::take(&mut self.owed_status);
+        self.resent_to.clear();
         if !self.has_unfinished_work() {
             for peer in owed {
                 self.send_status_to(Dest::Replica(peer));
@@ -163,7 +165,7 @@ impl Replica {
         let behind = status.view < self.view
             || (status.view == self.view && status.changing_view && !self.changing);
         if behind {
-            return self.help_into_view(from, status.view);
+            return self.paced_resend(from, |r| r.help_into_view(from, status.view));
         }
         if status.view > self.view {
             // This replica may be the one behind, and with nothing unfinished it would not say so by itself:
@@ -172,14 +174,27 @@ impl Replica {
         }
         if self.changing {
             // Both wait for the same NEW-VIEW: make sure the peer has this replica's VIEW-CHANGE.
-            return self.help_into_view(from, status.view);
+            return self.paced_resend(from, |r| r.help_into_view(from, status.view));
         }
-        self.resend_own_messages(from, status);
+        self.paced_resend(from, |r| r.resend_own_messages(from, status));
         // A peer behind this replica may not know it (a restarted replica in an idle cluster has nothing
         // unfinished): this replica's own STATUS, sent when its status timer fires, tells it, and it keeps asking
         // until it caught up.
         if self.last_executed > status.executed {
             self.owed_status.insert(from);
+        }
+    }
+
+    /// Runs `resend` for `from` unless this replica already resent something to it in this status interval; if
+    /// it sent anything, the next interval's first STATUS from `from` is the next one answered.
+    fn paced_resend(&mut self, from: ReplicaId, resend: impl FnOnce(&mut Self)) {
+        if self.resent_to.contains(&from) {
+            return;
+        }
+        let before = self.out.len();
+        resend(self);
+        if self.out.len() > before {
+            self.resent_to.insert(from);
         }
     }
 
