@@ -1444,6 +1444,22 @@ mod checkpoint_in_new_view {
         let adopted: Vec<_> = stable.proof.iter().map(|p| p.signed().clone()).collect();
         assert_eq!((stable.seq, stable.digest, adopted), (SeqNo(2), cp, proof));
 
+        // A crash before the state came: the journal holds no stable checkpoint at 2 (only one with its state is
+        // kept), but the NEW-VIEW it keeps carries it, and the recovered replica adopts it again and fetches it.
+        let (recovered, outs) = c
+            .recovered_node(3, &node.persisted)
+            .expect("the journal recovers");
+        let stable = recovered.replica.stable_checkpoint();
+        assert_eq!((stable.seq, stable.digest), (SeqNo(2), cp));
+        assert_eq!(recovered.replica.status().low_watermark, SeqNo(2));
+        assert!(
+            outs.contains(&Out::SetTimer(
+                Timer::StateTransfer,
+                c.params().status_interval
+            )),
+            "{outs:?}"
+        );
+
         assert_eq!(
             node.step(Input::TimerFired(Timer::StateTransfer)),
             vec![

@@ -8,6 +8,7 @@ use thiserror::Error;
 use super::Replica;
 use crate::io::{Batch, Dest, Output};
 use crate::journal::JournalEntry;
+use crate::view_change::validate_new_view;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RecoveryError {
@@ -65,6 +66,7 @@ impl Replica {
                 | JournalEntry::NewView(_) => {}
             }
         }
+        self.readopt_new_view_checkpoint();
         // Slots of the current view that prepared before the crash: this replica sent its COMMIT for them.
         let seqs: Vec<SeqNo> = self.log.above(self.log.low()).map(|(s, _)| *s).collect();
         for seq in seqs {
@@ -72,6 +74,9 @@ impl Replica {
         }
         // What replaying produced was done before the crash: none of it is to be done again.
         self.out.clear();
+        // A checkpoint adopted from the NEW-VIEW whose state it has not installed yet: fetch it (again).
+        self.transfer_timer_set = false;
+        self.schedule_transfer();
         if changing {
             // It had asked for `view` and waits for the NEW-VIEW: ask again (the same view, never an older one).
             self.changing = false;
@@ -83,6 +88,29 @@ impl Replica {
         self.arm_status_timer();
         let out = std::mem::take(&mut self.out);
         Ok((self, out))
+    }
+
+    /// The stable checkpoint that the NEW-VIEW of the current view carried, adopted again if it is above the
+    /// state the journal restored. Entering the view adopted it, but the journal keeps a stable checkpoint only
+    /// with its state, and this replica may have crashed before it fetched that state. Without it, the prepared
+    /// certificates it formed above that checkpoint would lie outside its watermarks, and every VIEW-CHANGE it
+    /// sends would be refused.
+    fn readopt_new_view_checkpoint(&mut self) {
+        let Some(nv) = &self.new_view else {
+            return;
+        };
+        // It was checked when it came; the journal's copy was verified again when read.
+        let Ok((plan, _)) = validate_new_view(&self.config, nv, self.null_digest) else {
+            return;
+        };
+        if let Some(digest) = plan.stable_digest
+            && plan.stable_seq > self.checkpoints.stable().seq
+            && self
+                .checkpoints
+                .adopt_stable(plan.stable_seq, digest, plan.stable_proof)
+        {
+            self.discard_below(plan.stable_seq);
+        }
     }
 
     fn recover_stable(&mut self, journal: &[JournalEntry], at: SeqNo) -> Result<(), RecoveryError> {
