@@ -346,6 +346,10 @@ impl StateMachine for Ledger {
         Ok(())
     }
 
+    fn needs_signed_commits(&self) -> bool {
+        true
+    }
+
     fn end_batch(&mut self, batch: ExecutedBatch<'_>) -> Option<Bytes> {
         let entries = batch
             .requests

@@ -56,4 +56,10 @@ pub trait StateMachine: Send {
         let _ = batch;
         None
     }
+
+    /// Whether the application keeps commit certificates that third parties check (the ledger's blocks): its
+    /// COMMITs must then be signed, and a cluster with `replica_auth = "macs"` is refused.
+    fn needs_signed_commits(&self) -> bool {
+        false
+    }
 }

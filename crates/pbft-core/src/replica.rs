@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use pbft_crypto::{Signer, Verified, VerifiedMsg, VerifiedPrepared};
 use pbft_types::{
-    ClientId, ClusterConfig, ConfigError, Digest, NewView, Principal, ReplicaId, ReplicaMsg, SeqNo,
-    Timestamp, View, ViewChange,
+    ClientId, ClusterConfig, ConfigError, Digest, NewView, Principal, ReplicaAuth, ReplicaId,
+    ReplicaMsg, SeqNo, Timestamp, View, ViewChange,
 };
 
 use crate::app::StateMachine;
@@ -133,6 +133,9 @@ impl Replica {
         app: Box<dyn StateMachine>,
     ) -> Result<Replica, ConfigError> {
         config.validate()?;
+        if app.needs_signed_commits() && config.params.replica_auth == ReplicaAuth::Macs {
+            return Err(ConfigError::UnsignedCommitCertificates);
+        }
         let clients = ClientTable::default();
         let initial = checkpoint_digest(SeqNo(0), app.digest(), clients.digest());
         Ok(Replica {

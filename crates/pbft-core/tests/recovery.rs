@@ -174,16 +174,22 @@ fn a_prepared_certificate_survives_and_travels_in_the_next_view_change() {
     assert_eq!(view_changes(&outs), vec![(View(1), 1)]);
 }
 
+/// Backup 3 accepted the PRE-PREPARE of one request (view 0, seq 1), crashed before it executed, and recovered:
+/// it holds the request again.
+fn recovered_holding_a_request(c: &Cluster) -> (support::Node, Vec<Out>) {
+    let mut node = c.node(3);
+    let batch = [c.request(1, 1, "a")];
+    node.step(c.deliver(0, c.pre_prepare(0, 0, 1, &batch)));
+    c.recovered_node(3, &node.persisted).expect("recovers")
+}
+
 /// Rounds of asking that reach no one (after a restart its peers reconnect with back-off) do not count: a
 /// recovered replica holds its request timer until q - 1 peers answered, and for ten status rounds after that,
 /// then times its requests out as usual (a faulty primary cannot keep it asking).
 #[test]
 fn a_recovered_replica_holds_its_requests_until_q_minus_1_peers_answered() {
     let c = cluster();
-    let mut node = c.node(3);
-    let batch = [c.request(1, 1, "a")];
-    node.step(c.deliver(0, c.pre_prepare(0, 0, 1, &batch)));
-    let (mut recovered, outs) = c.recovered_node(3, &node.persisted).expect("recovers");
+    let (mut recovered, outs) = recovered_holding_a_request(&c);
     assert!(
         outs.contains(&c.view_timer()),
         "it times the request it held: {outs:?}"
@@ -235,10 +241,7 @@ fn a_recovered_replica_holds_its_requests_until_q_minus_1_peers_answered() {
 fn a_recovered_replica_asks_until_f_plus_1_peers_are_not_ahead_of_it_or_for_a_bounded_time() {
     for third_peer_answers in [true, false] {
         let c = cluster();
-        let mut node = c.node(3);
-        let batch = [c.request(1, 1, "a")];
-        node.step(c.deliver(0, c.pre_prepare(0, 0, 1, &batch)));
-        let (mut recovered, _) = c.recovered_node(3, &node.persisted).expect("recovers");
+        let (mut recovered, _) = recovered_holding_a_request(&c);
         // Replica 1 (correct) has executed further; replica 2 (faulty, say) claims to be where it is.
         recovered.step(c.deliver(1, c.status(1, 0, 0, 5)));
         recovered.step(c.deliver(2, c.status(2, 0, 0, 0)));

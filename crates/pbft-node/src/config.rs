@@ -98,15 +98,11 @@ impl App {
         }
     }
 
-    /// Whether the application can run with these parameters: the ledger's blocks carry commit certificates
-    /// that anyone must be able to check, so its COMMITs must be signed.
-    pub fn check_params(&self, params: &Params) -> Result<(), String> {
+    /// Whether the application can run with these parameters, checked when the cluster file is read so that the
+    /// error names the file. (`Replica::new` refuses the same, whoever sets the cluster up.)
+    pub fn check_params(&self, params: &Params) -> Result<(), ConfigError> {
         match (self, params.replica_auth) {
-            (App::Ledger(_), ReplicaAuth::Macs) => Err(
-                "params.replica_auth = \"macs\" leaves COMMITs unsigned, but the ledger's blocks carry commit \
-                 certificates that anyone must be able to check: use \"signatures\" with kind = \"ledger\""
-                    .to_string(),
-            ),
+            (App::Ledger(_), ReplicaAuth::Macs) => Err(ConfigError::UnsignedCommitCertificates),
             _ => Ok(()),
         }
     }
@@ -331,7 +327,8 @@ impl ClusterFile {
             clients,
             params: self.params.to_params(),
         };
-        app.check_params(&config.params).map_err(invalid)?;
+        app.check_params(&config.params)
+            .map_err(|e| invalid(e.to_string()))?;
         config
             .validate()
             .map_err(|source| ConfigFileError::Cluster {
@@ -462,7 +459,7 @@ mod tests {
             ..Params::default()
         };
         let ledger = App::Ledger(Genesis::new(Vec::new()).unwrap());
-        let refused = ledger.check_params(&macs).unwrap_err();
+        let refused = ledger.check_params(&macs).unwrap_err().to_string();
         assert!(refused.contains("replica_auth"), "{refused}");
         assert_eq!(ledger.check_params(&Params::default()), Ok(()));
         assert_eq!(App::Kv.check_params(&macs), Ok(()));

@@ -98,12 +98,6 @@ pub async fn start_replica(setup: ReplicaSetup) -> Result<RunningNode, NodeError
         .filter(|(r, _)| *r != id)
         .collect();
     let params = &config.params;
-    // Checked when the cluster file is read too; a cluster set up in code must not skip it.
-    setup
-        .cluster
-        .app
-        .check_params(params)
-        .map_err(NodeError::Config)?;
     let mut keyring = Keyring::new(&config).map_err(|e| NodeError::Config(e.to_string()))?;
     if params.client_auth == ClientAuth::Macs {
         let sessions = SessionKeys::for_replica(&config, id, &setup.key)

@@ -169,13 +169,6 @@ impl SimConfig {
                 "the retransmission timeout and the liveness bound must be positive".to_string(),
             );
         }
-        if self.app == SimApp::Ledger && self.params.replica_auth == ReplicaAuth::Macs {
-            return invalid(
-                "the ledger's blocks carry signed commit certificates: it cannot run with unsigned COMMITs \
-                 (replica auth macs)"
-                    .to_string(),
-            );
-        }
         let f = (self.replicas - 1) / 3;
         if let Byzantine::Listed(list) = &self.byzantine
             && list.len() > f

@@ -156,6 +156,11 @@ pub enum ConfigError {
         window: u64,
         needed: usize,
     },
+    #[error(
+        "replica_auth = \"macs\" leaves COMMITs unsigned, but this application keeps commit certificates that \
+         anyone must be able to check (the ledger's blocks): use replica_auth = \"signatures\""
+    )]
+    UnsignedCommitCertificates,
 }
 
 /// An upper bound on the encoded size of a signed message without a batch (PREPARE, COMMIT, CHECKPOINT, the
