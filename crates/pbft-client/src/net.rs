@@ -21,21 +21,27 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use pbft_crypto::{KeyPair, Keyring, SessionKeys, Signer};
 use pbft_types::wire::replica_api_client::ReplicaApiClient;
 use pbft_types::wire::{ReplicaStatus, StatusQuery};
-use pbft_types::{ClientAuth, ClientId, ClusterConfig, Principal, ReplicaId, Reply, Signed, View};
+use pbft_types::{
+    ClientAuth, ClientId, ClusterConfig, Principal, ReplicaId, Reply, Request, Signed, View,
+};
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::stream::ReplicaStream;
+use crate::stream::{Carries, Delivery, Key, Mailbox, Registration, ReplicaStream};
 use crate::{Client, ClientError, ClientOutput, Destination};
 
 /// How long one call to a replica may take before it is abandoned (the replica itself gives up sooner and
-/// answers DEADLINE_EXCEEDED when it could not execute the request).
+/// answers DEADLINE_EXCEEDED when it could not execute the request). On a stream, a call older than this counts
+/// as ended at the next retransmission, which then sends it again.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Error)]
@@ -77,6 +83,9 @@ pub struct NetClient {
     /// other than the primary for their replies instead of sending them the request.
     awaiting: Option<SessionKeys>,
     deadline: Duration,
+    /// Where every replica's answers for this client arrive, on streams and unary calls alike.
+    mailbox: Mailbox,
+    inbox: mpsc::UnboundedReceiver<Delivery>,
 }
 
 /// A connection to every replica's gRPC API, opened at the first call; clones share it.
@@ -123,7 +132,10 @@ impl Connections {
         let mut connections = Connections::new(replicas)?;
         let streams = replicas
             .iter()
-            .map(|addr| ReplicaStream::new(*addr).map_err(NetError::Config))
+            .enumerate()
+            .map(|(i, addr)| {
+                ReplicaStream::new(ReplicaId(i as u64), *addr).map_err(NetError::Config)
+            })
             .collect::<Result<Vec<_>, NetError>>()?;
         connections.streams = Some(streams);
         Ok(connections)
@@ -135,19 +147,34 @@ impl Connections {
     }
 }
 
-/// What a call to a replica carried: the request itself, or only the wish for the reply to it (see the module
-/// documentation).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Carries {
-    Request,
-    AwaitedReply,
+/// A call to one replica that has not answered yet.
+struct Call {
+    carries: Carries,
+    since: Instant,
+    /// On a stream, where the answer is awaited; dropping it forgets the call.
+    _registration: Option<Registration>,
 }
 
-/// One replica's answer to one call.
-type CallResult = (ReplicaId, Carries, Result<Signed<Reply>, tonic::Status>);
+/// Unary calls in flight: each ends with its replica's answer.
+type UnaryCalls = FuturesUnordered<Pin<Box<dyn Future<Output = Delivery> + Send>>>;
 
-/// The calls of one submission that are still open.
-type Calls = FuturesUnordered<Pin<Box<dyn Future<Output = CallResult> + Send>>>;
+/// What one submission is waiting for.
+struct Round {
+    /// The request, once it was sent.
+    key: Option<Key>,
+    calls: HashMap<ReplicaId, Call>,
+    unary: UnaryCalls,
+    /// When the state machine's retransmission timer fires.
+    timer: Option<Instant>,
+}
+
+/// What woke a submission.
+// Only ever one, on the stack for one turn of the loop: boxing the answer would cost more than its size.
+#[allow(clippy::large_enum_variant)]
+enum Wake {
+    Answer(Delivery),
+    Timer,
+}
 
 impl NetClient {
     /// Prepares connections to every replica; none is opened before the first call, so a replica that is down
@@ -185,6 +212,7 @@ impl NetClient {
             keyring = keyring.with_sessions(sessions.clone());
             awaiting = streams.is_some().then_some(sessions);
         }
+        let (mailbox, inbox) = mpsc::unbounded_channel();
         Ok(NetClient {
             core,
             keyring,
@@ -192,6 +220,8 @@ impl NetClient {
             streams,
             awaiting,
             deadline: settings.deadline,
+            mailbox,
+            inbox,
         })
     }
 
@@ -207,55 +237,85 @@ impl NetClient {
     /// Submits an operation and waits for its result: the bytes f+1 distinct replicas signed alike.
     pub async fn submit(&mut self, operation: Bytes) -> Result<Bytes, NetError> {
         let outputs = self.core.submit(operation, wall_clock_micros())?;
-        // The calls run inside this future rather than as tasks of their own: a request costs no task spawns,
-        // and returning (or being dropped) cancels whatever calls are still open.
-        let mut calls: Calls = FuturesUnordered::new();
-        let mut in_flight: HashMap<ReplicaId, Carries> = HashMap::new();
-        let mut timer: Option<tokio::time::Instant> = None;
-        let deadline = tokio::time::Instant::now() + self.deadline;
-        if let Some(done) = self.carry_out(outputs, &mut calls, &mut in_flight, &mut timer) {
+        // Unary calls run inside this future rather than as tasks of their own, and streamed ones cost an entry
+        // in their stream's demux: a request costs no task spawns, and returning (or being dropped) forgets
+        // whatever calls are still open.
+        let mut round = Round {
+            key: None,
+            calls: HashMap::new(),
+            unary: FuturesUnordered::new(),
+            timer: None,
+        };
+        let deadline = Instant::now() + self.deadline;
+        if let Some(done) = self.carry_out(outputs, &mut round) {
             return Ok(done);
         }
         loop {
-            let wake = timer.map_or(deadline, |t| t.min(deadline));
-            tokio::select! {
-                joined = calls.next(), if !calls.is_empty() => {
-                    let Some((replica, carried, answer)) = joined else { continue };
-                    // A call the request superseded (see `carry_out`) leaves the newer one in place.
-                    if in_flight.get(&replica) == Some(&carried) {
-                        in_flight.remove(&replica);
-                    }
-                    let Ok(reply) = answer else {
-                        // The replica is down, refused the request, or gave up waiting; the retransmission
-                        // timer will try it again. But if it was the one replica sent the request itself while
-                        // the others only wait for their replies to it, nobody else has it: it goes to every
-                        // replica now, as when the timer fires (a primary that crashed costs no timeout).
-                        let stranded = carried == Carries::Request
-                            && in_flight.values().any(|c| *c == Carries::AwaitedReply);
-                        if stranded {
-                            let outputs = self.core.on_timeout();
-                            if let Some(done) = self.carry_out(outputs, &mut calls, &mut in_flight, &mut timer) {
-                                return Ok(done);
-                            }
-                        }
-                        continue;
-                    };
-                    let Some(reply) = self.verify(replica, reply) else { continue };
-                    let outputs = self.core.on_reply(reply);
-                    if let Some(done) = self.carry_out(outputs, &mut calls, &mut in_flight, &mut timer) {
-                        return Ok(done);
-                    }
-                }
-                () = tokio::time::sleep_until(wake) => {
-                    if tokio::time::Instant::now() >= deadline {
+            let wake = round.timer.map_or(deadline, |t| t.min(deadline));
+            let event = tokio::select! {
+                // Never ends: this client holds a sender of its own mailbox.
+                Some(delivery) = self.inbox.recv() => Wake::Answer(delivery),
+                Some(delivery) = round.unary.next(), if !round.unary.is_empty() => Wake::Answer(delivery),
+                () = tokio::time::sleep_until(wake) => Wake::Timer,
+            };
+            let outputs = match event {
+                // An answer for an earlier request of this client's, come after it completed.
+                Wake::Answer(delivery) if Some(delivery.key) != round.key => continue,
+                Wake::Answer(delivery) => self.on_answer(delivery, &mut round),
+                Wake::Timer => {
+                    if Instant::now() >= deadline {
                         self.core.abandon();
                         return Err(NetError::Timeout(self.deadline));
                     }
-                    timer = None;
-                    let outputs = self.core.on_timeout();
-                    if let Some(done) = self.carry_out(outputs, &mut calls, &mut in_flight, &mut timer) {
-                        return Ok(done);
-                    }
+                    round.timer = None;
+                    // A call that never ended is sent again (a replica that lost it will answer this time).
+                    round
+                        .calls
+                        .retain(|_, call| call.since.elapsed() < CALL_TIMEOUT);
+                    self.core.on_timeout()
+                }
+            };
+            if let Some(done) = self.carry_out(outputs, &mut round) {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// What the state machine makes of one replica's answer.
+    fn on_answer(&mut self, delivery: Delivery, round: &mut Round) -> Vec<ClientOutput> {
+        let Delivery {
+            replica,
+            carries,
+            answer,
+            ..
+        } = delivery;
+        // A call the request superseded (see `carry_out`) leaves the newer one in place.
+        if round
+            .calls
+            .get(&replica)
+            .is_some_and(|call| call.carries == carries)
+        {
+            round.calls.remove(&replica);
+        }
+        match answer {
+            Ok(reply) => match self.verify(replica, reply) {
+                Some(reply) => self.core.on_reply(reply),
+                None => Vec::new(),
+            },
+            // The replica is down, refused the request, or gave up waiting; the retransmission timer will try it
+            // again. But if it was the one replica sent the request itself while the others only wait for their
+            // replies to it, nobody else has it: it goes to every replica now, as when the timer fires (a primary
+            // that crashed costs no timeout).
+            Err(_) => {
+                let stranded = carries == Carries::Request
+                    && round
+                        .calls
+                        .values()
+                        .any(|call| call.carries == Carries::AwaitedReply);
+                if stranded {
+                    self.core.on_timeout()
+                } else {
+                    Vec::new()
                 }
             }
         }
@@ -291,80 +351,101 @@ impl NetClient {
     }
 
     /// Carries out the state machine's outputs; returns the result when the request completed.
-    fn carry_out(
-        &self,
-        outputs: Vec<ClientOutput>,
-        calls: &mut Calls,
-        in_flight: &mut HashMap<ReplicaId, Carries>,
-        timer: &mut Option<tokio::time::Instant>,
-    ) -> Option<Bytes> {
+    fn carry_out(&self, outputs: Vec<ClientOutput>, round: &mut Round) -> Option<Bytes> {
         for output in outputs {
             match output {
-                // Replies come back on the call that carried the request, or that asked for the reply, so every
-                // replica is called (see the module documentation). A replica whose call is still open already
-                // has the request, or is asked for its reply and gets the request only once it goes to all.
                 ClientOutput::Send { request, to } => {
-                    let envelope = request.to_envelope();
                     let key = (request.value().client, request.value().timestamp);
-                    for (i, api) in self.replicas.iter().enumerate() {
-                        let replica = ReplicaId(i as u64);
-                        let awaited = match (to, &self.awaiting) {
-                            (Destination::Replica(primary), Some(sessions))
-                                if primary != replica =>
-                            {
-                                sessions.awaited_mac(replica, key.1)
-                            }
-                            _ => None,
-                        };
-                        let carries = if awaited.is_some() {
-                            Carries::AwaitedReply
-                        } else {
-                            Carries::Request
-                        };
-                        // Nothing to add where the request is already, or where the wish is all that goes.
-                        if in_flight
-                            .get(&replica)
-                            .is_some_and(|c| *c == Carries::Request || *c == carries)
-                        {
-                            continue;
-                        }
-                        in_flight.insert(replica, carries);
-                        let envelope = envelope.clone();
-                        match (
-                            self.streams.as_ref().and_then(|s| s.get(i)).cloned(),
-                            awaited,
-                        ) {
-                            (Some(stream), Some(mac)) => calls.push(Box::pin(async move {
-                                let answer = stream.await_reply(key, mac, CALL_TIMEOUT).await;
-                                (replica, carries, answer)
-                            })),
-                            (Some(stream), None) => calls.push(Box::pin(async move {
-                                let answer = stream.submit(envelope, key, CALL_TIMEOUT).await;
-                                (replica, carries, answer)
-                            })),
-                            (None, _) => {
-                                let mut api = api.clone();
-                                calls.push(Box::pin(async move {
-                                    let answer = api.submit(envelope).await.and_then(|answer| {
-                                        Signed::<Reply>::from_envelope(answer.into_inner())
-                                            .map_err(|e| tonic::Status::data_loss(e.to_string()))
-                                    });
-                                    (replica, carries, answer)
-                                }));
-                            }
-                        }
-                    }
+                    round.key = Some(key);
+                    self.call_all(&request, key, to, round);
                 }
-                ClientOutput::SetTimer(after) => *timer = Some(tokio::time::Instant::now() + after),
-                ClientOutput::CancelTimer => *timer = None,
+                ClientOutput::SetTimer(after) => round.timer = Some(Instant::now() + after),
+                ClientOutput::CancelTimer => round.timer = None,
                 ClientOutput::Completed { result, .. } => {
-                    // Calls still open have nothing left to deliver; dropping them cancels them.
-                    calls.clear();
+                    // Calls still open have nothing left to deliver; dropping them forgets them.
+                    round.calls.clear();
+                    round.unary.clear();
                     return Some(result);
                 }
             }
         }
         None
+    }
+
+    /// Replies come back on the call that carried the request, or that asked for the reply, so every replica is
+    /// called (see the module documentation). A replica whose call is still open already has the request, or is
+    /// asked for its reply and gets the request only once it goes to all.
+    fn call_all(&self, request: &Signed<Request>, key: Key, to: Destination, round: &mut Round) {
+        let envelope = request.to_envelope();
+        for (i, api) in self.replicas.iter().enumerate() {
+            let replica = ReplicaId(i as u64);
+            let awaited = match (to, &self.awaiting) {
+                (Destination::Replica(primary), Some(sessions)) if primary != replica => {
+                    sessions.awaited_mac(replica, key.1)
+                }
+                _ => None,
+            };
+            let carries = if awaited.is_some() {
+                Carries::AwaitedReply
+            } else {
+                Carries::Request
+            };
+            // Nothing to add where the request is already, or where the wish is all that goes.
+            if round
+                .calls
+                .get(&replica)
+                .is_some_and(|c| c.carries == Carries::Request || c.carries == carries)
+            {
+                continue;
+            }
+            let registration = match self.streams.as_ref().and_then(|s| s.get(i)) {
+                Some(stream) => {
+                    let sent = match awaited {
+                        Some(mac) => stream.await_reply(key, mac, &self.mailbox),
+                        None => stream.submit(envelope.clone(), key, &self.mailbox),
+                    };
+                    match sent {
+                        Ok(registration) => Some(registration),
+                        Err(status) => {
+                            // Not sent (the stream is down): answered at once, as a failed unary call would be.
+                            let failed = Delivery {
+                                replica,
+                                carries,
+                                key,
+                                answer: Err(status),
+                            };
+                            round.unary.push(Box::pin(std::future::ready(failed)));
+                            None
+                        }
+                    }
+                }
+                None => {
+                    let mut api = api.clone();
+                    let envelope = envelope.clone();
+                    round.unary.push(Box::pin(async move {
+                        let answer = api.submit(envelope).await.and_then(|answer| {
+                            Signed::<Reply>::from_envelope(answer.into_inner())
+                                .map_err(|e| tonic::Status::data_loss(e.to_string()))
+                        });
+                        Delivery {
+                            replica,
+                            carries,
+                            key,
+                            answer,
+                        }
+                    }));
+                    None
+                }
+            };
+            round.calls.insert(
+                replica,
+                Call {
+                    carries,
+                    since: Instant::now(),
+                    _registration: registration,
+                },
+            );
+        }
     }
 }
 

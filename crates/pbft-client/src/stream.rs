@@ -3,10 +3,12 @@
 //! [`Connections`](crate::net::Connections), and brings their answers back in batches.
 //!
 //! A unary call pairs a reply with its request by construction; on a stream, the [`Demux`] does it: each
-//! submission registers under its request's (client, timestamp), and every reply (by the ids its body names) or
-//! refusal (by the ids it carries) goes to the submission registered under them. The submission then sees what a
-//! unary call would have returned, so the client above handles both transports alike: the envelope, still to be
-//! verified, or an error status.
+//! submission registers under its request's (client, timestamp) with its client's [`Mailbox`], and every reply
+//! (by the ids its body names) or refusal (by the ids it carries) is put into the mailbox registered under them,
+//! as a [`Delivery`] that names the replica and what was sent to it. The client sees what a unary call would have
+//! returned: the envelope, still to be verified, or an error status. One mailbox serves every stream and every
+//! request of a client, so a request in flight costs an entry in each demux it waits on, and nothing else: no
+//! task, future, channel or timer of its own.
 //!
 //! Requests queue for the stream, and each time the transport can take a message, every request queued at that
 //! moment goes out in it as one `RequestBatch` (up to a cap): under load a few messages carry many requests, and
@@ -15,6 +17,8 @@
 //! The stream is opened at the first submission and again after it breaks, with a growing pause between failed
 //! attempts so that a replica that is down costs a failed submission, not a connection attempt each time. When a
 //! stream breaks, every submission waiting on it fails at once; the client's retransmission sends them again.
+//! A replica gives up on a request it could not execute in time and says so, so an answer always comes, unless
+//! the replica is faulty: the client does not wait on a stream beyond its own deadline.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -25,16 +29,13 @@ use std::time::Duration;
 
 use pbft_types::wire::replica_api_client::ReplicaApiClient;
 use pbft_types::wire::{AwaitedReply, ReplyBatch, RequestBatch, SignedEnvelope};
-use pbft_types::{ClientId, Reply, Signed, Timestamp};
+use pbft_types::{ClientId, ReplicaId, Reply, Signed, Timestamp};
 use prost::Message;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
-
-/// Requests queued for a stream before submitters wait (HTTP/2 flow control pushes back beyond it).
-const QUEUE: usize = 1024;
 
 /// The pause after the first failed attempt to open a stream; it doubles with each further failure, up to
 /// [`MAX_PAUSE`], and starts again from here once a stream opened.
@@ -54,10 +55,29 @@ const PACK_BYTES: usize = 1 << 20;
 const MAX_BATCH: usize = 64 << 20;
 
 /// A submission's answer: the replica's reply, decoded (to be routed) but not verified yet, or why there is none.
-type Answer = Result<Signed<Reply>, Status>;
+pub(crate) type Answer = Result<Signed<Reply>, Status>;
 
 /// Which request an answer is for.
-type Key = (ClientId, Timestamp);
+pub(crate) type Key = (ClientId, Timestamp);
+
+/// What went to a replica for a request: the request itself, or only the wish for the reply to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Carries {
+    Request,
+    AwaitedReply,
+}
+
+/// One replica's answer for a request, as it reaches the client's mailbox.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    pub(crate) replica: ReplicaId,
+    pub(crate) carries: Carries,
+    pub(crate) key: Key,
+    pub(crate) answer: Answer,
+}
+
+/// Where the answers for one client's submissions arrive, from every replica's stream.
+pub(crate) type Mailbox = mpsc::UnboundedSender<Delivery>;
 
 /// What a stream carries to the replica: a request, or a client's wish for the reply to a request it sent to
 /// another replica.
@@ -67,6 +87,13 @@ pub(crate) enum Outgoing {
 }
 
 impl Outgoing {
+    fn carries(&self) -> Carries {
+        match self {
+            Outgoing::Request(_) => Carries::Request,
+            Outgoing::Awaited(_) => Carries::AwaitedReply,
+        }
+    }
+
     fn encoded_len(&self) -> usize {
         match self {
             Outgoing::Request(envelope) => envelope.encoded_len(),
@@ -87,9 +114,13 @@ struct Inner {
     link: Mutex<Link>,
 }
 
+/// What clients queue for the stream. It is unbounded because each client has at most one entry per request it
+/// waits on, and HTTP/2 flow control pushes back on what leaves it.
+type Queue = mpsc::UnboundedSender<Outgoing>;
+
 /// The stream open now, if any, and when to try again after failures.
 struct Link {
-    open: Option<(StreamId, mpsc::Sender<Outgoing>)>,
+    open: Option<(StreamId, Queue)>,
     next_id: StreamId,
     retry_at: Option<Instant>,
     pause: Duration,
@@ -99,8 +130,8 @@ struct Link {
 type StreamId = u64;
 
 impl ReplicaStream {
-    /// A stream to the replica at `addr` (its gRPC API); nothing is opened before the first submission.
-    pub(crate) fn new(addr: SocketAddr) -> Result<ReplicaStream, String> {
+    /// A stream to `replica` at `addr` (its gRPC API); nothing is opened before the first submission.
+    pub(crate) fn new(replica: ReplicaId, addr: SocketAddr) -> Result<ReplicaStream, String> {
         // A channel of its own: the unary channel times each call out as a whole, which would end a stream.
         // Keep-alive pings find a replica that vanished without closing its connection.
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
@@ -115,7 +146,7 @@ impl ReplicaStream {
         Ok(ReplicaStream {
             inner: Arc::new(Inner {
                 api,
-                demux: Arc::new(Demux::default()),
+                demux: Arc::new(Demux::new(replica)),
                 link: Mutex::new(Link {
                     open: None,
                     next_id: 0,
@@ -126,52 +157,53 @@ impl ReplicaStream {
         })
     }
 
-    /// Sends `envelope` (the request `key` names) on the stream and waits up to `timeout` for this replica's
-    /// answer to it.
-    pub(crate) async fn submit(
+    /// Sends `envelope` (the request `key` names) on the stream; the replica's answer will reach `mailbox`,
+    /// unless the returned registration was dropped first.
+    pub(crate) fn submit(
         &self,
         envelope: SignedEnvelope,
-        key: (ClientId, Timestamp),
-        timeout: Duration,
-    ) -> Answer {
-        self.send(Outgoing::Request(envelope), key, timeout).await
+        key: Key,
+        mailbox: &Mailbox,
+    ) -> Result<Registration, Status> {
+        self.send(Outgoing::Request(envelope), key, mailbox)
     }
 
-    /// Asks the replica for its reply to the request `key` names, which went to another replica, and waits up
-    /// to `timeout` for it. `mac` is the client's MAC of the wish for this replica.
-    pub(crate) async fn await_reply(
+    /// Asks the replica for its reply to the request `key` names, which went to another replica; the reply will
+    /// reach `mailbox`. `mac` is the client's MAC of the wish for this replica.
+    pub(crate) fn await_reply(
         &self,
-        key: (ClientId, Timestamp),
+        key: Key,
         mac: [u8; pbft_types::MAC_LEN],
-        timeout: Duration,
-    ) -> Answer {
+        mailbox: &Mailbox,
+    ) -> Result<Registration, Status> {
         let awaited = AwaitedReply {
             client: key.0.0,
             timestamp: key.1.0,
             mac: mac.to_vec().into(),
         };
-        self.send(Outgoing::Awaited(awaited), key, timeout).await
+        self.send(Outgoing::Awaited(awaited), key, mailbox)
     }
 
-    async fn send(&self, outgoing: Outgoing, key: Key, timeout: Duration) -> Answer {
+    fn send(
+        &self,
+        outgoing: Outgoing,
+        key: Key,
+        mailbox: &Mailbox,
+    ) -> Result<Registration, Status> {
         let (id, queue) = self.open()?;
-        let (_registered, answer) = self.inner.demux.register(key, id)?;
+        // Registered first, so that no answer can come before its waiter.
+        let registration = self
+            .inner
+            .demux
+            .register(key, id, outgoing.carries(), mailbox)?;
         queue
             .send(outgoing)
-            .await
             .map_err(|_| Status::unavailable("the stream to the replica closed"))?;
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(answer)) => answer,
-            // Another submission of the same request on this replica took the registration over.
-            Ok(Err(_)) => Err(Status::aborted("superseded by another submission")),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "no answer on the stream within {timeout:?}"
-            ))),
-        }
+        Ok(registration)
     }
 
     /// The open stream, opened now if there is none and no pause is running.
-    fn open(&self) -> Result<(StreamId, mpsc::Sender<Outgoing>), Status> {
+    fn open(&self) -> Result<(StreamId, Queue), Status> {
         let mut link = self
             .inner
             .link
@@ -193,7 +225,7 @@ impl ReplicaStream {
         }
         let id = link.next_id;
         link.next_id += 1;
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
         self.inner.demux.opened(id);
         tokio::spawn(drive(
             Arc::downgrade(&self.inner),
@@ -233,7 +265,7 @@ async fn drive(
     owner: Weak<Inner>,
     mut api: ReplicaApiClient<Channel>,
     id: StreamId,
-    requests: mpsc::Receiver<Outgoing>,
+    requests: mpsc::UnboundedReceiver<Outgoing>,
     demux: Arc<Demux>,
 ) {
     let why = match api
@@ -264,7 +296,7 @@ async fn drive(
 /// The outgoing half of a stream: each time the transport asks for a message, every request and awaited reply
 /// queued at that moment, up to the caps, as one batch.
 struct Packer {
-    queue: mpsc::Receiver<Outgoing>,
+    queue: mpsc::UnboundedReceiver<Outgoing>,
     /// An entry that did not fit the last batch; it opens the next.
     held: Option<Outgoing>,
     max_entries: usize,
@@ -272,7 +304,7 @@ struct Packer {
 }
 
 impl Packer {
-    fn new(queue: mpsc::Receiver<Outgoing>, max_entries: usize, max_bytes: usize) -> Self {
+    fn new(queue: mpsc::UnboundedReceiver<Outgoing>, max_entries: usize, max_bytes: usize) -> Self {
         Packer {
             queue,
             held: None,
@@ -320,9 +352,9 @@ impl Stream for Packer {
     }
 }
 
-/// Routes answers to the submissions waiting for them.
-#[derive(Default)]
+/// Routes one replica's answers to the mailboxes of the submissions waiting for them.
 pub(crate) struct Demux {
+    replica: ReplicaId,
     state: Mutex<DemuxState>,
 }
 
@@ -337,10 +369,11 @@ struct DemuxState {
 struct Waiter {
     id: u64,
     stream: StreamId,
-    answer: oneshot::Sender<Answer>,
+    carries: Carries,
+    mailbox: Mailbox,
 }
 
-/// A submission's place in the [`Demux`], given up when dropped (answered, timed out or abandoned).
+/// A submission's place in a [`Demux`], given up when dropped (answered, superseded or abandoned).
 pub(crate) struct Registration {
     demux: Arc<Demux>,
     key: Key,
@@ -361,6 +394,13 @@ impl Drop for Registration {
 }
 
 impl Demux {
+    fn new(replica: ReplicaId) -> Demux {
+        Demux {
+            replica,
+            state: Mutex::default(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, DemuxState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -369,38 +409,41 @@ impl Demux {
         self.lock().open.insert(stream);
     }
 
-    /// Waits for the answer to request `key` on `stream`. A second registration of the same key replaces the
-    /// first (whose receiver then closes): a client has one submission of a request per replica at a time.
+    /// Waits for the answer to request `key` on `stream`, to be put into `mailbox`. A second registration of the
+    /// same key replaces the first, which then gets nothing: a client has one submission of a request per
+    /// replica at a time, and the second carries at least what the first did.
     pub(crate) fn register(
         self: &Arc<Self>,
         key: Key,
         stream: StreamId,
-    ) -> Result<(Registration, oneshot::Receiver<Answer>), Status> {
+        carries: Carries,
+        mailbox: &Mailbox,
+    ) -> Result<Registration, Status> {
         let mut state = self.lock();
         if !state.open.contains(&stream) {
             return Err(Status::unavailable("the stream to the replica broke"));
         }
         let id = state.next_waiter;
         state.next_waiter += 1;
-        let (tx, rx) = oneshot::channel();
         state.waiting.insert(
             key,
             Waiter {
                 id,
                 stream,
-                answer: tx,
+                carries,
+                mailbox: mailbox.clone(),
             },
         );
-        let registration = Registration {
+        Ok(Registration {
             demux: Arc::clone(self),
             key,
             id,
-        };
-        Ok((registration, rx))
+        })
     }
 
-    /// Hands each answer of `batch` to the submission waiting for it; answers nobody waits for (any longer) are
-    /// dropped, and so are replies whose ids cannot be read (the client could not have verified them anyway).
+    /// Puts each answer of `batch` into the mailbox of the submission waiting for it; answers nobody waits for
+    /// (any longer) are dropped, and so are replies whose ids cannot be read (the client could not have verified
+    /// them anyway).
     pub(crate) fn deliver(&self, batch: ReplyBatch) {
         // Decoded before taking the lock, which every submission takes too.
         let mut answers: Vec<(Key, Answer)> =
@@ -420,8 +463,7 @@ impl Demux {
         let mut state = self.lock();
         for (key, answer) in answers {
             if let Some(waiter) = state.waiting.remove(&key) {
-                // The submission may have given up meanwhile.
-                let _ = waiter.answer.send(answer);
+                self.hand(waiter, key, answer);
             }
         }
     }
@@ -442,9 +484,19 @@ impl Demux {
                     "the stream to the replica broke: {}",
                     why.message()
                 ));
-                let _ = waiter.answer.send(Err(status));
+                self.hand(waiter, key, Err(status));
             }
         }
+    }
+
+    fn hand(&self, waiter: Waiter, key: Key, answer: Answer) {
+        // The client may be gone; then nobody waits for the answer.
+        let _ = waiter.mailbox.send(Delivery {
+            replica: self.replica,
+            carries: waiter.carries,
+            key,
+            answer,
+        });
     }
 
     #[cfg(test)]
@@ -480,36 +532,68 @@ mod tests {
     }
 
     fn demux_with(streams: &[StreamId]) -> Arc<Demux> {
-        let demux = Arc::new(Demux::default());
+        let demux = Arc::new(Demux::new(ReplicaId(2)));
         for s in streams {
             demux.opened(*s);
         }
         demux
     }
 
+    fn mailbox() -> (Mailbox, mpsc::UnboundedReceiver<Delivery>) {
+        mpsc::unbounded_channel()
+    }
+
+    /// Every delivery waiting in `inbox` now.
+    fn delivered(inbox: &mut mpsc::UnboundedReceiver<Delivery>) -> Vec<Delivery> {
+        std::iter::from_fn(|| inbox.try_recv().ok()).collect()
+    }
+
     #[tokio::test]
-    async fn each_answer_of_a_batch_reaches_the_submission_of_its_request() {
+    async fn each_answer_of_a_batch_reaches_the_mailbox_of_its_request() {
         let demux = demux_with(&[0]);
-        let (_a, ra) = demux.register(key(1, 10), 0).unwrap();
-        let (_b, rb) = demux.register(key(2, 10), 0).unwrap();
-        let (_c, rc) = demux.register(key(1, 11), 0).unwrap();
+        let (one, mut inbox_one) = mailbox();
+        let (two, mut inbox_two) = mailbox();
+        let _a = demux
+            .register(key(1, 10), 0, Carries::Request, &one)
+            .unwrap();
+        let _b = demux
+            .register(key(2, 10), 0, Carries::AwaitedReply, &two)
+            .unwrap();
+        let _c = demux
+            .register(key(1, 11), 0, Carries::Request, &one)
+            .unwrap();
         let refused = Status::unauthenticated("not signed by client 1");
         demux.deliver(ReplyBatch {
             replies: vec![reply(2, 10), reply(1, 10), reply(9, 9)],
             refusals: vec![Refusal::from_status(1, 11, &refused)],
         });
-        assert_eq!(ra.await.unwrap().unwrap().to_envelope(), reply(1, 10));
-        assert_eq!(rb.await.unwrap().unwrap().to_envelope(), reply(2, 10));
-        let status = rc.await.unwrap().unwrap_err();
+        let mut ones = delivered(&mut inbox_one);
+        assert_eq!(ones.len(), 2);
+        let refusal = ones.pop().unwrap();
+        assert_eq!(
+            (refusal.key, refusal.carries),
+            (key(1, 11), Carries::Request)
+        );
+        let status = refusal.answer.unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert_eq!(status.message(), "not signed by client 1");
+        let answered = ones.pop().unwrap();
+        assert_eq!(answered.replica, ReplicaId(2));
+        assert_eq!(answered.key, key(1, 10));
+        assert_eq!(answered.answer.unwrap().to_envelope(), reply(1, 10));
+        let twos = delivered(&mut inbox_two);
+        assert_eq!(twos.len(), 1);
+        assert_eq!(twos[0].carries, Carries::AwaitedReply);
         assert_eq!(demux.waiting(), 0);
     }
 
     #[tokio::test]
     async fn a_reply_that_cannot_be_read_or_is_for_nobody_is_dropped() {
         let demux = demux_with(&[0]);
-        let (_a, mut ra) = demux.register(key(1, 10), 0).unwrap();
+        let (one, mut inbox) = mailbox();
+        let _a = demux
+            .register(key(1, 10), 0, Carries::Request, &one)
+            .unwrap();
         let garbage = SignedEnvelope {
             body: Bytes::from_static(b"\xff\xff"),
             signature: Bytes::new(),
@@ -523,23 +607,34 @@ mod tests {
                 &Status::out_of_range("too large"),
             )],
         });
-        assert!(ra.try_recv().is_err());
+        assert!(delivered(&mut inbox).is_empty());
         assert_eq!(demux.waiting(), 1);
     }
 
     #[tokio::test]
     async fn a_broken_stream_fails_its_own_submissions_only() {
         let demux = demux_with(&[0, 1]);
-        let (_a, ra) = demux.register(key(1, 10), 0).unwrap();
-        let (_b, mut rb) = demux.register(key(2, 10), 1).unwrap();
+        let (one, mut inbox) = mailbox();
+        let _a = demux
+            .register(key(1, 10), 0, Carries::Request, &one)
+            .unwrap();
+        let _b = demux
+            .register(key(2, 10), 1, Carries::Request, &one)
+            .unwrap();
         demux.broke(0, &Status::unavailable("connection reset"));
-        let status = ra.await.unwrap().unwrap_err();
+        let failed = delivered(&mut inbox);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].key, key(1, 10));
+        let status = failed[0].answer.as_ref().unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(status.message().contains("connection reset"), "{status}");
-        assert!(rb.try_recv().is_err());
         // Nothing may wait on a stream that broke: its answers will never come.
         assert_eq!(
-            demux.register(key(3, 1), 0).err().unwrap().code(),
+            demux
+                .register(key(3, 1), 0, Carries::Request, &one)
+                .err()
+                .unwrap()
+                .code(),
             tonic::Code::Unavailable
         );
         assert_eq!(demux.waiting(), 1);
@@ -548,7 +643,10 @@ mod tests {
     #[tokio::test]
     async fn a_submission_that_gives_up_leaves_no_trace() {
         let demux = demux_with(&[0]);
-        let (registration, _rx) = demux.register(key(1, 10), 0).unwrap();
+        let (one, mut inbox) = mailbox();
+        let registration = demux
+            .register(key(1, 10), 0, Carries::Request, &one)
+            .unwrap();
         drop(registration);
         assert_eq!(demux.waiting(), 0);
         // Its late answer goes nowhere.
@@ -557,14 +655,19 @@ mod tests {
             refusals: vec![],
         });
         assert_eq!(demux.waiting(), 0);
+        assert!(delivered(&mut inbox).is_empty());
     }
 
     #[tokio::test]
     async fn a_second_submission_of_a_request_takes_the_first_ones_place() {
         let demux = demux_with(&[0]);
-        let (first, r1) = demux.register(key(1, 10), 0).unwrap();
-        let (_second, r2) = demux.register(key(1, 10), 0).unwrap();
-        assert!(r1.await.is_err());
+        let (one, mut inbox) = mailbox();
+        let first = demux
+            .register(key(1, 10), 0, Carries::AwaitedReply, &one)
+            .unwrap();
+        let _second = demux
+            .register(key(1, 10), 0, Carries::Request, &one)
+            .unwrap();
         // The first one giving up does not remove the second.
         drop(first);
         assert_eq!(demux.waiting(), 1);
@@ -572,7 +675,9 @@ mod tests {
             replies: vec![reply(1, 10)],
             refusals: vec![],
         });
-        assert_eq!(r2.await.unwrap().unwrap().to_envelope(), reply(1, 10));
+        let answers = delivered(&mut inbox);
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].carries, Carries::Request);
     }
 
     fn numbered(i: u64, size: usize) -> Outgoing {
@@ -610,17 +715,17 @@ mod tests {
 
     #[tokio::test]
     async fn requests_queued_together_go_out_in_one_message() {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
         let mut packer = Packer::new(rx, PACK_REQUESTS, PACK_BYTES);
         for i in 0..100 {
-            tx.send(numbered(i, 512)).await.unwrap();
+            tx.send(numbered(i, 512)).unwrap();
         }
         let batch = next_now(&mut packer).unwrap();
         assert_eq!(numbers(&batch), (0..100).collect::<Vec<_>>());
         // Nothing queued: no message, and no waiting to fill one either.
         let mut cx = Context::from_waker(std::task::Waker::noop());
         assert!(Pin::new(&mut packer).poll_next(&mut cx).is_pending());
-        tx.send(numbered(100, 512)).await.unwrap();
+        tx.send(numbered(100, 512)).unwrap();
         assert_eq!(numbers(&next_now(&mut packer).unwrap()), [100]);
         // The clients are gone and everything went out: the stream ends.
         drop(tx);
@@ -629,11 +734,11 @@ mod tests {
 
     #[tokio::test]
     async fn awaited_replies_travel_with_the_requests_and_count_against_the_cap() {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
         let mut packer = Packer::new(rx, 3, PACK_BYTES);
         for i in 0..2 {
-            tx.send(numbered(i, 8)).await.unwrap();
-            tx.send(awaited(10 + i)).await.unwrap();
+            tx.send(numbered(i, 8)).unwrap();
+            tx.send(awaited(10 + i)).unwrap();
         }
         let first = next_now(&mut packer).unwrap();
         assert_eq!(numbers(&first), [0, 1]);
@@ -652,10 +757,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_holds_at_most_the_capped_count_of_requests() {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
         let mut packer = Packer::new(rx, 4, PACK_BYTES);
         for i in 0..10 {
-            tx.send(numbered(i, 8)).await.unwrap();
+            tx.send(numbered(i, 8)).unwrap();
         }
         assert_eq!(numbers(&next_now(&mut packer).unwrap()), [0, 1, 2, 3]);
         assert_eq!(numbers(&next_now(&mut packer).unwrap()), [4, 5, 6, 7]);
@@ -664,15 +769,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_that_would_carry_a_message_past_the_byte_cap_opens_the_next() {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
         // Each request is a little over 100 bytes: two fit under 250, a third does not.
         let mut packer = Packer::new(rx, PACK_REQUESTS, 250);
         for i in 0..3 {
-            tx.send(numbered(i, 100)).await.unwrap();
+            tx.send(numbered(i, 100)).unwrap();
         }
         // A request larger than the cap on its own still goes, alone.
-        tx.send(numbered(3, 1000)).await.unwrap();
-        tx.send(numbered(4, 100)).await.unwrap();
+        tx.send(numbered(3, 1000)).unwrap();
+        tx.send(numbered(4, 100)).unwrap();
         assert_eq!(numbers(&next_now(&mut packer).unwrap()), [0, 1]);
         assert_eq!(numbers(&next_now(&mut packer).unwrap()), [2]);
         assert_eq!(numbers(&next_now(&mut packer).unwrap()), [3]);
@@ -686,20 +791,20 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let stream = ReplicaStream::new(addr).unwrap();
+        let stream = ReplicaStream::new(ReplicaId(0), addr).unwrap();
         let envelope = SignedEnvelope::default();
+        let (one, mut inbox) = mailbox();
         let started = std::time::Instant::now();
-        let first = stream
-            .submit(envelope.clone(), key(1, 1), Duration::from_secs(10))
+        let _registration = stream.submit(envelope.clone(), key(1, 1), &one).unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
             .await
-            .unwrap_err();
-        assert_eq!(first.code(), tonic::Code::Unavailable, "{first}");
+            .unwrap()
+            .unwrap();
+        let status = first.answer.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
         assert!(started.elapsed() < Duration::from_secs(5));
         // Within the pause, no new attempt is made.
-        let paused = stream
-            .submit(envelope, key(1, 2), Duration::from_secs(10))
-            .await
-            .unwrap_err();
+        let paused = stream.submit(envelope, key(1, 2), &one).err().unwrap();
         assert!(paused.message().contains("next attempt"), "{paused}");
         let link = stream.inner.link.lock().unwrap();
         assert!(link.open.is_none());
