@@ -17,6 +17,7 @@ use crate::client_slots::{ClientSlot, ClientSlots};
 use crate::metrics::Metrics;
 use crate::runtime::{NodeHandle, SubmitError};
 use crate::transport::TransportStats;
+use crate::waiters::ReplySink;
 
 /// Room for a sealed request's envelope around its operation besides its seal: ids, timestamp and the protobuf
 /// framing. The seal is a 64-byte signature or an authenticator of one MAC per replica.
@@ -89,6 +90,48 @@ const MIN_WAITING_BYTES: usize = 1024;
 /// The answer to one submitted request, once this replica executed it (or refused it).
 pub type Submission = Pin<Box<dyn Future<Output = Result<Signed<Reply>, ApiError>> + Send>>;
 
+/// Where a submission's outcome goes, for a caller that does not wait on a future (a stream's entry).
+pub trait SubmissionSink: Send + 'static {
+    /// Takes the outcome. Called once, on whatever thread has it, so it must not block.
+    fn answer(self, outcome: Result<Signed<Reply>, ApiError>);
+
+    /// Whether nobody listens any longer: the submission's wait is then dropped, and what it held freed.
+    fn is_closed(&self) -> bool;
+}
+
+/// A oneshot channel is a sink, for a caller that wants a future after all.
+impl SubmissionSink for tokio::sync::oneshot::Sender<Result<Signed<Reply>, ApiError>> {
+    fn answer(self, outcome: Result<Signed<Reply>, ApiError>) {
+        let _ = self.send(outcome);
+    }
+
+    fn is_closed(&self) -> bool {
+        tokio::sync::oneshot::Sender::is_closed(self)
+    }
+}
+
+/// A sink's submission as the node holds it: with the room and client slot it takes until it is answered.
+struct Holding<S> {
+    sink: S,
+    _held: Held,
+    /// Where to record how long an answered request took, from when.
+    answered: Option<(Arc<Metrics>, Instant)>,
+}
+
+impl<S: SubmissionSink> ReplySink for Holding<S> {
+    fn answer(self: Box<Self>, outcome: Result<Signed<Reply>, SubmitError>) {
+        let Holding { sink, answered, .. } = *self;
+        if let (Ok(_), Some((metrics, started))) = (&outcome, answered) {
+            metrics.answered(started.elapsed());
+        }
+        sink.answer(outcome.map_err(ApiError::from));
+    }
+
+    fn is_closed(&self) -> bool {
+        self.sink.is_closed()
+    }
+}
+
 /// A request that passed every check, with the room and the client slot it holds while it waits.
 struct Admitted {
     request: Verified<Request>,
@@ -107,25 +150,6 @@ impl From<SubmitError> for ApiError {
             SubmitError::Stopped => ApiError::Stopped(e),
         }
     }
-}
-
-/// A submission refused before it waited for anything.
-fn refused(e: ApiError) -> Submission {
-    Box::pin(std::future::ready(Err(e)))
-}
-
-/// `answers` with each gap (an admitted submission) filled, in order, from `waiting`, which has one future per
-/// gap; a gap left over (which cannot happen) is answered Stopped rather than dropped.
-fn in_order(answers: Vec<Option<Submission>>, waiting: Vec<Submission>) -> Vec<Submission> {
-    let mut waiting = waiting.into_iter();
-    answers
-        .into_iter()
-        .map(|answer| {
-            answer
-                .or_else(|| waiting.next())
-                .unwrap_or_else(|| refused(ApiError::Stopped(SubmitError::Stopped)))
-        })
-        .collect()
 }
 
 /// The client API of one replica, shared by its gRPC and HTTP servers.
@@ -225,55 +249,57 @@ impl ClientApi {
         }
     }
 
-    /// As `submit_envelope` for each of `envelopes`, handed to the replica together: returns, in order, one
-    /// future per envelope that answers it (a request refused before submission answers at once).
-    pub async fn submit_envelopes(&self, envelopes: Vec<SignedEnvelope>) -> Vec<Submission> {
-        let mut answers: Vec<Option<Submission>> = Vec::with_capacity(envelopes.len());
-        let mut admitted = Vec::with_capacity(envelopes.len());
-        for envelope in envelopes {
+    /// As `submit_envelope` for each of `envelopes`, handed to the replica together, for a caller that does not
+    /// wait on futures (a stream): each envelope's outcome goes to its sink (`sinks` has one per envelope, in
+    /// order), at once for a request refused before submission, once this replica executed it otherwise.
+    pub async fn submit_envelopes_to<S: SubmissionSink>(
+        &self,
+        envelopes: Vec<SignedEnvelope>,
+        sinks: Vec<S>,
+    ) {
+        let mut requests = Vec::with_capacity(envelopes.len());
+        let mut holdings: Vec<Box<dyn ReplySink>> = Vec::with_capacity(envelopes.len());
+        let metrics = self.node.metrics();
+        let started = Instant::now();
+        for (envelope, sink) in envelopes.into_iter().zip(sinks) {
             match self.admit_envelope(envelope) {
-                Ok(request) => {
-                    answers.push(None);
-                    admitted.push(request);
+                Ok(admitted) => {
+                    metrics.submitted();
+                    requests.push(admitted.request);
+                    holdings.push(Box::new(Holding {
+                        sink,
+                        _held: admitted.held,
+                        answered: Some((Arc::clone(metrics), started)),
+                    }));
                 }
-                Err(e) => answers.push(Some(refused(e))),
+                Err(e) => sink.answer(Err(e)),
             }
         }
-        in_order(answers, self.wait_all(admitted).await)
+        self.node.submit_to(requests, holdings, self.timeout).await;
     }
 
     /// Waits for this replica's replies to requests its clients sent to another replica, each asked for with
-    /// an `AwaitedReply` (see `proto/pbft.proto`): one submission per entry, in order, answered with the reply
-    /// (sealed with a MAC) once this replica executed the request, or refused. An entry must carry its client's
-    /// MAC and takes a slot of that client, like a request.
-    pub fn await_replies(&self, awaited: Vec<AwaitedReply>) -> Vec<Submission> {
-        let mut answers: Vec<Option<Submission>> = Vec::with_capacity(awaited.len());
+    /// an `AwaitedReply` (see `proto/pbft.proto`): each entry's outcome goes to its sink (`sinks` has one per
+    /// entry, in order), with the reply (sealed with a MAC) once this replica executed the request, or a
+    /// refusal. An entry must carry its client's MAC and takes a slot of that client, like a request.
+    pub fn await_replies_to<S: SubmissionSink>(&self, awaited: Vec<AwaitedReply>, sinks: Vec<S>) {
         let mut keys = Vec::with_capacity(awaited.len());
-        let mut held = Vec::with_capacity(awaited.len());
-        for entry in awaited {
+        let mut holdings: Vec<Box<dyn ReplySink>> = Vec::with_capacity(awaited.len());
+        for (entry, sink) in awaited.into_iter().zip(sinks) {
             let key = (ClientId(entry.client), Timestamp(entry.timestamp));
             match self.admit_awaited(key, &entry.mac) {
-                Ok(h) => {
-                    answers.push(None);
+                Ok(held) => {
                     keys.push(key);
-                    held.push(h);
+                    holdings.push(Box::new(Holding {
+                        sink,
+                        _held: held,
+                        answered: None,
+                    }));
                 }
-                Err(e) => answers.push(Some(refused(e))),
+                Err(e) => sink.answer(Err(e)),
             }
         }
-        let waiting = self
-            .node
-            .await_all(keys, self.timeout)
-            .into_iter()
-            .zip(held)
-            .map(|(reply, held)| -> Submission {
-                Box::pin(async move {
-                    let _held = held;
-                    reply.await.map_err(ApiError::from)
-                })
-            })
-            .collect();
-        in_order(answers, waiting)
+        self.node.await_to(keys, holdings, self.timeout);
     }
 
     fn admit_awaited(

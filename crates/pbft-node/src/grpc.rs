@@ -14,9 +14,9 @@ use pbft_types::wire::{
 use pbft_types::{Request as ClientRequest, Signed};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::{ApiError, ClientApi};
+use crate::api::{ApiError, ClientApi, SubmissionSink};
 use crate::ledger::LedgerService;
-use crate::submit_stream::{self, Answer, Limits, ReplyStream};
+use crate::submit_stream::{self, Answer, AnswerSlot, Limits, ReplyStream};
 
 /// Room for the envelope's own fields around a request of the largest allowed size.
 const ENVELOPE_OVERHEAD: usize = 1024;
@@ -65,33 +65,34 @@ impl ReplicaApi for GrpcApi {
         // Each request of a batch goes through the checks a unary Submit passes (size limit, decoding,
         // authentication, its client's slots), and the batch's admitted requests reach the replica in one
         // hand-off; the tonic decoder has bounded the batch as a whole (see `service`).
-        let handle = move |batch: RequestBatch| {
+        let handle = move |batch: RequestBatch, mut slots: Vec<AnswerSlot>| {
             let api = api.clone();
-            async move {
-                // Bytes fields: the copies share the buffers; one is read only if its request is refused.
-                let requests: Vec<Asked> =
-                    batch.requests.iter().cloned().map(Asked::Request).collect();
-                let awaited: Vec<Asked> = batch
-                    .awaited
-                    .iter()
-                    .map(|a| Asked::Reply {
+            // The slots come in the batch's order: its requests' first, then its awaited replies'.
+            let awaited_slots = slots.split_off(batch.requests.len().min(slots.len()));
+            let awaited: Vec<StreamEntry> = batch
+                .awaited
+                .iter()
+                .zip(awaited_slots)
+                .map(|(a, slot)| StreamEntry {
+                    slot,
+                    asked: Asked::Reply {
                         client: a.client,
                         timestamp: a.timestamp,
-                    })
-                    .collect();
-                let mut submissions = api.submit_envelopes(batch.requests).await;
-                submissions.extend(api.await_replies(batch.awaited));
-                submissions
-                    .into_iter()
-                    .zip(requests.into_iter().chain(awaited))
-                    .map(|(submission, asked)| async move {
-                        match submission.await {
-                            Ok(reply) => Answer::Reply(reply.to_envelope()),
-                            Err(e) => Answer::Refused(refusal(asked, &e)),
-                        }
-                    })
-                    .collect::<Vec<_>>()
-            }
+                    },
+                })
+                .collect();
+            api.await_replies_to(batch.awaited, awaited);
+            // Bytes fields: the copies share the buffers; one is read only if its request is refused.
+            let requests: Vec<StreamEntry> = batch
+                .requests
+                .iter()
+                .zip(slots)
+                .map(|(envelope, slot)| StreamEntry {
+                    slot,
+                    asked: Asked::Request(envelope.clone()),
+                })
+                .collect();
+            async move { api.submit_envelopes_to(batch.requests, requests).await }
         };
         Ok(Response::new(submit_stream::serve_batches(
             request.into_inner(),
@@ -133,6 +134,25 @@ fn status(e: &ApiError) -> Status {
             Status::resource_exhausted(e.to_string())
         }
         ApiError::Stale(_) => Status::failed_precondition(e.to_string()),
+    }
+}
+
+/// One entry of a stream's batch, waiting for its answer.
+struct StreamEntry {
+    slot: AnswerSlot,
+    asked: Asked,
+}
+
+impl SubmissionSink for StreamEntry {
+    fn answer(self, outcome: Result<Signed<pbft_types::Reply>, ApiError>) {
+        self.slot.answer(match outcome {
+            Ok(reply) => Answer::Reply(reply.to_envelope()),
+            Err(e) => Answer::Refused(refusal(self.asked, &e)),
+        });
+    }
+
+    fn is_closed(&self) -> bool {
+        self.slot.is_closed()
     }
 }
 

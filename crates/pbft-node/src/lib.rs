@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod submit_stream;
 pub mod testnet;
 pub mod transport;
+pub mod waiters;
 
 pub use link::{Inbound, Mesh, MeshLink, PeerLink};
 pub use runtime::{Counters, NodeHandle, SubmitError, start};

@@ -14,21 +14,22 @@
 //! stops the replica (a crash, which PBFT tolerates), rather than letting it send what it could not remember.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pbft_core::{Output, RejectReason, Replica, ReplicaStatus, Timer};
-use pbft_crypto::{AuthError, KeyPair, Keyring, SessionKeys, Verified, VerifiedMsg};
+use pbft_crypto::{AuthError, KeyPair, Keyring, Verified, VerifiedMsg};
 use pbft_types::{
-    ClientId, DecodeLimits, Principal, ReplicaId, ReplicaMsg, Reply, Request, Signed, Timestamp,
+    DecodeLimits, Principal, ReplicaId, ReplicaMsg, Reply, Request, Signed, Timestamp,
 };
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::durable::Journal;
 use crate::link::{Inbound, PeerLink};
 use crate::metrics::Metrics;
+use crate::waiters::{Key, Registered, ReplySink, SinkWait, Waiters};
 
 /// How many events may wait for the replica task before their senders have to wait.
 const EVENT_QUEUE: usize = 4096;
@@ -66,137 +67,15 @@ pub enum SubmitError {
 
 pub use crate::metrics::Counters;
 
-/// The waiting clients of one replica: each request submitted through this node, and each reply a client asked
-/// for (an `AwaitedReply`), waits for this replica's reply to it.
-#[derive(Default)]
-struct Waiters {
-    state: Mutex<WaitState>,
-}
-
-#[derive(Default)]
-struct WaitState {
-    pending: HashMap<(ClientId, Timestamp), Vec<ReplySender>>,
-    /// The newest reply this replica gave each client, for a client that asks for it only after it was given
-    /// (its `AwaitedReply` came late). One per client of the configuration at most, as in the client table.
-    latest: HashMap<ClientId, Reply>,
-}
-
-/// A submission's waiter: its receiving end, closed and forgotten when dropped, however the wait ended.
-struct Registered {
-    waiters: Arc<Waiters>,
-    key: (ClientId, Timestamp),
-    reply: oneshot::Receiver<Result<Reply, SubmitError>>,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        // Closed first, so that `forget` sees this sender as abandoned and removes it.
-        self.reply.close();
-        self.waiters.forget(self.key.0, self.key.1);
-    }
-}
-
-/// Where one waiting submission gets its reply, or learns that none will come.
-type ReplySender = oneshot::Sender<Result<Reply, SubmitError>>;
-
-impl Waiters {
-    fn lock(&self) -> std::sync::MutexGuard<'_, WaitState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Registers a waiter for each of `keys`, under one lock. With `given_too`, a key whose reply was given
-    /// already is answered at once, and one older than its client's latest reply is stale.
-    fn wait_all(
-        &self,
-        keys: &[(ClientId, Timestamp)],
-        given_too: bool,
-    ) -> Vec<oneshot::Receiver<Result<Reply, SubmitError>>> {
-        let mut state = self.lock();
-        keys.iter()
-            .map(|&(client, timestamp)| {
-                let (tx, rx) = oneshot::channel();
-                let given = given_too
-                    .then(|| state.latest.get(&client))
-                    .flatten()
-                    .filter(|latest| latest.timestamp >= timestamp);
-                match given {
-                    Some(latest) if latest.timestamp == timestamp => {
-                        let _ = tx.send(Ok(latest.clone()));
-                    }
-                    Some(latest) => {
-                        let _ = tx.send(Err(SubmitError::Stale(latest.timestamp)));
-                    }
-                    None => state
-                        .pending
-                        .entry((client, timestamp))
-                        .or_default()
-                        .push(tx),
-                }
-                rx
-            })
-            .collect()
-    }
-
-    fn forget(&self, client: ClientId, timestamp: Timestamp) {
-        let mut state = self.lock();
-        if let Some(waiting) = state.pending.get_mut(&(client, timestamp)) {
-            waiting.retain(|tx| !tx.is_closed());
-            if waiting.is_empty() {
-                state.pending.remove(&(client, timestamp));
-            }
-        }
-    }
-
-    fn deliver(&self, reply: &Reply) {
-        {
-            let mut state = self.lock();
-            let newer = state
-                .latest
-                .get(&reply.client)
-                .is_none_or(|latest| latest.timestamp <= reply.timestamp);
-            if newer {
-                state.latest.insert(reply.client, reply.clone());
-            }
-        }
-        // A wish registered between the two locks finds the reply recorded and is answered at once.
-        self.answer(reply.client, reply.timestamp, &Ok(reply.clone()));
-    }
-
-    fn answer(&self, client: ClientId, timestamp: Timestamp, answer: &Result<Reply, SubmitError>) {
-        let waiting = self.lock().pending.remove(&(client, timestamp));
-        for tx in waiting.into_iter().flatten() {
-            // A waiter that gave up has dropped its receiver; nothing to do for it.
-            let _ = tx.send(answer.clone());
-        }
-    }
-}
-
-/// Seals this replica's replies the way their requests were sealed: a signed request gets a signed reply, one
-/// with a MAC authenticator a reply with the MAC of the client's session. Sealing happens on the task of the
-/// submission that waits for the reply, not on the replica task, and only for replies someone waits for.
-struct ReplySealer {
-    key: KeyPair,
-    sessions: Option<Arc<SessionKeys>>,
-}
-
-impl ReplySealer {
-    fn seal(&self, reply: Reply, with_mac: bool) -> Signed<Reply> {
-        if with_mac && let Some(sessions) = &self.sessions {
-            match sessions.seal_reply(reply.clone()) {
-                Ok(sealed) => return sealed,
-                // Cannot happen for a request whose MAC verified; a signature serves that client too.
-                Err(e) => tracing::warn!(error = %e, "a reply could not be sealed with a MAC"),
-            }
-        }
-        self.key.sign(reply)
-    }
+/// Whether the reply to `request` is sealed with a MAC (its request was) rather than signed.
+fn with_mac(request: &Verified<Request>) -> bool {
+    request.signed().signature().is_none()
 }
 
 /// A running replica, as the API and the node see it.
 #[derive(Clone)]
 pub struct NodeHandle {
     events: mpsc::Sender<Event>,
-    sealer: Arc<ReplySealer>,
     waiters: Arc<Waiters>,
     status: watch::Receiver<ReplicaStatus>,
     metrics: Arc<Metrics>,
@@ -238,50 +117,78 @@ impl NodeHandle {
         if requests.is_empty() {
             return Vec::new();
         }
-        let keys: Vec<(ClientId, Timestamp)> =
-            requests.iter().map(|r| (r.client, r.timestamp)).collect();
-        let with_mac: Vec<bool> = requests
-            .iter()
-            .map(|r| r.signed().signature().is_none())
-            .collect();
-        let receivers = self.waiters.wait_all(&keys, false);
+        let keys: Vec<Key> = requests.iter().map(|r| (r.client, r.timestamp)).collect();
+        let with_mac: Vec<bool> = requests.iter().map(with_mac).collect();
+        let registered = self.waiters.wait_all(&keys);
         let sent = self.events.send(Event::Requests(requests)).await.is_ok();
-        self.waiting(keys, with_mac, receivers, sent, timeout)
+        self.waiting(with_mac, registered, sent, timeout)
+    }
+
+    /// Submits authenticated requests together, as `submit_all`, for a stream: each request's outcome goes to
+    /// its sink, which waits at most `timeout`.
+    pub async fn submit_to(
+        &self,
+        requests: Vec<Verified<Request>>,
+        sinks: Vec<Box<dyn ReplySink>>,
+        timeout: Duration,
+    ) {
+        if requests.is_empty() {
+            return;
+        }
+        let deadline = Instant::now() + timeout;
+        let waits: Vec<SinkWait> = requests
+            .iter()
+            .zip(sinks)
+            .map(|(request, sink)| SinkWait {
+                key: (request.client, request.timestamp),
+                with_mac: with_mac(request),
+                deadline,
+                sink,
+            })
+            .collect();
+        let keys: Vec<Key> = waits.iter().map(|w| w.key).collect();
+        self.waiters.sink_all(waits, false);
+        if self.events.send(Event::Requests(requests)).await.is_err() {
+            // The replica stopped; the sweep would answer them only at their deadline.
+            for (client, timestamp) in keys {
+                self.waiters
+                    .answer(client, timestamp, &Err(SubmitError::Stopped));
+            }
+        }
     }
 
     /// Waits (at most `timeout`) for this replica's replies to requests that other replicas received, each named
     /// by its client and timestamp, which the caller has authenticated as asked for by that client (an
-    /// `AwaitedReply`). A reply given already is answered at once; the replies are sealed with MACs. Returns one
-    /// future per key, in order.
-    pub fn await_all(
-        &self,
-        keys: Vec<(ClientId, Timestamp)>,
-        timeout: Duration,
-    ) -> Vec<impl Future<Output = Result<Signed<Reply>, SubmitError>> + Send + 'static> {
-        let receivers = self.waiters.wait_all(&keys, true);
-        let with_mac = vec![true; keys.len()];
-        self.waiting(keys, with_mac, receivers, true, timeout)
+    /// `AwaitedReply`). Each key's outcome goes to its sink: at once for a reply given already, when this replica
+    /// executes the request otherwise. The replies are sealed with MACs.
+    pub fn await_to(&self, keys: Vec<Key>, sinks: Vec<Box<dyn ReplySink>>, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let waits = keys
+            .into_iter()
+            .zip(sinks)
+            .map(|(key, sink)| SinkWait {
+                key,
+                with_mac: true,
+                deadline,
+                sink,
+            })
+            .collect();
+        self.waiters.sink_all(waits, true);
     }
 
     /// One future per registered waiter, which gives up after `timeout` and seals what it got.
     fn waiting(
         &self,
-        keys: Vec<(ClientId, Timestamp)>,
         with_mac: Vec<bool>,
-        receivers: Vec<oneshot::Receiver<Result<Reply, SubmitError>>>,
+        registered: Vec<Registered>,
         sent: bool,
         timeout: Duration,
     ) -> Vec<impl Future<Output = Result<Signed<Reply>, SubmitError>> + Send + 'static> {
-        keys.into_iter()
-            .zip(with_mac)
-            .zip(receivers)
-            .map(|(((client, timestamp), with_mac), reply)| {
-                let mut registered = Registered {
-                    waiters: Arc::clone(&self.waiters),
-                    key: (client, timestamp),
-                    reply,
-                };
-                let sealer = Arc::clone(&self.sealer);
+        with_mac
+            .into_iter()
+            .zip(registered)
+            .map(|(with_mac, mut registered)| {
+                let waiters = Arc::clone(&self.waiters);
                 async move {
                     if !sent {
                         return Err(SubmitError::Stopped);
@@ -289,7 +196,7 @@ impl NodeHandle {
                     let outcome = tokio::time::timeout(timeout, &mut registered.reply).await;
                     drop(registered);
                     match outcome {
-                        Ok(Ok(Ok(reply))) => Ok(sealer.seal(reply, with_mac)),
+                        Ok(Ok(Ok(reply))) => Ok(waiters.seal(reply, with_mac)),
                         Ok(Ok(Err(e))) => Err(e),
                         Ok(Err(_)) => Err(SubmitError::Stopped),
                         Err(_) => Err(SubmitError::Timeout(timeout)),
@@ -341,13 +248,10 @@ pub fn start(
 ) -> NodeHandle {
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let (status_tx, status_rx) = watch::channel(replica.status());
-    let waiters = Arc::new(Waiters::default());
+    let waiters = Arc::new(Waiters::new(key, keyring.sessions()));
+    Waiters::spawn_sweeper(Arc::downgrade(&waiters));
     let metrics = Metrics::shared();
     metrics.set_status(&replica.status());
-    let sealer = Arc::new(ReplySealer {
-        key,
-        sessions: keyring.sessions(),
-    });
     verify_inbound(inbound, keyring, limits, events_tx.clone(), metrics.clone());
     let (failure_tx, failure_rx) = watch::channel(None);
     let failure = Arc::new(failure_tx);
@@ -376,7 +280,6 @@ pub fn start(
     tokio::spawn(task.run(events_rx));
     NodeHandle {
         events: events_tx,
-        sealer,
         waiters,
         status: status_rx,
         metrics,
@@ -497,6 +400,21 @@ impl Outbox {
         }
         None
     }
+
+    /// Carries out deferred outputs in their order, except that their replies are handed over together at the
+    /// end: one lock and one hand-off for the sealing of them all.
+    fn release_all(&self, outputs: Vec<Output>) {
+        let mut replies = Vec::new();
+        for output in outputs {
+            match output {
+                Output::Reply(reply) => replies.push(reply),
+                other => {
+                    self.release(other);
+                }
+            }
+        }
+        self.waiters.deliver_all(&replies);
+    }
 }
 
 /// Where the journal writer makes a round's entries durable: the replica's journal (or, in tests, a stand-in).
@@ -529,9 +447,7 @@ fn spawn_writer(
                 fail(&failure, format!("the journal could not be written: {e}"));
                 return;
             }
-            for output in outputs {
-                outbox.release(output);
-            }
+            outbox.release_all(outputs);
         }
     });
     tx
@@ -626,9 +542,7 @@ impl ReplicaTask {
                 .await
                 .map_err(|_| "the journal writer stopped".to_string()),
             None => {
-                for output in deferred {
-                    self.outbox.release(output);
-                }
+                self.outbox.release_all(deferred);
                 Ok(())
             }
         }
@@ -713,6 +627,7 @@ impl ReplicaTask {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc as std_mpsc;
+    use std::sync::{Mutex, PoisonError};
 
     use pbft_core::{Dest, JournalEntry};
     use pbft_types::{Digest, Prepare, SeqNo, View};
@@ -756,52 +671,6 @@ mod tests {
         }
     }
 
-    fn reply_to(client: u64, timestamp: u64) -> Reply {
-        Reply {
-            view: View(0),
-            timestamp: Timestamp(timestamp),
-            client: ClientId(client),
-            replica: ReplicaId(1),
-            result: Bytes::from_static(b"ok"),
-        }
-    }
-
-    #[test]
-    fn an_awaited_reply_given_already_is_answered_at_once_and_an_older_one_is_stale() {
-        let waiters = Waiters::default();
-        waiters.deliver(&reply_to(1, 10));
-        // A reply of another client, and an older one of client 1 delivered late, change nothing for client 1.
-        waiters.deliver(&reply_to(2, 50));
-        waiters.deliver(&reply_to(1, 9));
-        let keys = [
-            (ClientId(1), Timestamp(10)),
-            (ClientId(1), Timestamp(9)),
-            (ClientId(1), Timestamp(11)),
-        ];
-        let mut answers = waiters.wait_all(&keys, true);
-        assert_eq!(answers[0].try_recv().unwrap(), Ok(reply_to(1, 10)));
-        assert_eq!(
-            answers[1].try_recv().unwrap(),
-            Err(SubmitError::Stale(Timestamp(10)))
-        );
-        // Not executed yet: it waits, and gets the reply when it comes.
-        assert!(answers[2].try_recv().is_err());
-        waiters.deliver(&reply_to(1, 11));
-        assert_eq!(answers[2].try_recv().unwrap(), Ok(reply_to(1, 11)));
-    }
-
-    #[test]
-    fn a_submitted_request_waits_for_its_reply_even_if_one_was_given_before() {
-        // A request goes to the core, which answers a repeated one from its client table; its waiter does not
-        // look at the replies this node remembers.
-        let waiters = Waiters::default();
-        waiters.deliver(&reply_to(1, 10));
-        let mut answers = waiters.wait_all(&[(ClientId(1), Timestamp(10))], false);
-        assert!(answers[0].try_recv().is_err());
-        waiters.deliver(&reply_to(1, 10));
-        assert_eq!(answers[0].try_recv().unwrap(), Ok(reply_to(1, 10)));
-    }
-
     fn round(seq: u64) -> Vec<Output> {
         let prepare = KeyPair::from_seed([1; 32]).sign(Prepare {
             view: View(0),
@@ -836,7 +705,7 @@ mod tests {
                 written: written.clone(),
                 sent: Mutex::new(sent),
             }),
-            waiters: Arc::new(Waiters::default()),
+            waiters: Arc::new(Waiters::new(KeyPair::from_seed([9; 32]), None)),
             metrics: Metrics::shared(),
         });
         let failure = Arc::new(watch::channel(None).0);

@@ -1,27 +1,26 @@
 //! `ReplicaApi.SubmitStream`: many requests on one long-lived stream, packed into batches both ways.
 //!
-//! A reader task reads the client's stream and hands each [`RequestBatch`] to a task of its own, which drives the
-//! batch's requests concurrently and passes each answer on the moment it exists: a request that waits for
-//! execution never holds up the others, in its batch or behind it, and a busy stream costs one task per batch
-//! rather than one per request. Each request holds a permit from the moment its batch is read until its answer
-//! is put into a reply batch: with every permit taken, the reader stops reading, and HTTP/2 flow control pushes
-//! back on the client. Answers go through a channel to the outgoing stream, which, whenever the transport asks
-//! for a message, takes every answer ready at that moment (up to a cap) as one [`ReplyBatch`]: a busy stream
-//! sends few large messages, an idle one sends each answer as soon as it exists.
+//! A reader task reads the client's stream and hands each [`RequestBatch`] to the handler together with one
+//! [`AnswerSlot`] per entry. Whoever has an entry's answer puts it into its slot, the moment it exists and on
+//! whatever thread: a request that waits for execution never holds up the others, in its batch or behind it, and
+//! a busy stream costs no task or future per request. Each slot holds a permit from the moment its batch is read
+//! until its answer is put into a reply batch: with every permit taken, the reader stops reading, and HTTP/2 flow
+//! control pushes back on the client. The outgoing stream, whenever the transport asks for a message, takes every
+//! answer ready at that moment (up to a cap) as one [`ReplyBatch`]: a busy stream sends few large messages, an
+//! idle one sends each answer as soon as it exists.
 //!
-//! Dropping the outgoing stream (the client went away, or the connection broke) aborts the reader and, with it,
-//! every batch task: nothing outlives the stream.
+//! Dropping the outgoing stream (the client went away, or the connection broke) aborts the reader and closes
+//! every slot: their holders see it ([`AnswerSlot::is_closed`]) and drop them.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::stream::FuturesUnordered;
 use pbft_types::wire::{Refusal, ReplyBatch, RequestBatch, SignedEnvelope};
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
@@ -60,46 +59,60 @@ pub enum Answer {
 /// An answer and the permit its request held, released once the answer is in a batch.
 type Ready = (Answer, OwnedSemaphorePermit);
 
-/// Serves one stream: `handle` takes each batch of `incoming` and returns (once it has handed the batch on) one
-/// future per entry, each of which answers its entry: first the batch's requests, then its awaited replies, each
-/// in the batch's order. The returned stream yields the reply batches.
-pub fn serve_batches<S, H, B, F>(incoming: S, handle: H, limits: Limits) -> ReplyStream
+/// The way back for one entry of a request batch: answering it puts the answer into the stream's next reply
+/// batch.
+pub struct AnswerSlot {
+    permit: OwnedSemaphorePermit,
+    answers: mpsc::UnboundedSender<Ready>,
+}
+
+impl AnswerSlot {
+    pub fn answer(self, answer: Answer) {
+        // Fails only when the outgoing stream is gone, and then nobody waits for the answer.
+        let _ = self.answers.send((answer, self.permit));
+    }
+
+    /// Whether the outgoing stream is gone, so that an answer would go nowhere.
+    pub fn is_closed(&self) -> bool {
+        self.answers.is_closed()
+    }
+}
+
+/// Serves one stream: `handle` takes each batch of `incoming` with one slot per entry (first the batch's
+/// requests, then its awaited replies, each in the batch's order), and returns once it has handed the batch on;
+/// each slot is answered later, by whoever has its answer. The returned stream yields the reply batches.
+pub fn serve_batches<S, H, B>(incoming: S, handle: H, limits: Limits) -> ReplyStream
 where
     S: Stream<Item = Result<RequestBatch, Status>> + Send + Unpin + 'static,
-    H: Fn(RequestBatch) -> B + Send + 'static,
-    B: Future<Output = Vec<F>> + Send + 'static,
-    F: Future<Output = Answer> + Send + 'static,
+    H: Fn(RequestBatch, Vec<AnswerSlot>) -> B + Send + 'static,
+    B: Future<Output = ()> + Send + 'static,
 {
     let limits = Limits {
         in_flight: limits.in_flight.clamp(1, MAX_IN_FLIGHT),
         batch_answers: limits.batch_answers.max(1),
         ..limits
     };
-    // Every answer in the channel holds a permit, so it never holds more than `in_flight` and a send never waits.
-    let (answers, rx) = mpsc::channel(limits.in_flight);
+    // Every answer in the channel holds a permit, so it never holds more than `in_flight`.
+    let (answers, rx) = mpsc::unbounded_channel();
     let reader = tokio::spawn(read(incoming, handle, limits.in_flight, answers));
     ReplyStream { rx, reader, limits }
 }
 
-/// Reads batches while permits last, handles each in its own task, and once the client's side ends (or breaks,
-/// or sends a batch it may not), waits for the answers to the requests read.
-async fn read<S, H, B, F>(
+/// Reads batches while permits last and hands each on; once the client's side ends (or breaks, or sends a batch
+/// it may not), returns, and the stream ends when the last slot was answered.
+async fn read<S, H, B>(
     mut incoming: S,
     handle: H,
     in_flight: usize,
-    answers: mpsc::Sender<Ready>,
+    answers: mpsc::UnboundedSender<Ready>,
 ) where
     S: Stream<Item = Result<RequestBatch, Status>> + Unpin,
-    H: Fn(RequestBatch) -> B,
-    B: Future<Output = Vec<F>> + Send + 'static,
-    F: Future<Output = Answer> + Send + 'static,
+    H: Fn(RequestBatch, Vec<AnswerSlot>) -> B,
+    B: Future<Output = ()>,
 {
     let permits = Arc::new(Semaphore::new(in_flight));
-    let mut tasks = JoinSet::new();
     loop {
-        // Finished tasks stay in the set until joined; reap them so that the set stays as small as the load.
-        while tasks.try_join_next().is_some() {}
-        // Backpressure: no permit, no reading. The batch's first request takes this one.
+        // Backpressure: no permit, no reading. The batch's first entry takes this one.
         let Ok(mut permit) = Arc::clone(&permits).acquire_owned().await else {
             return; // never closed
         };
@@ -119,8 +132,8 @@ async fn read<S, H, B, F>(
                             "a batch of {count} requests; a stream handles at most {in_flight} at once"
                         )),
                     );
-                    let _ = answers.send((Answer::Refused(refusal), permit)).await;
-                    break;
+                    let _ = answers.send((Answer::Refused(refusal), permit));
+                    return;
                 }
                 if count > 1 {
                     // `count - 1 < in_flight <= MAX_IN_FLIGHT`, which fits a u32.
@@ -130,55 +143,40 @@ async fn read<S, H, B, F>(
                     };
                     permit.merge(rest);
                 }
-                let handed = handle(batch);
-                let answers = answers.clone();
-                tasks.spawn(async move {
-                    let pending: FuturesUnordered<F> = handed.await.into_iter().collect();
-                    answer_batch(pending, permit, answers).await;
-                });
+                let slots = (0..count)
+                    .filter_map(|_| {
+                        // One permit per entry: `count` were taken, so none is missing.
+                        let permit = permit.split(1)?;
+                        Some(AnswerSlot {
+                            permit,
+                            answers: answers.clone(),
+                        })
+                    })
+                    .collect();
+                handle(batch, slots).await;
             }
             Some(Err(status)) => {
                 // A message that could not be decoded (over the size limit, or not a RequestBatch): its ids
                 // cannot be read, and the stream cannot be trusted to frame the next one; answer what was read.
                 let refusal = Refusal::from_status(0, 0, &status);
-                let _ = answers.send((Answer::Refused(refusal), permit)).await;
-                break;
+                let _ = answers.send((Answer::Refused(refusal), permit));
+                return;
             }
-            None => break,
+            None => return,
         }
-    }
-    while tasks.join_next().await.is_some() {}
-}
-
-/// Drives a batch's requests, passing each answer on with one of the batch's permits as soon as it exists.
-async fn answer_batch<F>(
-    mut pending: FuturesUnordered<F>,
-    mut permits: OwnedSemaphorePermit,
-    answers: mpsc::Sender<Ready>,
-) where
-    F: Future<Output = Answer>,
-{
-    while let Some(answer) = pending.next().await {
-        // The batch holds a permit per request, so there is one for each answer (the last leaves an empty permit
-        // behind). Were they ever miscounted, the answers beyond would be dropped, never sent without a permit.
-        let Some(permit) = permits.split(1) else {
-            break;
-        };
-        // Fails only when the outgoing stream is gone, and then this task is being aborted anyway.
-        let _ = answers.send((answer, permit)).await;
     }
 }
 
 /// The outgoing half of a stream: a batch of whatever answers are ready each time the transport asks.
 pub struct ReplyStream {
-    rx: mpsc::Receiver<Ready>,
+    rx: mpsc::UnboundedReceiver<Ready>,
     reader: JoinHandle<()>,
     limits: Limits,
 }
 
 impl Drop for ReplyStream {
     fn drop(&mut self) {
-        // Aborting the reader drops its JoinSet, which aborts every batch task and, with it, its requests.
+        // Closes the slots too: their holders drop them, and so their requests' waits.
         self.reader.abort();
     }
 }
@@ -192,7 +190,7 @@ impl Stream for ReplyStream {
             Poll::Ready(Some(first)) => {
                 Poll::Ready(Some(Ok(collect(first, &mut this.rx, this.limits))))
             }
-            // The reader ended (the client's side ended and every request was answered).
+            // The reader ended (the client's side ended) and every slot was answered.
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -200,7 +198,7 @@ impl Stream for ReplyStream {
 }
 
 /// `first` and every answer already waiting in `rx`, up to the limits; never waits for more.
-fn collect(first: Ready, rx: &mut mpsc::Receiver<Ready>, limits: Limits) -> ReplyBatch {
+fn collect(first: Ready, rx: &mut mpsc::UnboundedReceiver<Ready>, limits: Limits) -> ReplyBatch {
     let mut batch = ReplyBatch::default();
     // Takes an answer into the batch (dropping its permit) and returns its size.
     let add = |batch: &mut ReplyBatch, (answer, _permit): Ready| match answer {
@@ -249,27 +247,31 @@ mod tests {
         u64::from_le_bytes(e.signature.as_ref().try_into().unwrap())
     }
 
-    /// Serves a stream with `handle` answering each request of each batch on its own (the tests send no
-    /// awaited replies).
+    /// Serves a stream with `handle` answering each request of each batch on its own, on a task of its own (the
+    /// tests send no awaited replies).
     fn serve<S, H, F>(incoming: S, handle: H, limits: Limits) -> ReplyStream
     where
         S: Stream<Item = Result<RequestBatch, Status>> + Send + Unpin + 'static,
         H: Fn(SignedEnvelope) -> F + Send + 'static,
         F: Future<Output = Answer> + Send + 'static,
     {
-        let each = move |batch: RequestBatch| {
-            std::future::ready(batch.requests.into_iter().map(&handle).collect::<Vec<F>>())
+        let each = move |batch: RequestBatch, slots: Vec<AnswerSlot>| {
+            for (envelope, slot) in batch.requests.into_iter().zip(slots) {
+                let answer = handle(envelope);
+                tokio::spawn(async move { slot.answer(answer.await) });
+            }
+            std::future::ready(())
         };
         serve_batches(incoming, each, limits)
     }
 
     /// Answers filled into a channel the way request tasks fill it.
-    fn ready(answers: impl IntoIterator<Item = Answer>) -> mpsc::Receiver<Ready> {
+    fn ready(answers: impl IntoIterator<Item = Answer>) -> mpsc::UnboundedReceiver<Ready> {
         let answers: Vec<Answer> = answers.into_iter().collect();
         let permits = Arc::new(Semaphore::new(answers.len()));
-        let (tx, rx) = mpsc::channel(answers.len().max(1));
+        let (tx, rx) = mpsc::unbounded_channel();
         for a in answers {
-            tx.try_send((a, Arc::clone(&permits).try_acquire_owned().unwrap()))
+            tx.send((a, Arc::clone(&permits).try_acquire_owned().unwrap()))
                 .unwrap();
         }
         rx
@@ -444,33 +446,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dropping_the_stream_aborts_every_request_task() {
+    async fn dropping_the_stream_closes_every_slot() {
         let (tx, incoming) = input(8);
-        let alive = Arc::new(());
-        let held = Arc::clone(&alive);
-        let out = serve(
+        let held: Arc<std::sync::Mutex<Vec<AnswerSlot>>> = Arc::default();
+        let keep = Arc::clone(&held);
+        let out = serve_batches(
             incoming,
-            move |_| {
-                let held = Arc::clone(&held);
-                async move {
-                    let _held = held;
-                    std::future::pending::<Answer>().await
-                }
+            move |_, slots| {
+                keep.lock().unwrap().extend(slots);
+                std::future::ready(())
             },
             Limits::default(),
         );
         tx.send(batch(0..3)).await.unwrap();
         tx.send(batch(3..5)).await.unwrap();
-        while Arc::strong_count(&alive) < 7 {
+        while held.lock().unwrap().len() < 5 {
             tokio::task::yield_now().await;
         }
+        assert!(held.lock().unwrap().iter().all(|slot| !slot.is_closed()));
         drop(out);
-        // The reader held the handler (one count) and each of the five requests one more.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while Arc::strong_count(&alive) > 1 {
-            assert!(tokio::time::Instant::now() < deadline, "tasks still alive");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        assert!(held.lock().unwrap().iter().all(AnswerSlot::is_closed));
     }
 
     #[tokio::test]

@@ -241,6 +241,34 @@ async fn a_client_with_its_limit_of_requests_waiting_is_refused_more_until_one_i
     );
 }
 
+/// A submission's outcome.
+type Outcome = Result<pbft_types::Signed<pbft_types::Reply>, pbft_node::api::ApiError>;
+
+/// Where a submission's outcome arrives in these tests.
+type Answered = tokio::sync::oneshot::Receiver<Outcome>;
+
+/// One oneshot channel per entry, as the sinks the API takes, and the ends their outcomes arrive at.
+fn sinks(n: usize) -> (Vec<tokio::sync::oneshot::Sender<Outcome>>, Vec<Answered>) {
+    (0..n).map(|_| tokio::sync::oneshot::channel()).unzip()
+}
+
+/// Submits `envelopes` together, as a stream's batch does.
+async fn submitted(
+    api: &ClientApi,
+    envelopes: Vec<pbft_types::wire::SignedEnvelope>,
+) -> Vec<Answered> {
+    let (tx, rx) = sinks(envelopes.len());
+    api.submit_envelopes_to(envelopes, tx).await;
+    rx
+}
+
+/// Asks for the replies `wishes` name, as a stream's batch does.
+fn awaited(api: &ClientApi, wishes: Vec<pbft_types::wire::AwaitedReply>) -> Vec<Answered> {
+    let (tx, rx) = sinks(wishes.len());
+    api.await_replies_to(wishes, tx);
+    rx
+}
+
 /// The requests of one stream batch reach the replica together; each gets its own answer, in the batch's order,
 /// and a malformed one among them is refused without holding up the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,13 +295,11 @@ async fn a_batch_of_envelopes_is_answered_request_by_request_in_order() {
     // Replica 0 is the primary: it proposes what it is given, and the others execute it from its PRE-PREPARE.
     // Room for exactly the batch's two requests of client 0.
     let two = api(&c, 0).with_client_limit(2);
-    let answers = two
-        .submit_envelopes(vec![envelope(1), garbage, envelope(2)])
-        .await;
+    let answers = submitted(&two, vec![envelope(1), garbage, envelope(2)]).await;
     assert_eq!(answers.len(), 3);
     let mut results = Vec::new();
     for answer in answers {
-        results.push(answer.await);
+        results.push(answer.await.expect("every entry is answered"));
     }
     let timestamp = |r: &Result<_, _>| match r {
         Ok(reply) => {
@@ -336,23 +362,24 @@ async fn a_backup_answers_an_awaited_reply_with_its_own_reply() {
         .encode(),
     });
     // Replica 1 waits before the request exists anywhere; a wish carrying replica 2's MAC is not replica 1's.
-    let mut early = api_of(1).await_replies(vec![wish(1, 1), wish(2, 1)]);
-    let forged = early.pop().expect("two answers").await;
+    let mut early = awaited(&api_of(1), vec![wish(1, 1), wish(2, 1)]);
+    let forged = early.pop().expect("two answers").await.expect("answered");
     assert!(
         matches!(forged, Err(pbft_node::api::ApiError::Unauthenticated(_))),
         "{forged:?}"
     );
-    let primary = api_of(0)
-        .submit_envelopes(vec![request.to_envelope()])
+    let primary = submitted(&api_of(0), vec![request.to_envelope()])
         .await
         .pop()
         .expect("one answer")
         .await
+        .expect("answered")
         .expect("the primary's reply");
     let backup = early
         .pop()
         .expect("one answer")
         .await
+        .expect("answered")
         .expect("replica 1's reply");
     assert_eq!(backup.value().replica.0, 1);
     assert_eq!(backup.value().result, primary.value().result);
@@ -360,11 +387,11 @@ async fn a_backup_answers_an_awaited_reply_with_its_own_reply() {
     c.nodes[2]
         .wait_for(Duration::from_secs(5), |s| s.last_executed.0 >= 1)
         .await;
-    let late = api_of(2)
-        .await_replies(vec![wish(2, 1)])
+    let late = awaited(&api_of(2), vec![wish(2, 1)])
         .pop()
         .expect("one answer")
         .await
+        .expect("answered")
         .expect("replica 2's reply");
     assert_eq!(late.value().replica.0, 2);
     assert_eq!(late.value().result, primary.value().result);
