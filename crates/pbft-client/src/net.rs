@@ -8,7 +8,9 @@
 //! replies. When no result comes in time, the request goes again to every replica whose call has ended.
 //!
 //! With streamed [`Connections`] the calls travel on one long-lived stream per replica instead of one gRPC call
-//! each (see `stream`); a call still ends with the replica's answer to it. With MAC authenticators as well, only
+//! each (see `stream`), and their answers arrive in the client's mailbox. A call ends with the replica's answer
+//! to it, or when its stream breaks; one that got neither for `CALL_TIMEOUT` (the replica gives up sooner and
+//! says so, unless it is faulty) counts as ended at the next retransmission. With MAC authenticators as well, only
 //! the replica the state machine names (the primary it believes in) gets the request itself, as in PBFT; the
 //! others get an `AwaitedReply`, a few bytes that ask for their reply to it once the primary's PRE-PREPARE made
 //! them execute it. That spares each backup the request's bytes and its checks, which the PRE-PREPARE brings
@@ -36,7 +38,7 @@ use pbft_types::{
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::stream::{Carries, Delivery, Key, Mailbox, Registration, ReplicaStream};
+use crate::stream::{CallId, Carries, Delivery, Key, Mailbox, Registration, ReplicaStream};
 use crate::{Client, ClientError, ClientOutput, Destination};
 
 /// How long one call to a replica may take before it is abandoned (the replica itself gives up sooner and
@@ -86,6 +88,7 @@ pub struct NetClient {
     /// Where every replica's answers for this client arrive, on streams and unary calls alike.
     mailbox: Mailbox,
     inbox: mpsc::UnboundedReceiver<Delivery>,
+    next_call: CallId,
 }
 
 /// A connection to every replica's gRPC API, opened at the first call; clones share it.
@@ -149,6 +152,7 @@ impl Connections {
 
 /// A call to one replica that has not answered yet.
 struct Call {
+    id: CallId,
     carries: Carries,
     since: Instant,
     /// On a stream, where the answer is awaited; dropping it forgets the call.
@@ -222,6 +226,7 @@ impl NetClient {
             deadline: settings.deadline,
             mailbox,
             inbox,
+            next_call: 0,
         })
     }
 
@@ -285,16 +290,15 @@ impl NetClient {
     fn on_answer(&mut self, delivery: Delivery, round: &mut Round) -> Vec<ClientOutput> {
         let Delivery {
             replica,
+            call,
             carries,
             answer,
             ..
         } = delivery;
-        // A call the request superseded (see `carry_out`) leaves the newer one in place.
-        if round
-            .calls
-            .get(&replica)
-            .is_some_and(|call| call.carries == carries)
-        {
+        // The answer to a call the request superseded, or one forgotten at a retransmission, leaves the newer call
+        // in place; a reply in it is as good as any, but a failure says nothing about the newer call.
+        let current = round.calls.get(&replica).is_some_and(|c| c.id == call);
+        if current {
             round.calls.remove(&replica);
         }
         match answer {
@@ -306,6 +310,7 @@ impl NetClient {
             // again. But if it was the one replica sent the request itself while the others only wait for their
             // replies to it, nobody else has it: it goes to every replica now, as when the timer fires (a primary
             // that crashed costs no timeout).
+            Err(_) if !current => Vec::new(),
             Err(_) => {
                 let stranded = carries == Carries::Request
                     && round
@@ -351,7 +356,7 @@ impl NetClient {
     }
 
     /// Carries out the state machine's outputs; returns the result when the request completed.
-    fn carry_out(&self, outputs: Vec<ClientOutput>, round: &mut Round) -> Option<Bytes> {
+    fn carry_out(&mut self, outputs: Vec<ClientOutput>, round: &mut Round) -> Option<Bytes> {
         for output in outputs {
             match output {
                 ClientOutput::Send { request, to } => {
@@ -375,7 +380,13 @@ impl NetClient {
     /// Replies come back on the call that carried the request, or that asked for the reply, so every replica is
     /// called (see the module documentation). A replica whose call is still open already has the request, or is
     /// asked for its reply and gets the request only once it goes to all.
-    fn call_all(&self, request: &Signed<Request>, key: Key, to: Destination, round: &mut Round) {
+    fn call_all(
+        &mut self,
+        request: &Signed<Request>,
+        key: Key,
+        to: Destination,
+        round: &mut Round,
+    ) {
         let envelope = request.to_envelope();
         for (i, api) in self.replicas.iter().enumerate() {
             let replica = ReplicaId(i as u64);
@@ -398,11 +409,13 @@ impl NetClient {
             {
                 continue;
             }
+            let call = self.next_call;
+            self.next_call += 1;
             let registration = match self.streams.as_ref().and_then(|s| s.get(i)) {
                 Some(stream) => {
                     let sent = match awaited {
-                        Some(mac) => stream.await_reply(key, mac, &self.mailbox),
-                        None => stream.submit(envelope.clone(), key, &self.mailbox),
+                        Some(mac) => stream.await_reply(key, mac, (call, &self.mailbox)),
+                        None => stream.submit(envelope.clone(), key, (call, &self.mailbox)),
                     };
                     match sent {
                         Ok(registration) => Some(registration),
@@ -410,6 +423,7 @@ impl NetClient {
                             // Not sent (the stream is down): answered at once, as a failed unary call would be.
                             let failed = Delivery {
                                 replica,
+                                call,
                                 carries,
                                 key,
                                 answer: Err(status),
@@ -429,6 +443,7 @@ impl NetClient {
                         });
                         Delivery {
                             replica,
+                            call,
                             carries,
                             key,
                             answer,
@@ -440,6 +455,7 @@ impl NetClient {
             round.calls.insert(
                 replica,
                 Call {
+                    id: call,
                     carries,
                     since: Instant::now(),
                     _registration: registration,

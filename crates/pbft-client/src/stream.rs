@@ -67,10 +67,14 @@ pub(crate) enum Carries {
     AwaitedReply,
 }
 
+/// Tells a client's calls apart, even two of the same request to the same replica.
+pub(crate) type CallId = u64;
+
 /// One replica's answer for a request, as it reaches the client's mailbox.
 #[derive(Debug)]
 pub(crate) struct Delivery {
     pub(crate) replica: ReplicaId,
+    pub(crate) call: CallId,
     pub(crate) carries: Carries,
     pub(crate) key: Key,
     pub(crate) answer: Answer,
@@ -114,9 +118,13 @@ struct Inner {
     link: Mutex<Link>,
 }
 
-/// What clients queue for the stream. It is unbounded because each client has at most one entry per request it
-/// waits on, and HTTP/2 flow control pushes back on what leaves it.
-type Queue = mpsc::UnboundedSender<Outgoing>;
+/// What clients queue for the stream. A replica that stops reading (it is faulty, or cannot execute and so
+/// pushes back with HTTP/2 flow control) fills it; then a call to it fails at once, and the client carries on
+/// with the others, instead of queueing without limit for a replica that may never read again.
+type Queue = mpsc::Sender<Outgoing>;
+
+/// Entries a stream's queue holds at most: several for each of the clients of a busy load generator.
+const QUEUE: usize = 4096;
 
 /// The stream open now, if any, and when to try again after failures.
 struct Link {
@@ -157,48 +165,53 @@ impl ReplicaStream {
         })
     }
 
-    /// Sends `envelope` (the request `key` names) on the stream; the replica's answer will reach `mailbox`,
-    /// unless the returned registration was dropped first.
+    /// Sends `envelope` (the request `key` names) on the stream as `call`; the replica's answer will reach its
+    /// mailbox, unless the returned registration was dropped first.
     pub(crate) fn submit(
         &self,
         envelope: SignedEnvelope,
         key: Key,
-        mailbox: &Mailbox,
+        call: (CallId, &Mailbox),
     ) -> Result<Registration, Status> {
-        self.send(Outgoing::Request(envelope), key, mailbox)
+        self.send(Outgoing::Request(envelope), key, call)
     }
 
     /// Asks the replica for its reply to the request `key` names, which went to another replica; the reply will
-    /// reach `mailbox`. `mac` is the client's MAC of the wish for this replica.
+    /// reach the mailbox of `call`. `mac` is the client's MAC of the wish for this replica.
     pub(crate) fn await_reply(
         &self,
         key: Key,
         mac: [u8; pbft_types::MAC_LEN],
-        mailbox: &Mailbox,
+        call: (CallId, &Mailbox),
     ) -> Result<Registration, Status> {
         let awaited = AwaitedReply {
             client: key.0.0,
             timestamp: key.1.0,
             mac: mac.to_vec().into(),
         };
-        self.send(Outgoing::Awaited(awaited), key, mailbox)
+        self.send(Outgoing::Awaited(awaited), key, call)
     }
 
     fn send(
         &self,
         outgoing: Outgoing,
         key: Key,
-        mailbox: &Mailbox,
+        (call, mailbox): (CallId, &Mailbox),
     ) -> Result<Registration, Status> {
         let (id, queue) = self.open()?;
         // Registered first, so that no answer can come before its waiter.
-        let registration = self
-            .inner
-            .demux
-            .register(key, id, outgoing.carries(), mailbox)?;
-        queue
-            .send(outgoing)
-            .map_err(|_| Status::unavailable("the stream to the replica closed"))?;
+        let registration =
+            self.inner
+                .demux
+                .register(key, id, (call, outgoing.carries()), mailbox)?;
+        queue.try_send(outgoing).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Status::resource_exhausted(format!(
+                "{QUEUE} entries wait for the stream to the replica, which is not reading"
+            )),
+            mpsc::error::TrySendError::Closed(_) => {
+                Status::unavailable("the stream to the replica closed")
+            }
+        })?;
         Ok(registration)
     }
 
@@ -225,7 +238,7 @@ impl ReplicaStream {
         }
         let id = link.next_id;
         link.next_id += 1;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         self.inner.demux.opened(id);
         tokio::spawn(drive(
             Arc::downgrade(&self.inner),
@@ -265,7 +278,7 @@ async fn drive(
     owner: Weak<Inner>,
     mut api: ReplicaApiClient<Channel>,
     id: StreamId,
-    requests: mpsc::UnboundedReceiver<Outgoing>,
+    requests: mpsc::Receiver<Outgoing>,
     demux: Arc<Demux>,
 ) {
     let why = match api
@@ -296,7 +309,7 @@ async fn drive(
 /// The outgoing half of a stream: each time the transport asks for a message, every request and awaited reply
 /// queued at that moment, up to the caps, as one batch.
 struct Packer {
-    queue: mpsc::UnboundedReceiver<Outgoing>,
+    queue: mpsc::Receiver<Outgoing>,
     /// An entry that did not fit the last batch; it opens the next.
     held: Option<Outgoing>,
     max_entries: usize,
@@ -304,7 +317,7 @@ struct Packer {
 }
 
 impl Packer {
-    fn new(queue: mpsc::UnboundedReceiver<Outgoing>, max_entries: usize, max_bytes: usize) -> Self {
+    fn new(queue: mpsc::Receiver<Outgoing>, max_entries: usize, max_bytes: usize) -> Self {
         Packer {
             queue,
             held: None,
@@ -369,6 +382,7 @@ struct DemuxState {
 struct Waiter {
     id: u64,
     stream: StreamId,
+    call: CallId,
     carries: Carries,
     mailbox: Mailbox,
 }
@@ -416,7 +430,7 @@ impl Demux {
         self: &Arc<Self>,
         key: Key,
         stream: StreamId,
-        carries: Carries,
+        (call, carries): (CallId, Carries),
         mailbox: &Mailbox,
     ) -> Result<Registration, Status> {
         let mut state = self.lock();
@@ -430,6 +444,7 @@ impl Demux {
             Waiter {
                 id,
                 stream,
+                call,
                 carries,
                 mailbox: mailbox.clone(),
             },
@@ -493,6 +508,7 @@ impl Demux {
         // The client may be gone; then nobody waits for the answer.
         let _ = waiter.mailbox.send(Delivery {
             replica: self.replica,
+            call: waiter.call,
             carries: waiter.carries,
             key,
             answer,
@@ -554,13 +570,13 @@ mod tests {
         let (one, mut inbox_one) = mailbox();
         let (two, mut inbox_two) = mailbox();
         let _a = demux
-            .register(key(1, 10), 0, Carries::Request, &one)
+            .register(key(1, 10), 0, (10, Carries::Request), &one)
             .unwrap();
         let _b = demux
-            .register(key(2, 10), 0, Carries::AwaitedReply, &two)
+            .register(key(2, 10), 0, (10, Carries::AwaitedReply), &two)
             .unwrap();
         let _c = demux
-            .register(key(1, 11), 0, Carries::Request, &one)
+            .register(key(1, 11), 0, (11, Carries::Request), &one)
             .unwrap();
         let refused = Status::unauthenticated("not signed by client 1");
         demux.deliver(ReplyBatch {
@@ -592,7 +608,7 @@ mod tests {
         let demux = demux_with(&[0]);
         let (one, mut inbox) = mailbox();
         let _a = demux
-            .register(key(1, 10), 0, Carries::Request, &one)
+            .register(key(1, 10), 0, (10, Carries::Request), &one)
             .unwrap();
         let garbage = SignedEnvelope {
             body: Bytes::from_static(b"\xff\xff"),
@@ -616,10 +632,10 @@ mod tests {
         let demux = demux_with(&[0, 1]);
         let (one, mut inbox) = mailbox();
         let _a = demux
-            .register(key(1, 10), 0, Carries::Request, &one)
+            .register(key(1, 10), 0, (10, Carries::Request), &one)
             .unwrap();
         let _b = demux
-            .register(key(2, 10), 1, Carries::Request, &one)
+            .register(key(2, 10), 1, (10, Carries::Request), &one)
             .unwrap();
         demux.broke(0, &Status::unavailable("connection reset"));
         let failed = delivered(&mut inbox);
@@ -631,7 +647,7 @@ mod tests {
         // Nothing may wait on a stream that broke: its answers will never come.
         assert_eq!(
             demux
-                .register(key(3, 1), 0, Carries::Request, &one)
+                .register(key(3, 1), 0, (1, Carries::Request), &one)
                 .err()
                 .unwrap()
                 .code(),
@@ -645,7 +661,7 @@ mod tests {
         let demux = demux_with(&[0]);
         let (one, mut inbox) = mailbox();
         let registration = demux
-            .register(key(1, 10), 0, Carries::Request, &one)
+            .register(key(1, 10), 0, (10, Carries::Request), &one)
             .unwrap();
         drop(registration);
         assert_eq!(demux.waiting(), 0);
@@ -663,10 +679,10 @@ mod tests {
         let demux = demux_with(&[0]);
         let (one, mut inbox) = mailbox();
         let first = demux
-            .register(key(1, 10), 0, Carries::AwaitedReply, &one)
+            .register(key(1, 10), 0, (10, Carries::AwaitedReply), &one)
             .unwrap();
         let _second = demux
-            .register(key(1, 10), 0, Carries::Request, &one)
+            .register(key(1, 10), 0, (10, Carries::Request), &one)
             .unwrap();
         // The first one giving up does not remove the second.
         drop(first);
@@ -715,17 +731,17 @@ mod tests {
 
     #[tokio::test]
     async fn requests_queued_together_go_out_in_one_message() {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         let mut packer = Packer::new(rx, PACK_REQUESTS, PACK_BYTES);
         for i in 0..100 {
-            tx.send(numbered(i, 512)).unwrap();
+            tx.try_send(numbered(i, 512)).unwrap();
         }
         let batch = next_now(&mut packer).unwrap();
         assert_eq!(numbers(&batch), (0..100).collect::<Vec<_>>());
         // Nothing queued: no message, and no waiting to fill one either.
         let mut cx = Context::from_waker(std::task::Waker::noop());
         assert!(Pin::new(&mut packer).poll_next(&mut cx).is_pending());
-        tx.send(numbered(100, 512)).unwrap();
+        tx.try_send(numbered(100, 512)).unwrap();
         assert_eq!(numbers(&next_now(&mut packer).unwrap()), [100]);
         // The clients are gone and everything went out: the stream ends.
         drop(tx);
@@ -734,11 +750,11 @@ mod tests {
 
     #[tokio::test]
     async fn awaited_replies_travel_with_the_requests_and_count_against_the_cap() {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         let mut packer = Packer::new(rx, 3, PACK_BYTES);
         for i in 0..2 {
-            tx.send(numbered(i, 8)).unwrap();
-            tx.send(awaited(10 + i)).unwrap();
+            tx.try_send(numbered(i, 8)).unwrap();
+            tx.try_send(awaited(10 + i)).unwrap();
         }
         let first = next_now(&mut packer).unwrap();
         assert_eq!(numbers(&first), [0, 1]);
@@ -757,10 +773,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_holds_at_most_the_capped_count_of_requests() {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         let mut packer = Packer::new(rx, 4, PACK_BYTES);
         for i in 0..10 {
-            tx.send(numbered(i, 8)).unwrap();
+            tx.try_send(numbered(i, 8)).unwrap();
         }
         assert_eq!(numbers(&next_now(&mut packer).unwrap()), [0, 1, 2, 3]);
         assert_eq!(numbers(&next_now(&mut packer).unwrap()), [4, 5, 6, 7]);
@@ -769,15 +785,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_that_would_carry_a_message_past_the_byte_cap_opens_the_next() {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         // Each request is a little over 100 bytes: two fit under 250, a third does not.
         let mut packer = Packer::new(rx, PACK_REQUESTS, 250);
         for i in 0..3 {
-            tx.send(numbered(i, 100)).unwrap();
+            tx.try_send(numbered(i, 100)).unwrap();
         }
         // A request larger than the cap on its own still goes, alone.
-        tx.send(numbered(3, 1000)).unwrap();
-        tx.send(numbered(4, 100)).unwrap();
+        tx.try_send(numbered(3, 1000)).unwrap();
+        tx.try_send(numbered(4, 100)).unwrap();
         assert_eq!(numbers(&next_now(&mut packer).unwrap()), [0, 1]);
         assert_eq!(numbers(&next_now(&mut packer).unwrap()), [2]);
         assert_eq!(numbers(&next_now(&mut packer).unwrap()), [3]);
@@ -795,7 +811,9 @@ mod tests {
         let envelope = SignedEnvelope::default();
         let (one, mut inbox) = mailbox();
         let started = std::time::Instant::now();
-        let _registration = stream.submit(envelope.clone(), key(1, 1), &one).unwrap();
+        let _registration = stream
+            .submit(envelope.clone(), key(1, 1), (1, &one))
+            .unwrap();
         let first = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
             .await
             .unwrap()
@@ -804,11 +822,40 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
         assert!(started.elapsed() < Duration::from_secs(5));
         // Within the pause, no new attempt is made.
-        let paused = stream.submit(envelope, key(1, 2), &one).err().unwrap();
+        let paused = stream.submit(envelope, key(1, 2), (2, &one)).err().unwrap();
         assert!(paused.message().contains("next attempt"), "{paused}");
         let link = stream.inner.link.lock().unwrap();
         assert!(link.open.is_none());
         assert_eq!(link.next_id, 1);
         assert_eq!(link.pause, FIRST_PAUSE * 2);
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_does_not_read_fails_calls_beyond_the_queue_at_once() {
+        // It accepts the connection (the kernel does, for its backlog) and never answers nor reads.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = ReplicaStream::new(ReplicaId(0), listener.local_addr().unwrap()).unwrap();
+        let (one, _inbox) = mailbox();
+        let envelope = SignedEnvelope {
+            body: Bytes::from(vec![0; 1024]),
+            ..SignedEnvelope::default()
+        };
+        let (mut accepted, mut exhausted) = (Vec::new(), 0);
+        for timestamp in 0..(2 * QUEUE + 4 * PACK_REQUESTS) as u64 {
+            match stream.submit(envelope.clone(), key(1, timestamp), (timestamp, &one)) {
+                Ok(registration) => accepted.push(registration),
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+                    exhausted += 1;
+                }
+            }
+        }
+        // Beyond the queue, at most what the transport took into its first messages before flow control held it.
+        assert!(exhausted > 0);
+        assert!(
+            accepted.len() <= QUEUE + 2 * PACK_REQUESTS,
+            "{}",
+            accepted.len()
+        );
     }
 }

@@ -351,8 +351,6 @@ impl ClientApi {
         })
     }
 
-    /// Hands admitted requests to the replica in one go; each future holds its request's room and slot until
-    /// the request is answered.
     /// `weight` bytes of the room for waiting requests, or Overloaded.
     fn waiting_permit(&self, weight: usize) -> Result<OwnedSemaphorePermit, ApiError> {
         self.waiting
@@ -375,6 +373,10 @@ impl ClientApi {
             })
     }
 
+    /// Hands admitted requests to the replica in one go; each future holds its request's room and slot until
+    /// the request is answered.
+    /// Hands admitted requests to the replica in one go; each future holds its request's room and slot until
+    /// the request is answered.
     async fn wait_all(&self, admitted: Vec<Admitted>) -> Vec<Submission> {
         let (requests, held): (Vec<_>, Vec<_>) =
             admitted.into_iter().map(|a| (a.request, a.held)).unzip();

@@ -480,7 +480,11 @@ mod tests {
             taken.contains(&Err(SubmitError::Stale(Timestamp(10)))),
             "{taken:?}"
         );
+        // Not executed yet: it waits, and gets the reply when it comes.
         assert_eq!(waiters.sweep(Instant::now()), 1);
+        waiters.deliver(&reply_to(1, 11));
+        assert_eq!(sink.taken(), [Ok(reply_to(1, 11))]);
+        assert_eq!(waiters.sweep(Instant::now()), 0);
     }
 
     #[test]

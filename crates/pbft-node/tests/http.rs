@@ -396,3 +396,57 @@ async fn a_backup_answers_an_awaited_reply_with_its_own_reply() {
     assert_eq!(late.value().replica.0, 2);
     assert_eq!(late.value().result, primary.value().result);
 }
+
+/// A stream that goes away while its entries wait frees what they held at the next sweep: its client is not
+/// refused for waits nobody listens to any longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waits_of_a_stream_that_went_away_free_their_client_slots() {
+    let params = Params {
+        client_auth: pbft_types::ClientAuth::Macs,
+        ..Params::default()
+    };
+    let c = LocalCluster::start(4, 1, params, || Box::new(KvStore::new())).expect("a cluster");
+    let api = ClientApi::new(
+        c.nodes[1].clone(),
+        c.replica_keyrings[1].clone(),
+        64 * 1024,
+        Duration::from_secs(30),
+    )
+    .with_client_limit(1);
+    let sessions = &c.client_sessions[0];
+    let wish = |timestamp: u64| pbft_types::wire::AwaitedReply {
+        client: 0,
+        timestamp,
+        mac: sessions
+            .awaited_mac(pbft_types::ReplicaId(1), Timestamp(timestamp))
+            .expect("a replica of the cluster")
+            .to_vec()
+            .into(),
+    };
+    // Wishes for requests never sent: each would wait 30 s.
+    let gone = awaited(&api, vec![wish(1)]);
+    let refused = awaited(&api, vec![wish(2)])
+        .pop()
+        .expect("one answer")
+        .await
+        .expect("answered");
+    assert!(
+        matches!(
+            refused,
+            Err(pbft_node::api::ApiError::TooManyFromClient { .. })
+        ),
+        "{refused:?}"
+    );
+    // Its listener goes, as a dropped stream's slots do.
+    drop(gone);
+    tokio::time::sleep(pbft_node::waiters::SWEEP_EVERY * 3).await;
+    let mut admitted = awaited(&api, vec![wish(3)]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        matches!(
+            admitted[0].try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ),
+        "the third wish was not admitted"
+    );
+}
