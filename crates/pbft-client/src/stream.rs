@@ -198,7 +198,14 @@ impl ReplicaStream {
         key: Key,
         (call, mailbox): (CallId, &Mailbox),
     ) -> Result<Registration, Status> {
-        let (id, queue) = self.open()?;
+        // Sent under the link's lock: no handle on the queue is cloned per request, which every client would
+        // contend for.
+        let mut link = self
+            .inner
+            .link
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (id, queue) = self.open(&mut link)?;
         // Registered first, so that no answer can come before its waiter.
         let registration =
             self.inner
@@ -216,39 +223,38 @@ impl ReplicaStream {
     }
 
     /// The open stream, opened now if there is none and no pause is running.
-    fn open(&self) -> Result<(StreamId, Queue), Status> {
-        let mut link = self
-            .inner
-            .link
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some((id, requests)) = &link.open
-            && !requests.is_closed()
-        {
-            return Ok((*id, requests.clone()));
-        }
-        if let Some(at) = link.retry_at {
-            let now = Instant::now();
-            if now < at {
-                return Err(Status::unavailable(format!(
-                    "the stream to the replica failed; next attempt in {:?}",
-                    at - now
-                )));
+    fn open<'a>(&self, link: &'a mut Link) -> Result<(StreamId, &'a Queue), Status> {
+        let usable = link
+            .open
+            .as_ref()
+            .is_some_and(|(_, requests)| !requests.is_closed());
+        if !usable {
+            if let Some(at) = link.retry_at {
+                let now = Instant::now();
+                if now < at {
+                    return Err(Status::unavailable(format!(
+                        "the stream to the replica failed; next attempt in {:?}",
+                        at - now
+                    )));
+                }
             }
+            let id = link.next_id;
+            link.next_id += 1;
+            let (tx, rx) = mpsc::channel(QUEUE);
+            self.inner.demux.opened(id);
+            tokio::spawn(drive(
+                Arc::downgrade(&self.inner),
+                self.inner.api.clone(),
+                id,
+                rx,
+                Arc::clone(&self.inner.demux),
+            ));
+            link.open = Some((id, tx));
         }
-        let id = link.next_id;
-        link.next_id += 1;
-        let (tx, rx) = mpsc::channel(QUEUE);
-        self.inner.demux.opened(id);
-        tokio::spawn(drive(
-            Arc::downgrade(&self.inner),
-            self.inner.api.clone(),
-            id,
-            rx,
-            Arc::clone(&self.inner.demux),
-        ));
-        link.open = Some((id, tx.clone()));
-        Ok((id, tx))
+        match &link.open {
+            Some((id, queue)) => Ok((*id, queue)),
+            None => Err(Status::unavailable("the stream to the replica closed")),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use pbft_crypto::{KeyPair, SessionKeys};
 use pbft_types::{ClientId, Reply, Signed, Timestamp};
+use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
 use crate::runtime::SubmitError;
@@ -48,9 +49,12 @@ pub struct Waiters {
     sealer: Arc<ReplySealer>,
 }
 
+/// The waits for one request: nearly always one, kept inline (no allocation per request).
+type Waiting = SmallVec<[Waiter; 1]>;
+
 #[derive(Default)]
 struct WaitState {
-    pending: HashMap<Key, Vec<Waiter>>,
+    pending: HashMap<Key, Waiting>,
     /// The newest reply this replica gave each client, for a client that asks for it only after it was given
     /// (its `AwaitedReply` came late). One per client of the configuration at most, as in the client table.
     latest: HashMap<ClientId, Reply>,
@@ -223,7 +227,7 @@ impl Waiters {
         self.hand_out(waiting, answer);
     }
 
-    fn hand_out(&self, waiting: Option<Vec<Waiter>>, answer: &Result<Reply, SubmitError>) {
+    fn hand_out(&self, waiting: Option<Waiting>, answer: &Result<Reply, SubmitError>) {
         let handing = waiting
             .map(|waiting| Self::handing(waiting, answer).collect())
             .unwrap_or_default();
@@ -231,7 +235,7 @@ impl Waiters {
     }
 
     fn handing(
-        waiting: Vec<Waiter>,
+        waiting: Waiting,
         answer: &Result<Reply, SubmitError>,
     ) -> impl Iterator<Item = Handing> + '_ {
         waiting.into_iter().map(move |waiter| match waiter {
@@ -300,7 +304,7 @@ impl Waiters {
                 }
                 !waiting.is_empty()
             });
-            state.pending.values().map(Vec::len).sum()
+            state.pending.values().map(SmallVec::len).sum()
         };
         for waiter in expired {
             if let Waiter::Sink { since, sink, .. } = waiter {
