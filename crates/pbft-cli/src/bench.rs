@@ -1091,33 +1091,16 @@ async fn open_loop(
     first_error: Arc<Mutex<Option<String>>>,
 ) -> (Vec<NetClient>, u64) {
     let pool = clients.len();
-    let (idle_tx, mut idle_rx) = tokio::sync::mpsc::channel::<NetClient>(pool.max(1));
-    for client in clients {
-        let _ = idle_tx.try_send(client);
-    }
-    let interval = 1.0 / rate;
-    let mut mix = Mix(0x09e0_u64.wrapping_add(rate.to_bits()));
+    // Each client runs on a task of its own for the whole run: the dispatcher hands an idle client the due time
+    // of the next request through the client's own channel, and the client comes back to the idle queue when it
+    // is done. A request costs two channel messages, not a task and timers of its own.
+    let (idle_tx, mut idle_rx) = tokio::sync::mpsc::channel::<usize>(pool.max(1));
+    let mut due_txs = Vec::with_capacity(pool);
     let mut tasks = JoinSet::new();
-    let mut k: u64 = 0;
-    let mut unsent = 0;
-    loop {
-        let due = window.start + Duration::from_secs_f64(k as f64 * interval);
-        if due >= window.t1 {
-            break;
-        }
-        tokio::time::sleep_until(due).await;
-        let client = tokio::select! {
-            client = idle_rx.recv() => client,
-            () = tokio::time::sleep_until(window.t1) => None,
-        };
-        let Some(mut client) = client else {
-            // Out of time with every client busy: count what was due in the interval and not sent.
-            let from = due.max(window.t0);
-            unsent = ((window.t1 - from).as_secs_f64() / interval).ceil() as u64;
-            break;
-        };
-        k += 1;
-        let op = mix.op(reads, &value);
+    for (index, mut client) in clients.into_iter().enumerate() {
+        let (due_tx, mut due_rx) = tokio::sync::mpsc::channel::<(Instant, Bytes)>(1);
+        due_txs.push(due_tx);
+        let _ = idle_tx.try_send(index);
         let (counts, histogram, first_error, idle_tx) = (
             counts.clone(),
             histogram.clone(),
@@ -1125,33 +1108,73 @@ async fn open_loop(
             idle_tx.clone(),
         );
         tasks.spawn(async move {
-            let result = client.submit(op).await;
-            let done = Instant::now();
-            counts.all.fetch_add(1, Ordering::Relaxed);
-            let _ = idle_tx.send(client).await;
-            match result {
-                Ok(_) => {
-                    if window.contains(done) {
-                        counts.committed.fetch_add(1, Ordering::Relaxed);
+            while let Some((due, op)) = due_rx.recv().await {
+                let result = client.submit(op).await;
+                let done = Instant::now();
+                counts.all.fetch_add(1, Ordering::Relaxed);
+                let _ = idle_tx.send(index).await;
+                match result {
+                    Ok(_) => {
+                        if window.contains(done) {
+                            counts.committed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if window.contains(due) {
+                            record(&histogram, done - due);
+                        }
                     }
-                    if window.contains(due) {
-                        record(&histogram, done - due);
-                    }
-                }
-                Err(e) => {
-                    if window.contains(due) {
-                        counts.failed.fetch_add(1, Ordering::Relaxed);
-                        note_error(&first_error, &e);
+                    Err(e) => {
+                        if window.contains(due) {
+                            counts.failed.fetch_add(1, Ordering::Relaxed);
+                            note_error(&first_error, &e);
+                        }
                     }
                 }
             }
+            client
         });
     }
-    while tasks.join_next().await.is_some() {}
     drop(idle_tx);
+    let interval = 1.0 / rate;
+    let mut mix = Mix(0x09e0_u64.wrapping_add(rate.to_bits()));
+    let end = tokio::time::sleep_until(window.t1);
+    tokio::pin!(end);
+    let mut k: u64 = 0;
+    let mut unsent = 0;
+    loop {
+        let due = window.start + Duration::from_secs_f64(k as f64 * interval);
+        if due >= window.t1 {
+            break;
+        }
+        // Requests already due go out at once, one after another; only a request due later waits for a timer.
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
+        let idle = tokio::select! {
+            // An idle client first: the end only stops a dispatcher that waits for one.
+            biased;
+            index = idle_rx.recv() => index,
+            () = &mut end => None,
+        };
+        let Some(index) = idle else {
+            // Out of time with every client busy: count what was due in the interval and not sent.
+            let from = due.max(window.t0);
+            unsent = ((window.t1 - from).as_secs_f64() / interval).ceil() as u64;
+            break;
+        };
+        k += 1;
+        let op = mix.op(reads, &value);
+        // The client is idle, so its channel has room.
+        if let Some(client) = due_txs.get(index) {
+            let _ = client.try_send((due, op));
+        }
+    }
+    // Closing the clients' channels ends their tasks once their last request is done.
+    drop(due_txs);
     let mut back = Vec::new();
-    while let Ok(client) = idle_rx.try_recv() {
-        back.push(client);
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(client) = joined {
+            back.push(client);
+        }
     }
     (back, unsent)
 }
