@@ -292,6 +292,11 @@ pub fn start(
 /// they are not checked with batch verification.
 const VERIFY_BATCH: usize = 64;
 
+/// At most this many frames are checked on the verifier's own task; more go to a blocking thread. A few
+/// signature checks hold a worker for well under a millisecond, and handing them to another thread would cost
+/// two thread switches, which is what a busy replica spends most of its switches on.
+const VERIFY_IN_PLACE: usize = 4;
+
 /// Decodes and verifies frames from peers on as many tasks as there are cores, a batch at a time, off the
 /// replica task. What fails is dropped and counted.
 fn verify_inbound(
@@ -323,11 +328,13 @@ fn verify_inbound(
                 {
                     return;
                 }
-                let keyring = keyring.clone();
-                let checked = tokio::task::spawn_blocking(move || {
-                    decode_and_verify(&keyring, limits, frames)
-                })
-                .await;
+                let checked = if frames.len() <= VERIFY_IN_PLACE {
+                    Ok(decode_and_verify(&keyring, limits, frames))
+                } else {
+                    let keyring = keyring.clone();
+                    tokio::task::spawn_blocking(move || decode_and_verify(&keyring, limits, frames))
+                        .await
+                };
                 let Ok((undecodable, verified)) = checked else {
                     return;
                 };
