@@ -3,12 +3,13 @@
 //! carries out what the replica asks (send, reply, set and cancel timers) and publishes its status.
 //!
 //! Decoding and signature checking, the expensive part, happen before the replica task, on several tasks at
-//! once and in batches (`verify_inbound`). Every channel is bounded: a replica that cannot keep up slows its
+//! once and in batches (`verify_inbound`); a large batch goes to a blocking thread. Every channel is bounded: a replica that cannot keep up slows its
 //! senders down instead of buffering without limit.
 //!
 //! Log before send: the replica task handles every event already queued and hands what they produced to the
 //! journal writer, a thread of its own that makes the journal entries durable in one synced write and only then
-//! sends their messages and replies, in the order the replica produced them. While the disk syncs, the replica
+//! sends their messages, in the order the replica produced them, and hands their replies to the waiting clients
+//! (`waiters`), all under one lock. While the disk syncs, the replica
 //! task goes on with the next events; the writer takes every round that queued up meanwhile into its next write
 //! (group commit), so a slow disk costs fewer, larger writes instead of a stalled replica. A write that fails
 //! stops the replica (a crash, which PBFT tolerates), rather than letting it send what it could not remember.

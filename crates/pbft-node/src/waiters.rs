@@ -49,15 +49,57 @@ pub struct Waiters {
     sealer: Arc<ReplySealer>,
 }
 
-/// The waits for one request: nearly always one, kept inline (no allocation per request).
-type Waiting = SmallVec<[Waiter; 1]>;
-
 #[derive(Default)]
 struct WaitState {
-    pending: HashMap<Key, Waiting>,
-    /// The newest reply this replica gave each client, for a client that asks for it only after it was given
-    /// (its `AwaitedReply` came late). One per client of the configuration at most, as in the client table.
-    latest: HashMap<ClientId, Reply>,
+    /// One entry per client of the configuration at most, as in the client table: only authenticated clients
+    /// get this far.
+    clients: HashMap<ClientId, ClientWaits>,
+}
+
+/// What a replica holds for one client, found with one lookup.
+#[derive(Default)]
+struct ClientWaits {
+    /// The newest reply this replica gave the client, for a client that asks for it only after it was given (its
+    /// `AwaitedReply` came late).
+    latest: Option<Reply>,
+    /// The waits for the client's requests, by timestamp: nearly always one, kept inline.
+    waits: SmallVec<[(Timestamp, Waiter); 1]>,
+}
+
+impl ClientWaits {
+    /// What a client that asks for the reply to `timestamp` after it was given gets: the reply, Stale if the
+    /// client had a newer one, or nothing if no reply this new was given.
+    fn given(&self, timestamp: Timestamp) -> Option<Result<Reply, SubmitError>> {
+        let latest = self.latest.as_ref()?;
+        if latest.timestamp == timestamp {
+            Some(Ok(latest.clone()))
+        } else if latest.timestamp > timestamp {
+            Some(Err(SubmitError::Stale(latest.timestamp)))
+        } else {
+            None
+        }
+    }
+
+    /// Takes every wait for `timestamp` out, to be handed `answer`.
+    fn take(
+        &mut self,
+        timestamp: Timestamp,
+        answer: impl Fn() -> Result<Reply, SubmitError>,
+        handing: &mut Vec<Handing>,
+    ) {
+        let mut i = 0;
+        while i < self.waits.len() {
+            if self.waits[i].0 == timestamp {
+                let (_, waiter) = self.waits.swap_remove(i);
+                handing.push(match waiter {
+                    Waiter::Once(tx) => Handing::Once(tx, answer()),
+                    Waiter::Sink { with_mac, sink, .. } => Handing::Sink(sink, with_mac, answer()),
+                });
+            } else {
+                i += 1;
+            }
+        }
+    }
 }
 
 enum Waiter {
@@ -122,19 +164,6 @@ impl Waiters {
         self.sealer.seal(reply, with_mac)
     }
 
-    /// What a client that asks for the reply to `timestamp` after it was given gets: the reply, Stale if the
-    /// client had a newer one, or nothing if no reply this new was given.
-    fn given(state: &WaitState, (client, timestamp): Key) -> Option<Result<Reply, SubmitError>> {
-        let latest = state.latest.get(&client)?;
-        if latest.timestamp == timestamp {
-            Some(Ok(latest.clone()))
-        } else if latest.timestamp > timestamp {
-            Some(Err(SubmitError::Stale(latest.timestamp)))
-        } else {
-            None
-        }
-    }
-
     /// Registers a single submission's wait for each of `keys`, under one lock, each with the `Registered` that
     /// receives its reply. A request goes to the core, which answers a repeated one from its client table, so
     /// these waits do not look at the replies given already.
@@ -143,7 +172,12 @@ impl Waiters {
         keys.iter()
             .map(|&key| {
                 let (tx, rx) = oneshot::channel();
-                state.pending.entry(key).or_default().push(Waiter::Once(tx));
+                state
+                    .clients
+                    .entry(key.0)
+                    .or_default()
+                    .waits
+                    .push((key.1, Waiter::Once(tx)));
                 Registered {
                     waiters: Arc::clone(self),
                     key,
@@ -162,31 +196,30 @@ impl Waiters {
         {
             let mut state = self.lock();
             for wait in waits {
-                match given_too.then(|| Self::given(&state, wait.key)).flatten() {
+                let (client, timestamp) = wait.key;
+                let waits = state.clients.entry(client).or_default();
+                match given_too.then(|| waits.given(timestamp)).flatten() {
                     Some(answer) => handing.push(Handing::Sink(wait.sink, wait.with_mac, answer)),
-                    None => state
-                        .pending
-                        .entry(wait.key)
-                        .or_default()
-                        .push(Waiter::Sink {
+                    None => waits.waits.push((
+                        timestamp,
+                        Waiter::Sink {
                             with_mac: wait.with_mac,
                             deadline: wait.deadline,
                             since: now,
                             sink: wait.sink,
-                        }),
+                        },
+                    )),
                 }
             }
         }
         self.hand_over(handing);
     }
 
-    fn forget(&self, key: Key) {
-        let mut state = self.lock();
-        if let Some(waiting) = state.pending.get_mut(&key) {
-            waiting.retain(|w| !w.is_closed());
-            if waiting.is_empty() {
-                state.pending.remove(&key);
-            }
+    fn forget(&self, (client, timestamp): Key) {
+        if let Some(waits) = self.lock().clients.get_mut(&client) {
+            waits
+                .waits
+                .retain(|(t, w)| *t != timestamp || !w.is_closed());
         }
     }
 
@@ -201,16 +234,15 @@ impl Waiters {
         {
             let mut state = self.lock();
             for reply in replies {
-                let newer = state
+                let waits = state.clients.entry(reply.client).or_default();
+                if waits
                     .latest
-                    .get(&reply.client)
-                    .is_none_or(|latest| latest.timestamp <= reply.timestamp);
-                if newer {
-                    state.latest.insert(reply.client, reply.clone());
+                    .as_ref()
+                    .is_none_or(|latest| latest.timestamp <= reply.timestamp)
+                {
+                    waits.latest = Some(reply.clone());
                 }
-                if let Some(waiting) = state.pending.remove(&(reply.client, reply.timestamp)) {
-                    handing.extend(Self::handing(waiting, &Ok(reply.clone())));
-                }
+                waits.take(reply.timestamp, || Ok(reply.clone()), &mut handing);
             }
         }
         self.hand_over(handing);
@@ -223,25 +255,11 @@ impl Waiters {
         timestamp: Timestamp,
         answer: &Result<Reply, SubmitError>,
     ) {
-        let waiting = self.lock().pending.remove(&(client, timestamp));
-        self.hand_out(waiting, answer);
-    }
-
-    fn hand_out(&self, waiting: Option<Waiting>, answer: &Result<Reply, SubmitError>) {
-        let handing = waiting
-            .map(|waiting| Self::handing(waiting, answer).collect())
-            .unwrap_or_default();
+        let mut handing = Vec::new();
+        if let Some(waits) = self.lock().clients.get_mut(&client) {
+            waits.take(timestamp, || answer.clone(), &mut handing);
+        }
         self.hand_over(handing);
-    }
-
-    fn handing(
-        waiting: Waiting,
-        answer: &Result<Reply, SubmitError>,
-    ) -> impl Iterator<Item = Handing> + '_ {
-        waiting.into_iter().map(move |waiter| match waiter {
-            Waiter::Once(tx) => Handing::Once(tx, answer.clone()),
-            Waiter::Sink { with_mac, sink, .. } => Handing::Sink(sink, with_mac, answer.clone()),
-        })
     }
 
     fn hand_over(&self, handing: Vec<Handing>) {
@@ -265,8 +283,9 @@ impl Waiters {
         if to_sign.is_empty() {
             return;
         }
-        // A signature costs a hundred MACs: those are made on a task of their own rather than on the journal
-        // writer's thread, which has the next write to make (a caller outside a runtime, a test, signs here).
+        // A signature costs about a hundred MACs: the round's signatures are made on a blocking thread rather than
+        // on the journal writer's, which has the next write to make (a caller outside a runtime, a test, signs
+        // here).
         let sealer = Arc::clone(&self.sealer);
         let sign_all = move || {
             for (sink, reply) in to_sign {
@@ -287,24 +306,24 @@ impl Waiters {
         let mut expired = Vec::new();
         let remaining = {
             let mut state = self.lock();
-            state.pending.retain(|_, waiting| {
+            for waits in state.clients.values_mut() {
+                let waiting = &mut waits.waits;
                 let mut i = 0;
                 while i < waiting.len() {
-                    let due = match &waiting[i] {
+                    let due = match &waiting[i].1 {
                         Waiter::Sink { deadline, .. } => *deadline <= now,
                         Waiter::Once(_) => false,
                     };
                     if due {
-                        expired.push(waiting.swap_remove(i));
-                    } else if waiting[i].is_closed() {
+                        expired.push(waiting.swap_remove(i).1);
+                    } else if waiting[i].1.is_closed() {
                         waiting.swap_remove(i);
                     } else {
                         i += 1;
                     }
                 }
-                !waiting.is_empty()
-            });
-            state.pending.values().map(SmallVec::len).sum()
+            }
+            state.clients.values().map(|w| w.waits.len()).sum()
         };
         for waiter in expired {
             if let Waiter::Sink { since, sink, .. } = waiter {
