@@ -324,16 +324,38 @@ async fn a_batch_of_envelopes_is_answered_request_by_request_in_order() {
     assert_eq!(status, StatusCode::OK, "{json}");
 }
 
+/// A cluster of four whose clients seal with MACs.
+fn mac_cluster() -> LocalCluster {
+    let params = Params {
+        client_auth: pbft_types::ClientAuth::Macs,
+        ..Params::default()
+    };
+    LocalCluster::start(4, 1, params, || Box::new(KvStore::new())).expect("a cluster")
+}
+
+/// Client 0's wish, for `replica`, for the reply to its request `timestamp`.
+fn wish(
+    sessions: &pbft_crypto::SessionKeys,
+    replica: u64,
+    timestamp: u64,
+) -> pbft_types::wire::AwaitedReply {
+    pbft_types::wire::AwaitedReply {
+        client: 0,
+        timestamp,
+        mac: sessions
+            .awaited_mac(pbft_types::ReplicaId(replica), Timestamp(timestamp))
+            .expect("a replica of the cluster")
+            .to_vec()
+            .into(),
+    }
+}
+
 /// A client that sends its request to the primary only asks the backups for their replies with an
 /// `AwaitedReply`: each answers with its own reply once the primary's PRE-PREPARE made it execute the request, a
 /// late wish is answered from the reply given, and a wish without the client's MAC is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_answers_an_awaited_reply_with_its_own_reply() {
-    let params = Params {
-        client_auth: pbft_types::ClientAuth::Macs,
-        ..Params::default()
-    };
-    let c = LocalCluster::start(4, 1, params, || Box::new(KvStore::new())).expect("a cluster");
+    let c = mac_cluster();
     let api_of = |replica: usize| {
         ClientApi::new(
             c.nodes[replica].clone(),
@@ -343,15 +365,7 @@ async fn a_backup_answers_an_awaited_reply_with_its_own_reply() {
         )
     };
     let sessions = &c.client_sessions[0];
-    let wish = |replica: u64, timestamp: u64| pbft_types::wire::AwaitedReply {
-        client: 0,
-        timestamp,
-        mac: sessions
-            .awaited_mac(pbft_types::ReplicaId(replica), Timestamp(timestamp))
-            .expect("a replica of the cluster")
-            .to_vec()
-            .into(),
-    };
+    let wish = |replica: u64, timestamp: u64| wish(sessions, replica, timestamp);
     let request = sessions.seal_request(Request {
         client: ClientId(0),
         timestamp: Timestamp(1),
@@ -401,11 +415,7 @@ async fn a_backup_answers_an_awaited_reply_with_its_own_reply() {
 /// refused for waits nobody listens to any longer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_waits_of_a_stream_that_went_away_free_their_client_slots() {
-    let params = Params {
-        client_auth: pbft_types::ClientAuth::Macs,
-        ..Params::default()
-    };
-    let c = LocalCluster::start(4, 1, params, || Box::new(KvStore::new())).expect("a cluster");
+    let c = mac_cluster();
     let api = ClientApi::new(
         c.nodes[1].clone(),
         c.replica_keyrings[1].clone(),
@@ -414,15 +424,7 @@ async fn the_waits_of_a_stream_that_went_away_free_their_client_slots() {
     )
     .with_client_limit(1);
     let sessions = &c.client_sessions[0];
-    let wish = |timestamp: u64| pbft_types::wire::AwaitedReply {
-        client: 0,
-        timestamp,
-        mac: sessions
-            .awaited_mac(pbft_types::ReplicaId(1), Timestamp(timestamp))
-            .expect("a replica of the cluster")
-            .to_vec()
-            .into(),
-    };
+    let wish = |timestamp: u64| wish(sessions, 1, timestamp);
     // Wishes for requests never sent: each would wait 30 s.
     let gone = awaited(&api, vec![wish(1)]);
     let refused = awaited(&api, vec![wish(2)])
