@@ -69,29 +69,16 @@ impl ReplicaApi for GrpcApi {
             let api = api.clone();
             // The slots come in the batch's order: its requests' first, then its awaited replies'.
             let awaited_slots = slots.split_off(batch.requests.len().min(slots.len()));
-            let awaited: Vec<StreamEntry> = batch
-                .awaited
-                .iter()
-                .zip(awaited_slots)
-                .map(|(a, slot)| StreamEntry {
-                    slot,
-                    asked: Asked::Reply {
-                        client: a.client,
-                        timestamp: a.timestamp,
-                    },
-                })
-                .collect();
+            let awaited = entries(
+                batch.awaited.iter().map(|a| Asked::Reply {
+                    client: a.client,
+                    timestamp: a.timestamp,
+                }),
+                awaited_slots,
+            );
             api.await_replies_to(batch.awaited, awaited);
             // Bytes fields: the copies share the buffers; one is read only if its request is refused.
-            let requests: Vec<StreamEntry> = batch
-                .requests
-                .iter()
-                .zip(slots)
-                .map(|(envelope, slot)| StreamEntry {
-                    slot,
-                    asked: Asked::Request(envelope.clone()),
-                })
-                .collect();
+            let requests = entries(batch.requests.iter().cloned().map(Asked::Request), slots);
             async move { api.submit_envelopes_to(batch.requests, requests).await }
         };
         Ok(Response::new(submit_stream::serve_batches(
@@ -154,6 +141,14 @@ impl SubmissionSink for StreamEntry {
     fn is_closed(&self) -> bool {
         self.slot.is_closed()
     }
+}
+
+/// Each entry of a batch, in order, with its slot.
+fn entries(asked: impl Iterator<Item = Asked>, slots: Vec<AnswerSlot>) -> Vec<StreamEntry> {
+    asked
+        .zip(slots)
+        .map(|(asked, slot)| StreamEntry { slot, asked })
+        .collect()
 }
 
 /// What one entry of a stream's batch asked for.
