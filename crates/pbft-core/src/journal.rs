@@ -4,7 +4,7 @@
 //! The driver keeps the entries durably and gives them back to `Replica::recover` after a restart. It must make
 //! every entry of a step durable before it carries out any `Send` or `Reply` of that step: a message that leaves
 //! is then always backed by what the replica remembers, so a recovered replica can never send one that
-//! contradicts it. What is kept, and why:
+//! contradicts it. The one exception is `Executed` (see `JournalEntry::gates_outputs`). What is kept, and why:
 //!
 //! - `View`: the view, and whether the replica sent VIEW-CHANGE for it. A recovered replica never goes back to a
 //!   view it left, and re-sends its VIEW-CHANGE if it was waiting for a NEW-VIEW.
@@ -14,9 +14,10 @@
 //! - `Prepared`: each prepared certificate it formed, so that its VIEW-CHANGEs still carry it.
 //! - `Executed`: each batch it executed, in order, named by its PRE-PREPARE: the requests are in the `Accepted`
 //!   entry written for the same sequence number and digest before it, so the batch reaches the disk once.
-//!   Replayed on top of the stable checkpoint, they rebuild the
-//!   application state and the client table, which is how a request whose reply left survives even a restart of
-//!   every replica.
+//!   Replayed on top of the stable checkpoint, they rebuild the application state and the client table without
+//!   asking anyone. They may reach the disk after the step's replies left, in order with the entries after them:
+//!   a request whose reply left survives even a restart of every replica through the `Prepared` entries of the
+//!   replicas that committed it (see `gates_outputs`).
 //! - `Stable`: each stable checkpoint with its proof and the state snapshot at it. Everything filed at or below
 //!   it is obsolete; the driver may delete it.
 //! - `NewView`: the NEW-VIEW of the view the replica entered last. A primary that restarts can resend it to a
@@ -93,6 +94,18 @@ impl JournalEntry {
             }
             JournalEntry::Prepared(cert) => Some(cert.pre_prepare.seq),
         }
+    }
+
+    /// Whether the step's messages and replies must wait until this entry is durable. Every entry must, except
+    /// `Executed`: it records what this replica did, not a message it sent, and everything its replies and
+    /// CHECKPOINTs depend on was durable before its COMMIT left (the `Accepted` and `Prepared` entries), so a
+    /// replica that loses it in a crash recovers with the batch prepared and commits and executes it again, to
+    /// the same state and the same replies (or fetches a checkpoint past it). The driver writes an `Executed`
+    /// entry no later than the next entry that gates outputs, and in order with it; it may lose it, and every
+    /// entry after it, in a crash. Leaving it out of the step's synced write spares the disk one sync per
+    /// batch, and the replies that sync's wait.
+    pub fn gates_outputs(&self) -> bool {
+        !matches!(self, JournalEntry::Executed { .. })
     }
 
     pub fn encode(&self) -> Vec<u8> {

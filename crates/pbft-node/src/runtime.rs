@@ -11,7 +11,8 @@
 //! sends their messages, in the order the replica produced them, and hands their replies to the waiting clients
 //! (`waiters`), all under one lock. While the disk syncs, the replica
 //! task goes on with the next events; the writer takes every round that queued up meanwhile into its next write
-//! (group commit), so a slow disk costs fewer, larger writes instead of a stalled replica. A write that fails
+//! (group commit), so a slow disk costs fewer, larger writes instead of a stalled replica. A round that only
+//! executed batches waits for no write: its `Executed` records go with the next one. A write that fails
 //! stops the replica (a crash, which PBFT tolerates), rather than letting it send what it could not remember.
 
 use std::collections::HashMap;
@@ -436,9 +437,24 @@ impl Durable for Journal {
     }
 }
 
+/// Whether the messages and replies of a round must wait until this output is durable: a journal entry that
+/// gates them (every one but an `Executed` record, see `JournalEntry::gates_outputs`), or a committed block for
+/// the archive, which a client may ask for as soon as it has its reply.
+fn waits_for_disk(output: &Output) -> bool {
+    match output {
+        Output::Persist(entry) => entry.gates_outputs(),
+        Output::Committed(committed) => committed.record.is_some(),
+        _ => false,
+    }
+}
+
 /// Starts the journal writer: it writes each round of outputs it receives (together with every round queued
 /// behind it) in one synced write, then releases their messages and replies. If a write fails it records why and
 /// stops, which closes its queue and so stops the replica task too.
+///
+/// Rounds whose entries gate nothing (a batch executed, nothing else to remember) are released at once; their
+/// `Executed` records go to the disk in order, at the head of the next write. The queue holds at most a window
+/// of them: each batch's PRE-PREPARE was written before it executed.
 fn spawn_writer(
     mut journal: impl Durable,
     outbox: Arc<Outbox>,
@@ -447,15 +463,33 @@ fn spawn_writer(
     let (tx, mut rx) = mpsc::channel::<Vec<Output>>(WRITER_QUEUE);
     // A blocking-pool thread for as long as the replica runs: it spends its time in write and fsync calls.
     tokio::task::spawn_blocking(move || {
+        // The `Executed` records of rounds already released, not written yet.
+        let mut held: Vec<Output> = Vec::new();
         while let Some(mut outputs) = rx.blocking_recv() {
             while let Ok(more) = rx.try_recv() {
                 outputs.extend(more);
             }
-            if let Err(e) = Durable::persist(&mut journal, &outputs) {
+            if !outputs.iter().any(waits_for_disk) {
+                let (entries, rest): (Vec<Output>, Vec<Output>) = outputs
+                    .into_iter()
+                    .partition(|output| matches!(output, Output::Persist(_)));
+                held.extend(entries);
+                outbox.release_all(rest);
+                continue;
+            }
+            let mut round = std::mem::take(&mut held);
+            round.extend(outputs);
+            if let Err(e) = Durable::persist(&mut journal, &round) {
                 fail(&failure, format!("the journal could not be written: {e}"));
                 return;
             }
-            outbox.release_all(outputs);
+            outbox.release_all(round);
+        }
+        // The replica stops: what is held goes to the disk if it can (a crash would lose it, which is safe).
+        if !held.is_empty()
+            && let Err(e) = Durable::persist(&mut journal, &held)
+        {
+            tracing::warn!(error = %e, "the last executed batches could not be recorded");
         }
     });
     tx
@@ -642,18 +676,30 @@ mod tests {
 
     use super::*;
 
-    /// A journal that takes its time, and counts the rounds it made durable.
+    /// The entries of each write, by sequence number.
+    type Writes = Arc<Mutex<Vec<Vec<Option<SeqNo>>>>>;
+
+    /// A journal that takes its time, counts the rounds it made durable, and keeps the entries of each write.
     struct SlowDisk {
         written: Arc<AtomicUsize>,
+        writes: Writes,
         fail: bool,
     }
 
     impl Durable for SlowDisk {
-        fn persist(&mut self, _outputs: &[Output]) -> Result<(), String> {
+        fn persist(&mut self, outputs: &[Output]) -> Result<(), String> {
             std::thread::sleep(Duration::from_millis(50));
             if self.fail {
                 return Err("the disk is full".into());
             }
+            let entries = outputs.iter().filter_map(|output| match output {
+                Output::Persist(entry) => Some(entry.seq()),
+                _ => None,
+            });
+            self.writes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(entries.collect());
             self.written.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
@@ -698,6 +744,27 @@ mod tests {
         ]
     }
 
+    /// A round with nothing to remember but the execution of batch `seq`, and a message.
+    fn executed_round(seq: u64) -> Vec<Output> {
+        let keys: Vec<KeyPair> = (1..=4).map(|i| KeyPair::from_seed([i; 32])).collect();
+        let config = pbft_types::ClusterConfig {
+            replicas: keys.iter().map(KeyPair::public_key).collect(),
+            clients: vec![],
+            params: pbft_types::Params::default(),
+        };
+        let keyring = Keyring::new(&config).expect("a valid cluster");
+        let header = keys[0].sign(pbft_types::PrePrepare {
+            view: View(0),
+            seq: SeqNo(seq),
+            digest: Digest([seq as u8; 32]),
+            replica: ReplicaId(0),
+        });
+        let header = keyring.verify(header).expect("signed by replica 0");
+        let mut round = round(seq);
+        round[0] = Output::Persist(JournalEntry::Executed { header });
+        round
+    }
+
     /// The writer's queue, the link's record of frames, and where the writer reports a failure.
     type Writer = (
         mpsc::Sender<Vec<Output>>,
@@ -706,6 +773,12 @@ mod tests {
     );
 
     fn writer(fail: bool) -> Writer {
+        let (writer, _writes) = writer_keeping_writes(fail);
+        writer
+    }
+
+    /// A writer, and the entries of each write it made.
+    fn writer_keeping_writes(fail: bool) -> (Writer, Writes) {
         let written = Arc::new(AtomicUsize::new(0));
         let (sent, frames) = std_mpsc::channel();
         let outbox = Arc::new(Outbox {
@@ -717,8 +790,14 @@ mod tests {
             metrics: Metrics::shared(),
         });
         let failure = Arc::new(watch::channel(None).0);
-        let disk = SlowDisk { written, fail };
-        (spawn_writer(disk, outbox, failure.clone()), frames, failure)
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let disk = SlowDisk {
+            written,
+            writes: writes.clone(),
+            fail,
+        };
+        let writer = (spawn_writer(disk, outbox, failure.clone()), frames, failure);
+        (writer, writes)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -800,6 +879,37 @@ mod tests {
         // The first round's message waited for its write; the later ones may share a write, never precede one.
         assert!(seen.iter().all(|&w| w >= 1), "{seen:?}");
         assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_executed_record_does_not_hold_its_round_and_goes_to_the_disk_with_the_next_write() {
+        let ((rounds, frames, _failure), writes) = writer_keeping_writes(false);
+        let next_frame = || {
+            tokio::task::block_in_place(|| frames.recv_timeout(Duration::from_secs(5)))
+                .expect("the round's message leaves")
+        };
+        rounds
+            .send(executed_round(1))
+            .await
+            .expect("the writer runs");
+        assert_eq!(next_frame(), 0, "it left without waiting for a write");
+        rounds
+            .send(executed_round(2))
+            .await
+            .expect("the writer runs");
+        assert_eq!(next_frame(), 0);
+        rounds.send(round(3)).await.expect("the writer runs");
+        assert_eq!(
+            next_frame(),
+            1,
+            "an entry that gates its round was written first"
+        );
+        let writes = writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        // The held records first, in order, then the view.
+        assert_eq!(writes, vec![vec![Some(SeqNo(1)), Some(SeqNo(2)), None]]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,9 @@
 //! The node makes a step's entries durable before any message of that step leaves, and the simulator models
 //! exactly that contract: the entries of a step are on the disk when its messages are scheduled, so a crash,
 //! which happens between steps, loses the replica's memory (timers, queued requests, peers' votes) but nothing it
-//! persisted.
+//! persisted. The exception is an entry that gates no output (`JournalEntry::gates_outputs`, an `Executed`
+//! record): the node writes it with the next entry that does, so it stays pending until then and a crash loses
+//! it, with every pending entry after it.
 
 use pbft_core::JournalEntry;
 use pbft_crypto::Keyring;
@@ -20,10 +22,28 @@ pub struct Disk {
     new_view: Option<Vec<u8>>,
     stable: Option<(SeqNo, Vec<u8>)>,
     records: Vec<(SeqNo, Vec<u8>)>,
+    /// Entries that gate no output, in order, not yet on the disk.
+    pending: Vec<JournalEntry>,
 }
 
 impl Disk {
     pub fn persist(&mut self, entry: &JournalEntry) {
+        if !entry.gates_outputs() {
+            self.pending.push(entry.clone());
+            return;
+        }
+        for pending in std::mem::take(&mut self.pending) {
+            self.write(&pending);
+        }
+        self.write(entry);
+    }
+
+    /// The replica crashed: what was still pending never reached the disk.
+    pub fn crash(&mut self) {
+        self.pending.clear();
+    }
+
+    fn write(&mut self, entry: &JournalEntry) {
         match entry {
             JournalEntry::View { .. } => self.view = Some(entry.encode()),
             JournalEntry::NewView(_) => self.new_view = Some(entry.encode()),
@@ -59,5 +79,80 @@ impl Disk {
             .chain(self.records.iter().map(|(_, bytes)| bytes));
         all.map(|bytes| JournalEntry::decode(bytes, keyring, limits).map_err(|e| e.to_string()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pbft_crypto::KeyPair;
+    use pbft_types::{ClusterConfig, Digest, Params, PrePrepare, ReplicaId, View};
+
+    const LIMITS: DecodeLimits = DecodeLimits {
+        max_message_size: 4096,
+        max_batch_size: 8,
+    };
+
+    fn keyring() -> (KeyPair, Keyring) {
+        let keys: Vec<KeyPair> = (0..4).map(|i| KeyPair::from_seed([i + 1; 32])).collect();
+        let config = ClusterConfig {
+            replicas: keys.iter().map(KeyPair::public_key).collect(),
+            clients: Vec::new(),
+            params: Params::default(),
+        };
+        let keyring = Keyring::new(&config).expect("a valid cluster");
+        (keys[0].clone(), keyring)
+    }
+
+    fn executed(key: &KeyPair, keyring: &Keyring, seq: u64) -> JournalEntry {
+        let header = key.sign(PrePrepare {
+            view: View(0),
+            seq: SeqNo(seq),
+            digest: Digest([seq as u8; 32]),
+            replica: ReplicaId(0),
+        });
+        JournalEntry::Executed {
+            header: keyring.verify(header).expect("signed by replica 0"),
+        }
+    }
+
+    fn view(v: u64) -> JournalEntry {
+        JournalEntry::View {
+            view: View(v),
+            changing: false,
+        }
+    }
+
+    #[test]
+    fn an_executed_record_reaches_the_disk_with_the_next_entry_that_gates_outputs() {
+        let (key, keyring) = keyring();
+        let limits = LIMITS;
+        let mut disk = Disk::default();
+        disk.persist(&executed(&key, &keyring, 1));
+        disk.persist(&executed(&key, &keyring, 2));
+        assert_eq!(disk.records(), 0);
+        disk.persist(&view(1));
+        assert_eq!(disk.records(), 2);
+        let read = disk.read(&keyring, limits).expect("readable");
+        assert_eq!(
+            read.iter().map(JournalEntry::seq).collect::<Vec<_>>(),
+            vec![None, Some(SeqNo(1)), Some(SeqNo(2))]
+        );
+    }
+
+    #[test]
+    fn a_crash_loses_the_executed_records_still_pending_and_nothing_else() {
+        let (key, keyring) = keyring();
+        let limits = LIMITS;
+        let mut disk = Disk::default();
+        disk.persist(&executed(&key, &keyring, 1));
+        disk.persist(&view(1));
+        disk.persist(&executed(&key, &keyring, 2));
+        disk.crash();
+        disk.persist(&view(2));
+        let read = disk.read(&keyring, limits).expect("readable");
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0], view(2));
+        assert_eq!(read[1].seq(), Some(SeqNo(1)));
     }
 }

@@ -550,6 +550,7 @@ impl Simulation {
                 if let Some(n) = self.replicas.get_mut(node) {
                     n.crashed = true;
                     n.timers.clear();
+                    n.disk.crash();
                     let id = n.id;
                     self.trace(|| format!("r{id} CRASHES"));
                 }
@@ -659,6 +660,10 @@ impl Simulation {
         n.timers.clear();
         n.crashed = false;
         let status = n.replica.status();
+        if !n.faulty {
+            let checked = self.checker.restarted(id, status.last_executed);
+            self.violation(checked);
+        }
         self.trace(|| {
             format!(
                 "r{id} RESTARTS from its disk: view {}, executed {}",
@@ -675,7 +680,8 @@ impl Simulation {
         let id = self.replicas[node].id;
         let faulty = self.replicas[node].faulty;
         match output {
-            // On the disk before the step's messages are sent, as the node's contract has it.
+            // On the disk before the step's messages are sent (unless it gates none), as the node's contract has
+            // it.
             Output::Persist(entry) => self.replicas[node].disk.persist(&entry),
             Output::Send { to, msg } => {
                 self.trace(|| format!("r{id} -> {to:?} {}", trace::describe(&msg)));

@@ -162,6 +162,36 @@ impl History {
     }
 }
 
+impl History {
+    /// Records that `replica` restarted from its disk with the state after `seq`. Its last executed batches may
+    /// not have reached the disk (`JournalEntry::gates_outputs`): it executes them again, and each must match
+    /// what it executed before. It cannot come back ahead of where it was.
+    pub fn restarted(&mut self, replica: ReplicaId, seq: SeqNo) -> Result<(), Violation> {
+        let Some(cursor) = self.cursors.get(replica.index()).copied() else {
+            return Err(Violation::Driver(format!(
+                "a restart of unknown replica {replica}"
+            )));
+        };
+        if seq > cursor.last {
+            return Err(Violation::Driver(format!(
+                "replica {replica} restarted with the state after seq {seq}, but executed only up to {}",
+                cursor.last
+            )));
+        }
+        // The history reaches `cursor.last`, so it holds `seq`.
+        let chain = match seq {
+            SeqNo(0) => Digest::default(),
+            _ => self
+                .entries
+                .get(index(seq))
+                .map(|e| e.chain)
+                .unwrap_or_default(),
+        };
+        self.cursors[replica.index()] = Cursor { last: seq, chain };
+        Ok(())
+    }
+}
+
 /// Sequence numbers start at 1.
 fn index(seq: SeqNo) -> usize {
     seq.0.saturating_sub(1) as usize
@@ -265,6 +295,37 @@ mod tests {
         assert!(matches!(
             h.record(R1, SeqNo(2), View(0), d(2), &ok()),
             Err(Violation::OutOfOrder { .. })
+        ));
+    }
+
+    #[test]
+    fn a_restarted_replica_executes_again_what_its_disk_lost_and_only_that() {
+        let mut h = History::new(4);
+        for seq in 1..=3 {
+            h.record(R0, SeqNo(seq), View(0), d(seq as u8), &ok())
+                .unwrap();
+        }
+        // Its disk kept seq 1 only: seqs 2 and 3 come again, and must be what they were.
+        assert_eq!(h.restarted(R0, SeqNo(1)), Ok(()));
+        assert_eq!(h.last_committed(R0), SeqNo(1));
+        assert_eq!(
+            h.record(R0, SeqNo(2), View(0), d(2), &ok()),
+            Ok(Recorded::Matched)
+        );
+        assert!(matches!(
+            h.record(R0, SeqNo(3), View(0), d(9), &ok()),
+            Err(Violation::Disagreement { .. })
+        ));
+        // From nothing at all, too.
+        assert_eq!(h.restarted(R0, SeqNo(0)), Ok(()));
+        assert_eq!(
+            h.record(R0, SeqNo(1), View(0), d(1), &ok()),
+            Ok(Recorded::Matched)
+        );
+        // Not ahead of where it was.
+        assert!(matches!(
+            h.restarted(R1, SeqNo(1)),
+            Err(Violation::Driver(_))
         ));
     }
 

@@ -132,6 +132,11 @@ impl Checker {
         self.history.installed(replica, seq)
     }
 
+    /// `replica` restarted from its disk with the state after `seq`.
+    pub fn restarted(&mut self, replica: ReplicaId, seq: SeqNo) -> Result<(), Violation> {
+        self.history.restarted(replica, seq)
+    }
+
     /// `client` accepted `result` for its request `timestamp`.
     pub fn completed(
         &mut self,
