@@ -4,6 +4,7 @@
 pub mod api;
 pub mod client_slots;
 pub mod config;
+mod deadlines;
 pub mod durable;
 pub mod grpc;
 pub mod http;

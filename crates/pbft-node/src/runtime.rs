@@ -15,12 +15,11 @@
 //! executed batches waits for no write: its `Executed` records go with the next one. A write that fails
 //! stops the replica (a crash, which PBFT tolerates), rather than letting it send what it could not remember.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pbft_core::{Output, RejectReason, Replica, ReplicaStatus, Timer};
+use pbft_core::{Output, RejectReason, Replica, ReplicaStatus};
 use pbft_crypto::{AuthError, KeyPair, Keyring, Verified, VerifiedMsg};
 use pbft_types::{
     DecodeLimits, Principal, ReplicaId, ReplicaMsg, Reply, Request, Signed, Timestamp,
@@ -28,6 +27,7 @@ use pbft_types::{
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
+use crate::deadlines::Deadlines;
 use crate::durable::Journal;
 use crate::link::{Inbound, PeerLink};
 use crate::metrics::Metrics;
@@ -39,9 +39,9 @@ const EVENT_QUEUE: usize = 4096;
 /// How many rounds of outputs may wait for the journal writer before the replica task has to wait.
 const WRITER_QUEUE: usize = 64;
 
-/// What the replica task takes in.
+/// What the replica task takes in (its timers it keeps itself, in `Deadlines`).
 // A peer's message, the largest variant, is also the most frequent: boxing it would cost an allocation per
-// message to save queue space that the requests and timers, fewer, hardly use.
+// message to save queue space that the requests, fewer, hardly use.
 #[allow(clippy::large_enum_variant)]
 enum Event {
     Message {
@@ -50,10 +50,6 @@ enum Event {
     },
     /// Requests submitted together (one packed batch of a stream, or a single request): one hand-off for all.
     Requests(Vec<Verified<Request>>),
-    Timer {
-        timer: Timer,
-        generation: u64,
-    },
 }
 
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -267,9 +263,7 @@ pub fn start(
         replica,
         outbox,
         writer,
-        events: events_tx.clone(),
-        timers: HashMap::new(),
-        next_generation: 0,
+        deadlines: Deadlines::default(),
         status: status_tx,
         metrics: metrics.clone(),
         deferred: Vec::new(),
@@ -512,11 +506,8 @@ struct ReplicaTask {
     outbox: Arc<Outbox>,
     /// The journal writer's queue; none for a replica without a journal, whose outputs leave at once.
     writer: Option<mpsc::Sender<Vec<Output>>>,
-    /// For timers to come back through.
-    events: mpsc::Sender<Event>,
-    /// The generation of each running timer: a fired timer of an older generation was restarted or cancelled.
-    timers: HashMap<Timer, u64>,
-    next_generation: u64,
+    /// When each running timer fires.
+    deadlines: Deadlines,
     status: watch::Sender<ReplicaStatus>,
     metrics: Arc<Metrics>,
     /// Journal entries, messages and replies of the events handled since the last hand-over to the writer: the
@@ -528,17 +519,35 @@ struct ReplicaTask {
 }
 
 impl ReplicaTask {
+    /// Runs until every sender of events is gone (the node stopped) or the journal cannot be written.
     async fn run(mut self, mut events: mpsc::Receiver<Event>) {
         if let Err(reason) = self.flush().await {
             return fail(&self.failure, reason);
         }
-        while let Some(event) = events.recv().await {
-            self.handle(event);
+        let alarm = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(alarm);
+        loop {
+            // The alarm is moved only when the earliest deadline moved.
+            let next = self.deadlines.next();
+            if let Some(at) = next
+                && alarm.deadline() != at
+            {
+                alarm.as_mut().reset(at);
+            }
+            tokio::select! {
+                biased;
+                event = events.recv() => match event {
+                    Some(event) => self.handle(event),
+                    None => return,
+                },
+                () = &mut alarm, if next.is_some() => {}
+            }
             // Whatever else is already queued is handled before the round goes to the journal writer and the
-            // status is published.
+            // status is published; so are the timers that are due.
             while let Ok(event) = events.try_recv() {
                 self.handle(event);
             }
+            self.fire_due_timers();
             if let Err(reason) = self.flush().await {
                 return fail(&self.failure, reason);
             }
@@ -549,24 +558,23 @@ impl ReplicaTask {
     }
 
     fn handle(&mut self, event: Event) {
-        let input = match event {
-            Event::Message { from, msg } => pbft_core::Input::Message { from, msg },
+        match event {
+            Event::Message { from, msg } => self.step(pbft_core::Input::Message { from, msg }),
             Event::Requests(requests) => {
                 for request in requests {
-                    for output in self.replica.step(pbft_core::Input::Request(request)) {
-                        self.carry_out(output);
-                    }
+                    self.step(pbft_core::Input::Request(request));
                 }
-                return;
             }
-            Event::Timer { timer, generation } => {
-                if self.timers.get(&timer) != Some(&generation) {
-                    return;
-                }
-                self.timers.remove(&timer);
-                pbft_core::Input::TimerFired(timer)
-            }
-        };
+        }
+    }
+
+    fn fire_due_timers(&mut self) {
+        for timer in self.deadlines.take_due(tokio::time::Instant::now()) {
+            self.step(pbft_core::Input::TimerFired(timer));
+        }
+    }
+
+    fn step(&mut self, input: pbft_core::Input) {
         for output in self.replica.step(input) {
             self.carry_out(output);
         }
@@ -617,18 +625,10 @@ impl ReplicaTask {
         };
         match output {
             Output::SetTimer { timer, after } => {
-                self.next_generation += 1;
-                let generation = self.next_generation;
-                self.timers.insert(timer, generation);
-                let events = self.events.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(after).await;
-                    let _ = events.send(Event::Timer { timer, generation }).await;
-                });
+                self.deadlines
+                    .set(timer, tokio::time::Instant::now() + after);
             }
-            Output::CancelTimer(timer) => {
-                self.timers.remove(&timer);
-            }
+            Output::CancelTimer(timer) => self.deadlines.cancel(timer),
             // Carried out by the outbox above.
             Output::Send { .. } | Output::Reply(_) | Output::Committed(_) | Output::Persist(_) => {}
             Output::StateInstalled { seq, digest } => {
