@@ -86,8 +86,9 @@ pub enum Output {
     CancelTimer(Timer),
     /// Batch `seq` committed and executed.
     Committed(Committed),
-    /// Remember this across a crash (see `journal`). Every `Persist` of a step must be durable before any `Send`
-    /// or `Reply` of that step is carried out.
+    /// Remember this across a crash (see `journal`). When the step waits for the journal (see
+    /// `Output::waits_for_journal`), every `Persist` of it, and every one before it, must be durable before any
+    /// `Send` or `Reply` of the step is carried out.
     Persist(crate::journal::JournalEntry),
     /// The replica installed the certified state of checkpoint `seq` fetched from a peer, skipping the
     /// execution of every batch up to it.
@@ -105,6 +106,26 @@ pub enum Output {
     },
     /// An input was refused; nothing changed.
     Rejected(Rejection),
+}
+
+impl Output {
+    /// Whether the step this output belongs to waits for the journal: its messages and replies leave only once
+    /// its `Persist` entries, and all entries before them, are durable. So does a step with an entry that gates
+    /// outputs (`JournalEntry::gates_outputs`, every kind but `Executed`), and a step that sends a CHECKPOINT: that
+    /// message vouches for the state after the batches executed, so their `Executed` records must be on the disk
+    /// first. Otherwise a crash of the whole cluster could leave a replica behind its own vote, in a checkpoint
+    /// its peers certified and collected the log below, and it would have to wait for a view change to catch up.
+    /// That costs one sync per checkpoint interval, not per batch.
+    pub fn waits_for_journal(&self) -> bool {
+        match self {
+            Output::Persist(entry) => entry.gates_outputs(),
+            Output::Send {
+                msg: ReplicaMsg::Checkpoint(_),
+                ..
+            } => true,
+            _ => false,
+        }
+    }
 }
 
 /// Why the replica refused an input. Reported as an output so that drivers can count rejections by reason and

@@ -4,7 +4,8 @@
 //! The driver keeps the entries durably and gives them back to `Replica::recover` after a restart. It must make
 //! every entry of a step durable before it carries out any `Send` or `Reply` of that step: a message that leaves
 //! is then always backed by what the replica remembers, so a recovered replica can never send one that
-//! contradicts it. The one exception is `Executed` (see `JournalEntry::gates_outputs`). What is kept, and why:
+//! contradicts it. The exception is a step whose only entries are `Executed` records and that sends no
+//! CHECKPOINT (see `JournalEntry::gates_outputs` and `Output::waits_for_journal`). What is kept, and why:
 //!
 //! - `View`: the view, and whether the replica sent VIEW-CHANGE for it. A recovered replica never goes back to a
 //!   view it left, and re-sends its VIEW-CHANGE if it was waiting for a NEW-VIEW.
@@ -97,13 +98,14 @@ impl JournalEntry {
     }
 
     /// Whether the step's messages and replies must wait until this entry is durable. Every entry must, except
-    /// `Executed`: it records what this replica did, not a message it sent, and everything its replies and
-    /// CHECKPOINTs depend on was durable before its COMMIT left (the `Accepted` and `Prepared` entries), so a
-    /// replica that loses it in a crash recovers with the batch prepared and commits and executes it again, to
-    /// the same state and the same replies (or fetches a checkpoint past it). The driver writes an `Executed`
-    /// entry no later than the next entry that gates outputs, and in order with it; it may lose it, and every
-    /// entry after it, in a crash. Leaving it out of the step's synced write spares the disk one sync per
-    /// batch, and the replies that sync's wait.
+    /// `Executed`: it records what this replica did, not a message it sent, and everything its replies depend on
+    /// was durable before its COMMIT left (the `Accepted` and `Prepared` entries). A replica that loses it in a
+    /// crash recovers with the batch prepared, and commits and executes it again, to the same state and the same
+    /// replies (or fetches a checkpoint past it). The one message that depends on it is the CHECKPOINT, whose
+    /// step waits anyway (`Output::waits_for_journal`). The driver writes an `Executed` entry no later than the
+    /// next step that waits for the journal, and in order with it; it may lose it, and every entry after it, in
+    /// a crash. Leaving it out of the step's synced write spares the disk one sync per batch, and the replies
+    /// that sync's wait.
     pub fn gates_outputs(&self) -> bool {
         !matches!(self, JournalEntry::Executed { .. })
     }

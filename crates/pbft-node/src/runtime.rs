@@ -258,7 +258,8 @@ pub fn start(
         waiters: waiters.clone(),
         metrics: metrics.clone(),
     });
-    let writer = journal.map(|journal| spawn_writer(journal, outbox.clone(), failure.clone()));
+    let writer = journal
+        .map(|journal| spawn_writer(journal, outbox.clone(), failure.clone(), HOLD_WHEN_IDLE));
     let mut task = ReplicaTask {
         replica,
         outbox,
@@ -431,35 +432,58 @@ impl Durable for Journal {
     }
 }
 
-/// Whether the messages and replies of a round must wait until this output is durable: a journal entry that
-/// gates them (every one but an `Executed` record, see `JournalEntry::gates_outputs`), or a committed block for
-/// the archive, which a client may ask for as soon as it has its reply.
+/// Whether the messages and replies of a round must wait until its entries are durable: the core says so
+/// (`Output::waits_for_journal`: an entry other than an `Executed` record, or a CHECKPOINT sent), or the round
+/// archives a committed block, which a client may ask for as soon as it has its reply.
 fn waits_for_disk(output: &Output) -> bool {
     match output {
-        Output::Persist(entry) => entry.gates_outputs(),
         Output::Committed(committed) => committed.record.is_some(),
-        _ => false,
+        other => other.waits_for_journal(),
     }
 }
+
+/// How long the journal writer keeps `Executed` records when no round comes that would take them along: an idle
+/// replica writes them then, so that a crash rarely makes it commit those batches again.
+const HOLD_WHEN_IDLE: Duration = Duration::from_millis(100);
 
 /// Starts the journal writer: it writes each round of outputs it receives (together with every round queued
 /// behind it) in one synced write, then releases their messages and replies. If a write fails it records why and
 /// stops, which closes its queue and so stops the replica task too.
 ///
-/// Rounds whose entries gate nothing (a batch executed, nothing else to remember) are released at once; their
-/// `Executed` records go to the disk in order, at the head of the next write. The queue holds at most a window
-/// of them: each batch's PRE-PREPARE was written before it executed.
+/// Rounds that need not wait (a batch executed, nothing else to remember, no CHECKPOINT sent) are released at
+/// once; their `Executed` records go to the disk in order, at the head of the next write, or on their own after
+/// `hold_when_idle` (`HOLD_WHEN_IDLE`) without one. At most a window of them wait: each batch's prepared
+/// certificate was written before it executed.
 fn spawn_writer(
     mut journal: impl Durable,
     outbox: Arc<Outbox>,
     failure: Arc<watch::Sender<Option<String>>>,
+    hold_when_idle: Duration,
 ) -> mpsc::Sender<Vec<Output>> {
     let (tx, mut rx) = mpsc::channel::<Vec<Output>>(WRITER_QUEUE);
+    let runtime = tokio::runtime::Handle::current();
     // A blocking-pool thread for as long as the replica runs: it spends its time in write and fsync calls.
     tokio::task::spawn_blocking(move || {
         // The `Executed` records of rounds already released, not written yet.
         let mut held: Vec<Output> = Vec::new();
-        while let Some(mut outputs) = rx.blocking_recv() {
+        loop {
+            let next = match held.is_empty() {
+                true => rx.blocking_recv(),
+                false => match runtime.block_on(tokio::time::timeout(hold_when_idle, rx.recv())) {
+                    Ok(next) => next,
+                    Err(_idle) => {
+                        if let Err(e) = Durable::persist(&mut journal, &held) {
+                            fail(&failure, format!("the journal could not be written: {e}"));
+                            return;
+                        }
+                        held.clear();
+                        continue;
+                    }
+                },
+            };
+            let Some(mut outputs) = next else {
+                break;
+            };
             while let Ok(more) = rx.try_recv() {
                 outputs.extend(more);
             }
@@ -773,12 +797,12 @@ mod tests {
     );
 
     fn writer(fail: bool) -> Writer {
-        let (writer, _writes) = writer_keeping_writes(fail);
+        let (writer, _writes) = writer_keeping_writes(fail, HOLD_WHEN_IDLE);
         writer
     }
 
     /// A writer, and the entries of each write it made.
-    fn writer_keeping_writes(fail: bool) -> (Writer, Writes) {
+    fn writer_keeping_writes(fail: bool, hold_when_idle: Duration) -> (Writer, Writes) {
         let written = Arc::new(AtomicUsize::new(0));
         let (sent, frames) = std_mpsc::channel();
         let outbox = Arc::new(Outbox {
@@ -796,7 +820,11 @@ mod tests {
             writes: writes.clone(),
             fail,
         };
-        let writer = (spawn_writer(disk, outbox, failure.clone()), frames, failure);
+        let writer = (
+            spawn_writer(disk, outbox, failure.clone(), hold_when_idle),
+            frames,
+            failure,
+        );
         (writer, writes)
     }
 
@@ -883,7 +911,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_executed_record_does_not_hold_its_round_and_goes_to_the_disk_with_the_next_write() {
-        let ((rounds, frames, _failure), writes) = writer_keeping_writes(false);
+        let ((rounds, frames, _failure), writes) =
+            writer_keeping_writes(false, Duration::from_secs(60));
         let next_frame = || {
             tokio::task::block_in_place(|| frames.recv_timeout(Duration::from_secs(5)))
                 .expect("the round's message leaves")
@@ -910,6 +939,80 @@ mod tests {
             .clone();
         // The held records first, in order, then the view.
         assert_eq!(writes, vec![vec![Some(SeqNo(1)), Some(SeqNo(2)), None]]);
+    }
+
+    /// Waits until the writer made `n` writes, and returns them.
+    async fn wait_for_writes(writes: &Writes, n: usize) -> Vec<Vec<Option<SeqNo>>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let seen = writes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            if seen.len() >= n || tokio::time::Instant::now() > deadline {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn executed_records_are_written_when_no_round_comes_for_a_while_and_when_the_replica_stops()
+     {
+        let ((rounds, frames, _failure), writes) = writer_keeping_writes(false, HOLD_WHEN_IDLE);
+        rounds
+            .send(executed_round(1))
+            .await
+            .expect("the writer runs");
+        tokio::task::block_in_place(|| frames.recv_timeout(Duration::from_secs(5)))
+            .expect("the round's message leaves");
+        // Idle for HOLD_WHEN_IDLE: written on their own.
+        assert_eq!(
+            wait_for_writes(&writes, 1).await,
+            vec![vec![Some(SeqNo(1))]]
+        );
+        // Held when the replica stops (its queue closes): written before the writer ends.
+        rounds
+            .send(executed_round(2))
+            .await
+            .expect("the writer runs");
+        drop(rounds);
+        assert_eq!(
+            wait_for_writes(&writes, 2).await,
+            vec![vec![Some(SeqNo(1))], vec![Some(SeqNo(2))]]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_that_sends_a_checkpoint_waits_for_the_records_held_before_it() {
+        let ((rounds, frames, _failure), writes) =
+            writer_keeping_writes(false, Duration::from_secs(60));
+        rounds
+            .send(executed_round(1))
+            .await
+            .expect("the writer runs");
+        tokio::task::block_in_place(|| frames.recv_timeout(Duration::from_secs(5)))
+            .expect("the round's message leaves");
+        let checkpoint = KeyPair::from_seed([1; 32]).sign(pbft_types::Checkpoint {
+            seq: SeqNo(1),
+            digest: Digest([1; 32]),
+            replica: ReplicaId(0),
+        });
+        let round = vec![Output::Send {
+            to: Dest::AllReplicas,
+            msg: ReplicaMsg::Checkpoint(checkpoint),
+        }];
+        rounds.send(round).await.expect("the writer runs");
+        let written = tokio::task::block_in_place(|| frames.recv_timeout(Duration::from_secs(5)))
+            .expect("the CHECKPOINT leaves");
+        assert_eq!(
+            written, 1,
+            "the CHECKPOINT left before the record was written"
+        );
+        assert_eq!(
+            wait_for_writes(&writes, 1).await,
+            vec![vec![Some(SeqNo(1))]]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

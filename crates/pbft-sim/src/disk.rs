@@ -6,9 +6,9 @@
 //! The node makes a step's entries durable before any message of that step leaves, and the simulator models
 //! exactly that contract: the entries of a step are on the disk when its messages are scheduled, so a crash,
 //! which happens between steps, loses the replica's memory (timers, queued requests, peers' votes) but nothing it
-//! persisted. The exception is an entry that gates no output (`JournalEntry::gates_outputs`, an `Executed`
-//! record): the node writes it with the next entry that does, so it stays pending until then and a crash loses
-//! it, with every pending entry after it.
+//! persisted. The exception is a step that need not wait for the journal (`Output::waits_for_journal`: its only
+//! entries are `Executed` records, and it sends no CHECKPOINT): the node writes its entries with the next step
+//! that waits, so they stay pending until then, and a crash loses them.
 
 use pbft_core::JournalEntry;
 use pbft_crypto::Keyring;
@@ -22,20 +22,28 @@ pub struct Disk {
     new_view: Option<Vec<u8>>,
     stable: Option<(SeqNo, Vec<u8>)>,
     records: Vec<(SeqNo, Vec<u8>)>,
-    /// Entries that gate no output, in order, not yet on the disk.
+    /// Entries of steps that did not wait for the journal, in order, not yet on the disk.
     pending: Vec<JournalEntry>,
+    /// Up to where the entries on the disk say the replica executed: what it recovers to.
+    executed: SeqNo,
 }
 
 impl Disk {
-    pub fn persist(&mut self, entry: &JournalEntry) {
-        if !entry.gates_outputs() {
-            self.pending.push(entry.clone());
-            return;
+    /// Keeps `entry`, persisted by a step that waits for the journal (`waits`) or not: then it stays pending until
+    /// a step that waits.
+    pub fn persist(&mut self, entry: &JournalEntry, waits: bool) {
+        self.pending.push(entry.clone());
+        if waits {
+            for pending in std::mem::take(&mut self.pending) {
+                self.write(&pending);
+            }
         }
-        for pending in std::mem::take(&mut self.pending) {
-            self.write(&pending);
-        }
-        self.write(entry);
+    }
+
+    /// The last sequence number executed according to the disk: its stable checkpoint, or the last `Executed`
+    /// record above it.
+    pub fn executed(&self) -> SeqNo {
+        self.executed
     }
 
     /// The replica crashed: what was still pending never reached the disk.
@@ -51,7 +59,12 @@ impl Disk {
                 if self.stable.as_ref().is_none_or(|(s, _)| s <= seq) {
                     self.stable = Some((*seq, entry.encode()));
                     self.records.retain(|(s, _)| s > seq);
+                    self.executed = self.executed.max(*seq);
                 }
+            }
+            JournalEntry::Executed { header } => {
+                self.executed = self.executed.max(header.seq);
+                self.records.push((header.seq, entry.encode()));
             }
             _ => {
                 if let Some(seq) = entry.seq() {
@@ -124,15 +137,15 @@ mod tests {
     }
 
     #[test]
-    fn an_executed_record_reaches_the_disk_with_the_next_entry_that_gates_outputs() {
+    fn an_executed_record_reaches_the_disk_with_the_next_step_that_waits_for_the_journal() {
         let (key, keyring) = keyring();
         let limits = LIMITS;
         let mut disk = Disk::default();
-        disk.persist(&executed(&key, &keyring, 1));
-        disk.persist(&executed(&key, &keyring, 2));
-        assert_eq!(disk.records(), 0);
-        disk.persist(&view(1));
-        assert_eq!(disk.records(), 2);
+        disk.persist(&executed(&key, &keyring, 1), false);
+        disk.persist(&executed(&key, &keyring, 2), false);
+        assert_eq!((disk.records(), disk.executed()), (0, SeqNo(0)));
+        disk.persist(&view(1), true);
+        assert_eq!((disk.records(), disk.executed()), (2, SeqNo(2)));
         let read = disk.read(&keyring, limits).expect("readable");
         assert_eq!(
             read.iter().map(JournalEntry::seq).collect::<Vec<_>>(),
@@ -141,15 +154,26 @@ mod tests {
     }
 
     #[test]
+    fn a_step_that_waits_writes_all_its_entries_even_an_executed_record_after_the_others() {
+        let (key, keyring) = keyring();
+        let mut disk = Disk::default();
+        disk.persist(&view(1), true);
+        disk.persist(&executed(&key, &keyring, 1), true);
+        disk.crash();
+        assert_eq!((disk.records(), disk.executed()), (1, SeqNo(1)));
+    }
+
+    #[test]
     fn a_crash_loses_the_executed_records_still_pending_and_nothing_else() {
         let (key, keyring) = keyring();
         let limits = LIMITS;
         let mut disk = Disk::default();
-        disk.persist(&executed(&key, &keyring, 1));
-        disk.persist(&view(1));
-        disk.persist(&executed(&key, &keyring, 2));
+        disk.persist(&executed(&key, &keyring, 1), false);
+        disk.persist(&view(1), true);
+        disk.persist(&executed(&key, &keyring, 2), false);
         disk.crash();
-        disk.persist(&view(2));
+        assert_eq!(disk.executed(), SeqNo(1));
+        disk.persist(&view(2), true);
         let read = disk.read(&keyring, limits).expect("readable");
         assert_eq!(read.len(), 2);
         assert_eq!(read[0], view(2));

@@ -578,9 +578,12 @@ impl Simulation {
             Some(adversary) => adversary.act(now, &status, outputs),
             None => outputs.into_iter().map(Action::Output).collect(),
         };
+        let waits = actions
+            .iter()
+            .any(|a| matches!(a, Action::Output(output) if output.waits_for_journal()));
         for action in actions {
             match action {
-                Action::Output(output) => self.replica_output(node, output),
+                Action::Output(output) => self.replica_output(node, output, waits),
                 Action::Raw { to, bytes } => {
                     self.trace(|| format!("r{id} -> {to:?} {} bytes of junk", bytes.len()));
                     self.send_to_replicas(node, to, bytes);
@@ -661,7 +664,9 @@ impl Simulation {
         n.crashed = false;
         let status = n.replica.status();
         if !n.faulty {
-            let checked = self.checker.restarted(id, status.last_executed);
+            let checked = self
+                .checker
+                .restarted(id, status.last_executed, n.disk.executed());
             self.violation(checked);
         }
         self.trace(|| {
@@ -670,19 +675,21 @@ impl Simulation {
                 status.view, status.last_executed
             )
         });
+        let waits = outputs.iter().any(Output::waits_for_journal);
         for output in outputs {
-            self.replica_output(node, output);
+            self.replica_output(node, output, waits);
         }
     }
 
-    fn replica_output(&mut self, node: usize, output: Output) {
+    /// Carries out one output of a step of replica `node`; `waits`: whether that step waits for the journal.
+    fn replica_output(&mut self, node: usize, output: Output, waits: bool) {
         let now = self.queue.now();
         let id = self.replicas[node].id;
         let faulty = self.replicas[node].faulty;
         match output {
-            // On the disk before the step's messages are sent (unless it gates none), as the node's contract has
-            // it.
-            Output::Persist(entry) => self.replicas[node].disk.persist(&entry),
+            // On the disk before the step's messages are sent if the step waits for the journal, as the node's
+            // contract has it.
+            Output::Persist(entry) => self.replicas[node].disk.persist(&entry, waits),
             Output::Send { to, msg } => {
                 self.trace(|| format!("r{id} -> {to:?} {}", trace::describe(&msg)));
                 self.send_to_replicas(node, to, Bytes::from(msg.encode()));

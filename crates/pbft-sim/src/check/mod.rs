@@ -132,8 +132,20 @@ impl Checker {
         self.history.installed(replica, seq)
     }
 
-    /// `replica` restarted from its disk with the state after `seq`.
-    pub fn restarted(&mut self, replica: ReplicaId, seq: SeqNo) -> Result<(), Violation> {
+    /// `replica` restarted from its disk with the state after `seq`; its disk holds executions up to `on_disk`,
+    /// and that is where it must be.
+    pub fn restarted(
+        &mut self,
+        replica: ReplicaId,
+        seq: SeqNo,
+        on_disk: SeqNo,
+    ) -> Result<(), Violation> {
+        if seq != on_disk {
+            return Err(Violation::Driver(format!(
+                "replica {replica} recovered with the state after seq {seq}, but its disk holds executions up to \
+                 {on_disk}"
+            )));
+        }
         self.history.restarted(replica, seq)
     }
 
