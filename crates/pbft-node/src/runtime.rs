@@ -957,8 +957,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn executed_records_are_written_when_no_round_comes_for_a_while_and_when_the_replica_stops()
-     {
+    async fn held_records_are_written_when_the_writer_idles_and_when_the_replica_stops() {
         let ((rounds, frames, _failure), writes) = writer_keeping_writes(false, HOLD_WHEN_IDLE);
         rounds
             .send(executed_round(1))
