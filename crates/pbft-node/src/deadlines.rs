@@ -1,5 +1,6 @@
 //! When each of the replica's running timers fires. The replica task sleeps until the earliest and hands the core
-//! those that are due; setting a timer again only moves its deadline, and cancelling one forgets it.
+//! those that are due, one at a time; setting a timer again only moves its deadline, and cancelling one forgets
+//! it.
 //!
 //! Before, each `SetTimer` spawned a task that slept and then sent the timer back through the event queue, where
 //! a generation number told whether it was still wanted. Under load the request timer and the batch timer are
@@ -33,20 +34,16 @@ impl Deadlines {
         self.running.iter().map(|(_, at)| *at).min()
     }
 
-    /// The timers due at `now`, earliest first; they no longer run.
-    pub fn take_due(&mut self, now: Instant) -> Vec<Timer> {
-        let mut due: Vec<(Timer, Instant)> = self
+    /// The earliest timer due at `now`, which no longer runs. One at a time: a timer that fires may cancel or
+    /// restart another that is due as well, and then that one must not fire.
+    pub fn pop_due(&mut self, now: Instant) -> Option<Timer> {
+        let (index, _) = self
             .running
             .iter()
-            .filter(|(_, at)| *at <= now)
-            .copied()
-            .collect();
-        if due.is_empty() {
-            return Vec::new();
-        }
-        self.running.retain(|(_, at)| *at > now);
-        due.sort_by_key(|(_, at)| *at);
-        due.into_iter().map(|(timer, _)| timer).collect()
+            .enumerate()
+            .filter(|(_, (_, at))| *at <= now)
+            .min_by_key(|(_, (_, at))| *at)?;
+        Some(self.running.swap_remove(index).0)
     }
 }
 
@@ -68,13 +65,12 @@ mod tests {
         // Restarted: only the new deadline counts.
         deadlines.set(Timer::ViewChange, ms(50));
         assert_eq!(deadlines.next(), Some(ms(2)));
-        assert_eq!(deadlines.take_due(ms(1)), Vec::<Timer>::new());
-        assert_eq!(
-            deadlines.take_due(ms(60)),
-            vec![Timer::Batch, Timer::ViewChange]
-        );
+        assert_eq!(deadlines.pop_due(ms(1)), None);
+        assert_eq!(deadlines.pop_due(ms(60)), Some(Timer::Batch));
+        assert_eq!(deadlines.pop_due(ms(60)), Some(Timer::ViewChange));
+        assert_eq!(deadlines.pop_due(ms(60)), None);
         assert_eq!(deadlines.next(), Some(ms(100)));
-        assert_eq!(deadlines.take_due(ms(5000)), vec![Timer::Status]);
+        assert_eq!(deadlines.pop_due(ms(5000)), Some(Timer::Status));
         assert_eq!(deadlines.next(), None);
     }
 
@@ -88,9 +84,21 @@ mod tests {
         // Cancelling a timer that does not run changes nothing.
         deadlines.cancel(Timer::Batch);
         assert_eq!(deadlines.next(), Some(start + Duration::from_millis(20)));
-        assert_eq!(
-            deadlines.take_due(start + Duration::from_secs(1)),
-            vec![Timer::StateTransfer]
-        );
+        let later = start + Duration::from_secs(1);
+        assert_eq!(deadlines.pop_due(later), Some(Timer::StateTransfer));
+        assert_eq!(deadlines.pop_due(later), None);
+    }
+
+    #[test]
+    fn a_due_timer_that_an_earlier_one_cancelled_does_not_fire() {
+        let start = Instant::now();
+        let mut deadlines = Deadlines::default();
+        deadlines.set(Timer::ViewChange, start + Duration::from_millis(1));
+        deadlines.set(Timer::Batch, start + Duration::from_millis(2));
+        let now = start + Duration::from_millis(10);
+        assert_eq!(deadlines.pop_due(now), Some(Timer::ViewChange));
+        // The view change's step cancels the batch timer, due as well.
+        deadlines.cancel(Timer::Batch);
+        assert_eq!(deadlines.pop_due(now), None);
     }
 }

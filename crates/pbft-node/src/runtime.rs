@@ -442,8 +442,8 @@ fn waits_for_disk(output: &Output) -> bool {
     }
 }
 
-/// How long the journal writer keeps `Executed` records when no round comes that would take them along: an idle
-/// replica writes them then, so that a crash rarely makes it commit those batches again.
+/// How long the journal writer keeps `Executed` records when no round comes that would take them along: it writes
+/// them then, so that a crash rarely makes the replica commit those batches again.
 const HOLD_WHEN_IDLE: Duration = Duration::from_millis(100);
 
 /// Starts the journal writer: it writes each round of outputs it receives (together with every round queued
@@ -451,9 +451,9 @@ const HOLD_WHEN_IDLE: Duration = Duration::from_millis(100);
 /// stops, which closes its queue and so stops the replica task too.
 ///
 /// Rounds that need not wait (a batch executed, nothing else to remember, no CHECKPOINT sent) are released at
-/// once; their `Executed` records go to the disk in order, at the head of the next write, or on their own after
-/// `hold_when_idle` (`HOLD_WHEN_IDLE`) without one. At most a window of them wait: each batch's prepared
-/// certificate was written before it executed.
+/// once; their `Executed` records go to the disk in order, at the head of the next write, or on their own once the
+/// oldest has waited `hold_when_idle` (`HOLD_WHEN_IDLE`). At most a checkpoint interval of them wait: a step that
+/// sends a CHECKPOINT waits for the journal.
 fn spawn_writer(
     mut journal: impl Durable,
     outbox: Arc<Outbox>,
@@ -464,22 +464,28 @@ fn spawn_writer(
     let runtime = tokio::runtime::Handle::current();
     // A blocking-pool thread for as long as the replica runs: it spends its time in write and fsync calls.
     tokio::task::spawn_blocking(move || {
-        // The `Executed` records of rounds already released, not written yet.
+        // The `Executed` records of rounds already released, not written yet, and since when the oldest waits.
         let mut held: Vec<Output> = Vec::new();
+        let mut held_since = tokio::time::Instant::now();
         loop {
+            // The queue's senders live in tasks of the runtime, which drops them when it shuts down, so the
+            // `recv` below ends (with `None`) before the runtime's timers stop.
             let next = match held.is_empty() {
                 true => rx.blocking_recv(),
-                false => match runtime.block_on(tokio::time::timeout(hold_when_idle, rx.recv())) {
-                    Ok(next) => next,
-                    Err(_idle) => {
-                        if let Err(e) = Durable::persist(&mut journal, &held) {
-                            fail(&failure, format!("the journal could not be written: {e}"));
-                            return;
+                false => {
+                    let until = held_since + hold_when_idle;
+                    match runtime.block_on(tokio::time::timeout_at(until, rx.recv())) {
+                        Ok(next) => next,
+                        Err(_held_long_enough) => {
+                            if let Err(e) = Durable::persist(&mut journal, &held) {
+                                fail(&failure, format!("the journal could not be written: {e}"));
+                                return;
+                            }
+                            held.clear();
+                            continue;
                         }
-                        held.clear();
-                        continue;
                     }
-                },
+                }
             };
             let Some(mut outputs) = next else {
                 break;
@@ -491,6 +497,9 @@ fn spawn_writer(
                 let (entries, rest): (Vec<Output>, Vec<Output>) = outputs
                     .into_iter()
                     .partition(|output| matches!(output, Output::Persist(_)));
+                if held.is_empty() {
+                    held_since = tokio::time::Instant::now();
+                }
                 held.extend(entries);
                 outbox.release_all(rest);
                 continue;
@@ -567,8 +576,12 @@ impl ReplicaTask {
                 () = &mut alarm, if next.is_some() => {}
             }
             // Whatever else is already queued is handled before the round goes to the journal writer and the
-            // status is published; so are the timers that are due.
-            while let Ok(event) = events.try_recv() {
+            // status is published (at most a queue's worth, so that a queue refilled as fast as it drains
+            // holds back neither the round nor the timers); so are the timers that are due.
+            for _ in 0..EVENT_QUEUE {
+                let Ok(event) = events.try_recv() else {
+                    break;
+                };
                 self.handle(event);
             }
             self.fire_due_timers();
@@ -593,7 +606,8 @@ impl ReplicaTask {
     }
 
     fn fire_due_timers(&mut self) {
-        for timer in self.deadlines.take_due(tokio::time::Instant::now()) {
+        let now = tokio::time::Instant::now();
+        while let Some(timer) = self.deadlines.pop_due(now) {
             self.step(pbft_core::Input::TimerFired(timer));
         }
     }
@@ -980,6 +994,21 @@ mod tests {
             wait_for_writes(&writes, 2).await,
             vec![vec![Some(SeqNo(1))], vec![Some(SeqNo(2))]]
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rounds_that_keep_coming_do_not_hold_the_records_back_longer() {
+        let ((rounds, _frames, _failure), writes) = writer_keeping_writes(false, HOLD_WHEN_IDLE);
+        // A round every 30 ms for 600 ms: never 100 ms without one.
+        for seq in 1..=20 {
+            rounds
+                .send(executed_round(seq))
+                .await
+                .expect("the writer runs");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let written = writes.lock().unwrap_or_else(PoisonError::into_inner).len();
+        assert!(written >= 2, "{written} writes in 600 ms");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,8 @@
 //! which happens between steps, loses the replica's memory (timers, queued requests, peers' votes) but nothing it
 //! persisted. The exception is a step that need not wait for the journal (`Output::waits_for_journal`: its only
 //! entries are `Executed` records, and it sends no CHECKPOINT): the node writes its entries with the next step
-//! that waits, so they stay pending until then, and a crash loses them.
+//! that waits, so they stay pending until then, and a crash loses them. (The node also writes them once they have
+//! waited 100 ms; the simulator does not, which only makes it lose more.)
 
 use pbft_core::JournalEntry;
 use pbft_crypto::Keyring;
