@@ -172,6 +172,15 @@ struct Round {
     timer: Option<Instant>,
 }
 
+impl Round {
+    /// Forgets the calls that got no answer within `CALL_TIMEOUT`: the retransmission that follows calls those
+    /// replicas again (one that lost a call answers neither it nor its stream's end).
+    fn forget_stale_calls(&mut self, now: Instant) {
+        self.calls
+            .retain(|_, call| now.saturating_duration_since(call.since) < CALL_TIMEOUT);
+    }
+}
+
 /// What woke a submission.
 // Only ever one, on the stack for one turn of the loop: boxing the answer would cost more than its size.
 #[allow(clippy::large_enum_variant)]
@@ -273,10 +282,7 @@ impl NetClient {
                         return Err(NetError::Timeout(self.deadline));
                     }
                     round.timer = None;
-                    // A call that never ended is sent again (a replica that lost it will answer this time).
-                    round
-                        .calls
-                        .retain(|_, call| call.since.elapsed() < CALL_TIMEOUT);
+                    round.forget_stale_calls(Instant::now());
                     self.core.on_timeout()
                 }
             };
@@ -471,4 +477,43 @@ fn wall_clock_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(id: CallId, since: Instant) -> Call {
+        Call {
+            id,
+            carries: Carries::Request,
+            since,
+            _registration: None,
+        }
+    }
+
+    #[test]
+    fn a_retransmission_forgets_only_the_calls_older_than_the_call_timeout() {
+        let now = Instant::now() + CALL_TIMEOUT * 2;
+        let mut round = Round {
+            key: None,
+            calls: HashMap::from([
+                (
+                    ReplicaId(0),
+                    call(1, now - CALL_TIMEOUT - Duration::from_millis(1)),
+                ),
+                (
+                    ReplicaId(1),
+                    call(2, now - CALL_TIMEOUT + Duration::from_millis(1)),
+                ),
+                (ReplicaId(2), call(3, now)),
+            ]),
+            unary: FuturesUnordered::new(),
+            timer: None,
+        };
+        round.forget_stale_calls(now);
+        let mut kept: Vec<CallId> = round.calls.values().map(|c| c.id).collect();
+        kept.sort();
+        assert_eq!(kept, vec![2, 3]);
+    }
 }
