@@ -187,6 +187,15 @@ fn garbage_truncated_or_corrupted_files_are_refused_not_run_on() {
     let err = refused(&vec![0x5a; good.len()], "noise");
     assert!(matches!(err, StoreError::UnknownFormat { .. }), "{err}");
 
+    // A segment of the older log format (SHA-256 checksums) is named as such.
+    let mut format_1 = good.clone();
+    format_1[..8].copy_from_slice(b"PBFTLOG1");
+    let err = refused(&format_1, "a segment of log format 1");
+    assert!(
+        matches!(err, StoreError::UnknownFormat { ref found, .. } if found.contains("log format 1")),
+        "{err}"
+    );
+
     // Another replica's segment under this one's name.
     let other = dir.path().join("other");
     std::fs::create_dir(&other).expect("a dir");
