@@ -782,8 +782,8 @@ mod tests {
         ]
     }
 
-    /// A round with nothing to remember but the execution of batch `seq`, and a message.
-    fn executed_round(seq: u64) -> Vec<Output> {
+    /// The keys of a cluster of four replicas, and its keyring.
+    fn four_replicas() -> (Vec<KeyPair>, Keyring) {
         let keys: Vec<KeyPair> = (1..=4).map(|i| KeyPair::from_seed([i; 32])).collect();
         let config = pbft_types::ClusterConfig {
             replicas: keys.iter().map(KeyPair::public_key).collect(),
@@ -791,6 +791,12 @@ mod tests {
             params: pbft_types::Params::default(),
         };
         let keyring = Keyring::new(&config).expect("a valid cluster");
+        (keys, keyring)
+    }
+
+    /// A round with nothing to remember but the execution of batch `seq`, and a message.
+    fn executed_round(seq: u64) -> Vec<Output> {
+        let (keys, keyring) = four_replicas();
         let header = keys[0].sign(pbft_types::PrePrepare {
             view: View(0),
             seq: SeqNo(seq),
@@ -844,13 +850,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn inbound_frames_reach_the_replica_in_order_and_the_bad_ones_are_counted() {
-        let replicas: Vec<KeyPair> = (1..=4).map(|i| KeyPair::from_seed([i; 32])).collect();
-        let config = pbft_types::ClusterConfig {
-            replicas: replicas.iter().map(KeyPair::public_key).collect(),
-            clients: vec![],
-            params: pbft_types::Params::default(),
-        };
-        let keyring = Keyring::new(&config).expect("valid keys");
+        let (replicas, keyring) = four_replicas();
         let prepare = |r: u64, seq: u64| {
             ReplicaMsg::Prepare(replicas[r as usize].sign(Prepare {
                 view: View(0),
