@@ -911,13 +911,7 @@ mod tests {
         for seq in 1..=3 {
             rounds.send(round(seq)).await.expect("the writer runs");
         }
-        let mut seen = Vec::new();
-        for _ in 0..3 {
-            let written =
-                tokio::task::block_in_place(|| frames.recv_timeout(Duration::from_secs(5)))
-                    .expect("every round's message leaves");
-            seen.push(written);
-        }
+        let seen: Vec<usize> = (0..3).map(|_| next_frame(&frames)).collect();
         // The first round's message waited for its write; the later ones may share a write, never precede one.
         assert!(seen.iter().all(|&w| w >= 1), "{seen:?}");
         assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
@@ -927,23 +921,23 @@ mod tests {
     async fn an_executed_record_does_not_hold_its_round_and_goes_to_the_disk_with_the_next_write() {
         let ((rounds, frames, _failure), writes) =
             writer_keeping_writes(false, Duration::from_secs(60));
-        let next_frame = || {
-            tokio::task::block_in_place(|| frames.recv_timeout(Duration::from_secs(5)))
-                .expect("the round's message leaves")
-        };
         rounds
             .send(executed_round(1))
             .await
             .expect("the writer runs");
-        assert_eq!(next_frame(), 0, "it left without waiting for a write");
+        assert_eq!(
+            next_frame(&frames),
+            0,
+            "it left without waiting for a write"
+        );
         rounds
             .send(executed_round(2))
             .await
             .expect("the writer runs");
-        assert_eq!(next_frame(), 0);
+        assert_eq!(next_frame(&frames), 0);
         rounds.send(round(3)).await.expect("the writer runs");
         assert_eq!(
-            next_frame(),
+            next_frame(&frames),
             1,
             "an entry that gates its round was written first"
         );
@@ -953,6 +947,12 @@ mod tests {
             .clone();
         // The held records first, in order, then the view.
         assert_eq!(writes, vec![vec![Some(SeqNo(1)), Some(SeqNo(2)), None]]);
+    }
+
+    /// Waits for the next frame the link sends, and returns how many writes had completed when it left.
+    fn next_frame(frames: &std_mpsc::Receiver<usize>) -> usize {
+        tokio::task::block_in_place(|| frames.recv_timeout(Duration::from_secs(5)))
+            .expect("the round's message leaves")
     }
 
     /// Waits until the writer made `n` writes, and returns them.
@@ -977,8 +977,7 @@ mod tests {
             .send(executed_round(1))
             .await
             .expect("the writer runs");
-        tokio::task::block_in_place(|| frames.recv_timeout(Duration::from_secs(5)))
-            .expect("the round's message leaves");
+        next_frame(&frames);
         // Idle for HOLD_WHEN_IDLE: written on their own.
         assert_eq!(
             wait_for_writes(&writes, 1).await,
@@ -1019,8 +1018,7 @@ mod tests {
             .send(executed_round(1))
             .await
             .expect("the writer runs");
-        tokio::task::block_in_place(|| frames.recv_timeout(Duration::from_secs(5)))
-            .expect("the round's message leaves");
+        next_frame(&frames);
         let checkpoint = KeyPair::from_seed([1; 32]).sign(pbft_types::Checkpoint {
             seq: SeqNo(1),
             digest: Digest([1; 32]),
@@ -1031,8 +1029,7 @@ mod tests {
             msg: ReplicaMsg::Checkpoint(checkpoint),
         }];
         rounds.send(round).await.expect("the writer runs");
-        let written = tokio::task::block_in_place(|| frames.recv_timeout(Duration::from_secs(5)))
-            .expect("the CHECKPOINT leaves");
+        let written = next_frame(&frames);
         assert_eq!(
             written, 1,
             "the CHECKPOINT left before the record was written"
