@@ -33,12 +33,14 @@ impl Disk {
     /// Keeps `entry`, persisted by a step that waits for the journal (`waits`) or not: then it stays pending until
     /// a step that waits.
     pub fn persist(&mut self, entry: &JournalEntry, waits: bool) {
-        self.pending.push(entry.clone());
-        if waits {
-            for pending in std::mem::take(&mut self.pending) {
-                self.write(&pending);
-            }
+        if !waits {
+            self.pending.push(entry.clone());
+            return;
         }
+        for pending in std::mem::take(&mut self.pending) {
+            self.write(&pending);
+        }
+        self.write(entry);
     }
 
     /// The last sequence number executed according to the disk: its stable checkpoint, or the last `Executed`
