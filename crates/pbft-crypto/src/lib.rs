@@ -10,6 +10,7 @@ mod keyfile;
 mod keyring;
 mod mac;
 mod seen;
+mod signature;
 mod signer;
 mod verified;
 mod vouch;

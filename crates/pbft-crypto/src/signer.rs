@@ -48,20 +48,15 @@ impl KeyPair {
     }
 }
 
-/// Checks `signature` over `message` by the holder of `public_key`, as strictly as the keyring checks protocol
-/// messages: non-canonical encodings and small-order keys are refused.
+/// Checks `signature` over `message` by the holder of `public_key`, by the rule the keyring checks protocol
+/// messages with (ZIP 215, see `signature`); small-order keys are refused.
 pub fn verify_bytes(
     public_key: &PublicKeyBytes,
     message: &[u8],
     signature: &SignatureBytes,
 ) -> bool {
-    let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(public_key) else {
-        return false;
-    };
-    !key.is_weak()
-        && key
-            .verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature))
-            .is_ok()
+    crate::signature::parse_key(public_key)
+        .is_ok_and(|key| crate::signature::verify_one(&key, message, signature))
 }
 
 impl std::fmt::Debug for KeyPair {

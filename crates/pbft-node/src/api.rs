@@ -261,8 +261,27 @@ impl ClientApi {
         let mut holdings: Vec<Box<dyn ReplySink>> = Vec::with_capacity(envelopes.len());
         let metrics = self.node.metrics();
         let started = Instant::now();
+        // Everything but authentication first, so that the signatures of what passed are checked in one batch.
+        let mut unchecked = Vec::with_capacity(envelopes.len());
+        let mut waiting = Vec::with_capacity(envelopes.len());
         for (envelope, sink) in envelopes.into_iter().zip(sinks) {
-            match self.admit_envelope(envelope) {
+            match self
+                .decode_envelope(envelope)
+                .and_then(|s| self.admit_unverified(s))
+            {
+                Ok((signed, permit)) => {
+                    unchecked.push(signed);
+                    waiting.push((permit, sink));
+                }
+                Err(e) => sink.answer(Err(e)),
+            }
+        }
+        let verdicts = self.keyring.verify_each_request(unchecked);
+        for (verdict, (permit, sink)) in verdicts.into_iter().zip(waiting) {
+            let admitted = verdict
+                .map_err(|e| ApiError::Unauthenticated(e.to_string()))
+                .and_then(|request| self.admit_verified(request, permit));
+            match admitted {
                 Ok(admitted) => {
                     metrics.submitted();
                     requests.push(admitted.request);
@@ -316,6 +335,10 @@ impl ClientApi {
     }
 
     fn admit_envelope(&self, envelope: SignedEnvelope) -> Result<Admitted, ApiError> {
+        self.admit(self.decode_envelope(envelope)?)
+    }
+
+    fn decode_envelope(&self, envelope: SignedEnvelope) -> Result<Signed<Request>, ApiError> {
         let size = envelope.encoded_len();
         if size > self.max_request {
             return Err(ApiError::Malformed(format!(
@@ -323,14 +346,25 @@ impl ClientApi {
                 self.max_request
             )));
         }
-        let signed = Signed::<Request>::from_envelope(envelope)
-            .map_err(|e| ApiError::Malformed(e.to_string()))?;
-        self.admit(signed)
+        Signed::<Request>::from_envelope(envelope).map_err(|e| ApiError::Malformed(e.to_string()))
     }
 
     /// Everything a request must pass before it is handed to the replica: its operation's size, room among the
     /// waiting bytes, its authentication, and a slot of its client's.
     fn admit(&self, signed: Signed<Request>) -> Result<Admitted, ApiError> {
+        let (signed, permit) = self.admit_unverified(signed)?;
+        let request = self
+            .keyring
+            .verify_request(signed)
+            .map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
+        self.admit_verified(request, permit)
+    }
+
+    /// The checks of `admit` before authentication: the operation's size, and room among the waiting bytes.
+    fn admit_unverified(
+        &self,
+        signed: Signed<Request>,
+    ) -> Result<(Signed<Request>, OwnedSemaphorePermit), ApiError> {
         // The replica would refuse it too, but silently: the client would wait out its deadline.
         let size = signed.value().operation.len();
         if size > self.max_operation {
@@ -340,10 +374,15 @@ impl ClientApi {
             )));
         }
         let permit = self.waiting_permit(signed.body().len() + MIN_WAITING_BYTES)?;
-        let request = self
-            .keyring
-            .verify_request(signed)
-            .map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
+        Ok((signed, permit))
+    }
+
+    /// The check of `admit` after authentication: a slot of the client's.
+    fn admit_verified(
+        &self,
+        request: Verified<Request>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Admitted, ApiError> {
         let slot = self.client_slot(request.client)?;
         Ok(Admitted {
             request,

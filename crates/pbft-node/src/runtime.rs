@@ -285,8 +285,7 @@ pub fn start(
 }
 
 /// Frames taken from the queue and handed to a blocking thread at once, so that the hand-off is paid per batch
-/// rather than per frame. Their signatures are still checked one by one: `Keyring::verify_replica_msg` says why
-/// they are not checked with batch verification.
+/// rather than per frame; their signatures are checked in one batch too.
 const VERIFY_BATCH: usize = 64;
 
 /// At most this many frames are checked on the verifier's own task; more go to a blocking thread. A few
@@ -364,12 +363,14 @@ fn decode_and_verify(
     frames: Vec<Inbound>,
 ) -> (usize, Vec<Verdict>) {
     let total = frames.len();
-    let verdicts: Vec<Verdict> = frames
+    let decoded: Vec<(ReplicaId, ReplicaMsg)> = frames
         .into_iter()
-        .filter_map(|f| {
-            let msg = ReplicaMsg::decode(&f.frame, limits).ok()?;
-            Some((f.from, keyring.verify_replica_msg(f.from, msg)))
-        })
+        .filter_map(|f| Some((f.from, ReplicaMsg::decode(&f.frame, limits).ok()?)))
+        .collect();
+    let senders: Vec<ReplicaId> = decoded.iter().map(|(from, _)| *from).collect();
+    let verdicts: Vec<Verdict> = senders
+        .into_iter()
+        .zip(keyring.verify_replica_msgs(decoded))
         .collect();
     (total - verdicts.len(), verdicts)
 }

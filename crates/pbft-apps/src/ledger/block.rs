@@ -419,7 +419,9 @@ pub fn check_certificate(
 ) -> Result<View, CertificateFault> {
     let mut signers = std::collections::BTreeSet::new();
     let mut view = None;
-    for (index, commit) in commits.iter().enumerate() {
+    // The signatures in one batch; each verdict is looked at in its turn below.
+    let verdicts = keyring.verify_each(commits.to_vec());
+    for (index, (commit, verdict)) in commits.iter().zip(verdicts).enumerate() {
         let c = *commit.value();
         if c.seq.0 != seq || c.digest != digest {
             return Err(CertificateFault::OtherBlock {
@@ -439,7 +441,7 @@ pub fn check_certificate(
             }
             Some(_) => {}
         }
-        if let Err(e) = keyring.verify(commit.clone()) {
+        if let Err(e) = verdict {
             return Err(CertificateFault::Forged {
                 index,
                 reason: e.to_string(),
