@@ -12,7 +12,7 @@ use thiserror::Error;
 
 use crate::mac::SessionKeys;
 use crate::seen::{SeenKey, SeenRequests, key_of};
-use crate::signature::{self, Checked, KeyFault, SignatureBatch, verify_one};
+use crate::signature::{self, Checked, KeyFault, SignatureBatch};
 use crate::verified::{Verified, VerifiedPrepared};
 use crate::vouch::Unvouched;
 
@@ -255,45 +255,38 @@ impl Keyring {
     /// A request or reply sealed with an authenticator is checked against this keyring's session keys instead.
     pub fn verify<T: Body>(&self, signed: Signed<T>) -> Result<Verified<T>, AuthError> {
         let mut batch = SignatureBatch::default();
-        self.gather(&signed, &mut batch);
+        self.gather(&signed, signed.value().signer(), &mut batch);
         let mut checked = Checked::default();
         batch.check_into(&mut checked);
         self.verify_in(signed, &checked)
     }
 
-    /// Adds the signature of `signed` and of every message carried inside it to `batch`. What has no known
-    /// signer is left out: it fails where it is checked.
-    fn gather<T: Body>(&self, signed: &Signed<T>, batch: &mut SignatureBatch) {
+    /// Adds the signature of `signed` and of every message carried inside it to `batch`, as handed over by
+    /// `source` (see `SignatureBatch::push`). What has no known signer is left out: it fails where it is checked.
+    fn gather<T: Body>(&self, signed: &Signed<T>, source: Principal, batch: &mut SignatureBatch) {
         if let Seal::Signature(signature) = signed.seal() {
             let signer = signed.value().signer();
             if let Ok(key) = self.key(signer) {
-                batch.push(signer, key, signed.body(), signature);
+                batch.push(source, signer, key, signed.body(), signature);
             }
         }
         for n in signed.value().nested() {
             if let (Ok(key), Some(signature)) = (self.key(n.signer), n.signature) {
-                batch.push(n.signer, key, n.body, signature);
+                batch.push(source, n.signer, key, n.body, signature);
             }
         }
     }
 
     /// Adds a client request's signature to `batch`, unless this keyring verified the request before.
-    fn gather_request(&self, request: &Signed<Request>, batch: &mut SignatureBatch) {
-        if request.signature().is_some() && !self.seen.contains(&key_of(request)) {
-            self.gather(request, batch);
-        }
-    }
-
-    /// Whether `signature` by `signer` over `body` is valid: found so by a batch check, or checked now.
-    fn signature_holds(
+    fn gather_request(
         &self,
-        signer: Principal,
-        key: &VerificationKey,
-        body: &bytes::Bytes,
-        signature: &pbft_types::SignatureBytes,
-        checked: &Checked,
-    ) -> bool {
-        checked.contains(signer, body, signature) || verify_one(key, body, signature)
+        request: &Signed<Request>,
+        source: Principal,
+        batch: &mut SignatureBatch,
+    ) {
+        if request.signature().is_some() && !self.seen.contains(&key_of(request)) {
+            self.gather(request, source, batch);
+        }
     }
 
     /// As `verify`, with the signatures `checked` holds taken as valid.
@@ -306,7 +299,7 @@ impl Keyring {
         match signed.seal() {
             Seal::Signature(signature) => {
                 let key = self.key(signer)?;
-                if !self.signature_holds(signer, key, signed.body(), signature, checked) {
+                if !checked.holds(signer, key, signed.body(), signature) {
                     return Err(AuthError::BadSignature(signer));
                 }
             }
@@ -339,7 +332,7 @@ impl Keyring {
             // Only requests and replies decode without a signature, and neither is ever carried inside another
             // signed message; a nested message without one fails here all the same.
             let signature = n.signature.ok_or_else(bad)?;
-            if !self.signature_holds(n.signer, key, n.body, signature, checked) {
+            if !checked.holds(n.signer, key, n.body, signature) {
                 return Err(bad());
             }
         }
@@ -353,7 +346,7 @@ impl Keyring {
     ) -> Vec<Result<Verified<T>, AuthError>> {
         self.judged_together(
             items,
-            |s, batch| self.gather(s, batch),
+            |s, batch| self.gather(s, s.value().signer(), batch),
             |s, checked| self.verify_in(s, checked),
         )
     }
@@ -392,7 +385,7 @@ impl Keyring {
     ) -> Vec<Result<Verified<Request>, AuthError>> {
         self.judged_together(
             requests,
-            |r, batch| self.gather_request(r, batch),
+            |r, batch| self.gather_request(r, r.value().signer(), batch),
             |r, checked| self.verify_request_in(r, checked),
         )
     }
@@ -534,13 +527,14 @@ impl Keyring {
                 unseen_requests.push(request);
             }
         }
+        // Those a check here already judged (gathered with the message they came in) are not checked again.
         let mut batch = SignatureBatch::default();
         for request in &unseen_requests {
             let signer = request.value().signer();
             if let Some(signature) = request.signature()
-                && !checked.contains(signer, request.body(), signature)
+                && checked.verdict(signer, request.body(), signature).is_none()
             {
-                self.gather(request, &mut batch);
+                self.gather(request, signer, &mut batch);
             }
         }
         batch.check_into(checked);
@@ -575,9 +569,10 @@ impl Keyring {
     /// A prepared certificate on its own (as a replica keeps it on disk): every signature in it checked.
     pub fn verify_prepared(&self, proof: PreparedProof) -> Result<VerifiedPrepared, AuthError> {
         let mut batch = SignatureBatch::default();
-        self.gather(&proof.pre_prepare, &mut batch);
+        let primary = proof.pre_prepare.value().signer();
+        self.gather(&proof.pre_prepare, primary, &mut batch);
         for prepare in &proof.prepares {
-            self.gather(prepare, &mut batch);
+            self.gather(prepare, prepare.value().signer(), &mut batch);
         }
         let mut checked = Checked::default();
         batch.check_into(&mut checked);
@@ -603,7 +598,7 @@ impl Keyring {
         msg: ReplicaMsg,
     ) -> Result<VerifiedMsg, AuthError> {
         let mut batch = SignatureBatch::default();
-        self.gather_msg(&msg, &mut batch);
+        self.gather_msg(sender, &msg, &mut batch);
         let mut checked = Checked::default();
         batch.check_into(&mut checked);
         self.verify_replica_msg_in(sender, msg, &mut checked)
@@ -617,42 +612,49 @@ impl Keyring {
     ) -> Vec<Result<VerifiedMsg, AuthError>> {
         self.judged_together(
             msgs,
-            |(_, msg), batch| self.gather_msg(msg, batch),
+            |(sender, msg), batch| self.gather_msg(*sender, msg, batch),
             |(sender, msg), checked| self.verify_replica_msg_in(sender, msg, checked),
         )
     }
 
-    /// Adds every signature `verify_replica_msg_in` will check in `msg` to `batch`.
-    fn gather_msg(&self, msg: &ReplicaMsg, batch: &mut SignatureBatch) {
+    /// Adds every signature `verify_replica_msg_in` will check in `msg`, which came on the connection of
+    /// `sender`, to `batch`. A message signed by another replica than `sender` is refused before any signature
+    /// is checked, so its signatures stay out.
+    fn gather_msg(&self, sender: ReplicaId, msg: &ReplicaMsg, batch: &mut SignatureBatch) {
+        let source = Principal::Replica(sender);
+        // A REQUEST is signed by its client and forwarded by `sender`.
+        if msg.signer() != source && !matches!(msg, ReplicaMsg::Request(_)) {
+            return;
+        }
         match msg {
             ReplicaMsg::PrePrepare {
                 header,
                 batch: requests,
             } => {
-                self.gather(header, batch);
+                self.gather(header, source, batch);
                 for request in requests {
-                    self.gather_request(request, batch);
+                    self.gather_request(request, source, batch);
                 }
             }
             ReplicaMsg::BatchData {
                 header,
                 batch: requests,
             } => {
-                self.gather(header, batch);
+                self.gather(header, source, batch);
                 for request in requests {
-                    self.gather_request(request, batch);
+                    self.gather_request(request, source, batch);
                 }
             }
-            ReplicaMsg::Request(m) => self.gather_request(m, batch),
-            ReplicaMsg::Prepare(m) => self.gather(m, batch),
-            ReplicaMsg::Commit(m) => self.gather(m, batch),
-            ReplicaMsg::Checkpoint(m) => self.gather(m, batch),
-            ReplicaMsg::Status(m) => self.gather(m, batch),
-            ReplicaMsg::FetchState(m) => self.gather(m, batch),
-            ReplicaMsg::StateChunk(m) => self.gather(m, batch),
-            ReplicaMsg::ViewChange(m) => self.gather(m, batch),
-            ReplicaMsg::NewView(m) => self.gather(m, batch),
-            ReplicaMsg::FetchBatch(m) => self.gather(m, batch),
+            ReplicaMsg::Request(m) => self.gather_request(m, source, batch),
+            ReplicaMsg::Prepare(m) => self.gather(m, source, batch),
+            ReplicaMsg::Commit(m) => self.gather(m, source, batch),
+            ReplicaMsg::Checkpoint(m) => self.gather(m, source, batch),
+            ReplicaMsg::Status(m) => self.gather(m, source, batch),
+            ReplicaMsg::FetchState(m) => self.gather(m, source, batch),
+            ReplicaMsg::StateChunk(m) => self.gather(m, source, batch),
+            ReplicaMsg::ViewChange(m) => self.gather(m, source, batch),
+            ReplicaMsg::NewView(m) => self.gather(m, source, batch),
+            ReplicaMsg::FetchBatch(m) => self.gather(m, source, batch),
         }
     }
 
@@ -1052,25 +1054,88 @@ mod tests {
     /// the torsion point `torsion`. The equation holds in the prime-order subgroup, so only the torsion component
     /// is off: ZIP 215's cofactor removes it, a cofactorless check would see it (a batch, for some coefficients).
     fn sign_with_torsion<T: Body>(seed: [u8; 32], value: T, torsion: EdwardsPoint) -> Signed<T> {
+        let nonce = Scalar::from(12345u64);
+        let r = (EdwardsPoint::mul_base(&nonce) + torsion).compress();
+        sign_with_nonce_point(seed, value, nonce, *r.as_bytes())
+    }
+
+    /// What replica `seed`'s holder can sign with nonce `nonce` and `r` as the encoding of its nonce point (which
+    /// must decode to nonce times the base point, plus any small torsion component).
+    fn sign_with_nonce_point<T: Body>(
+        seed: [u8; 32],
+        value: T,
+        nonce: Scalar,
+        r: [u8; 32],
+    ) -> Signed<T> {
         let hash: [u8; 64] = Sha512::digest(seed).into();
         let mut low = [0; 32];
         low.copy_from_slice(&hash[..32]);
         let secret = Scalar::from_bytes_mod_order(clamp_integer(low));
         let public = EdwardsPoint::mul_base(&secret).compress();
         let body = value.encode_body();
-        let nonce = Scalar::from(12345u64);
-        let r = (EdwardsPoint::mul_base(&nonce) + torsion).compress();
         let challenge: [u8; 64] = Sha512::new()
-            .chain_update(r.as_bytes())
+            .chain_update(r)
             .chain_update(public.as_bytes())
             .chain_update(&body)
             .finalize()
             .into();
         let s = nonce + Scalar::from_bytes_mod_order_wide(&challenge) * secret;
         let mut signature = [0; 64];
-        signature[..32].copy_from_slice(r.as_bytes());
+        signature[..32].copy_from_slice(&r);
         signature[32..].copy_from_slice(s.as_bytes());
         Signed::from_parts(body, signature, value)
+    }
+
+    /// ZIP 215 takes a nonce point of small order and a non-canonical encoding of it, which only the key's own
+    /// holder can make; whatever the rule, a batch must judge them as a check alone does.
+    #[test]
+    fn a_small_order_or_non_canonical_nonce_point_is_judged_alike_alone_and_together() {
+        let (replicas, _, keyring) = keys();
+        let small_order = ReplicaMsg::Commit(sign_with_nonce_point(
+            [4; 32],
+            commit(3, 9),
+            Scalar::ZERO,
+            *EIGHT_TORSION[1].compress().as_bytes(),
+        ));
+        // The identity point (y = 1) written as y = p + 1.
+        let mut identity_plus_p = [0xff; 32];
+        identity_plus_p[0] = 0xee;
+        identity_plus_p[31] = 0x7f;
+        let non_canonical = ReplicaMsg::Commit(sign_with_nonce_point(
+            [4; 32],
+            commit(3, 10),
+            Scalar::ZERO,
+            identity_plus_p,
+        ));
+        for crafted in [small_order, non_canonical] {
+            let mut msgs = normal_case_messages(&replicas);
+            msgs.push((ReplicaId(3), crafted.clone()));
+            let together = verdicts(&keyring, msgs);
+            assert!(together.iter().all(Result::is_ok), "{together:?}");
+        }
+    }
+
+    /// A valid signature moved onto other bytes, in the same call as the message it was made for: the batch's
+    /// verdict on the original must not pass the copy.
+    #[test]
+    fn a_signature_moved_onto_another_body_in_the_same_batch_is_refused() {
+        let (replicas, _, keyring) = keys();
+        let mut msgs = normal_case_messages(&replicas);
+        let mut expected: Vec<_> = msgs.iter().map(|(_, m)| Ok(m.clone())).collect();
+        let ReplicaMsg::Prepare(original) = &msgs[3].1 else {
+            panic!("the fourth message is replica 2's PREPARE")
+        };
+        let mut moved_value = *original.value();
+        moved_value.seq = SeqNo(moved_value.seq.0 + 1);
+        let moved = Signed::from_parts(
+            moved_value.encode_body(),
+            *original.signature().expect("signed"),
+            moved_value,
+        );
+        let sender = msgs[3].0;
+        msgs.push((sender, ReplicaMsg::Prepare(moved)));
+        expected.push(Err(AuthError::BadSignature(Principal::Replica(sender))));
+        assert_eq!(verdicts(&keyring, msgs), expected);
     }
 
     /// A signature whose nonce point carries a torsion component is valid under ZIP 215 (the cofactor removes

@@ -51,6 +51,7 @@ const SMALLEST_BATCH: usize = 3;
 
 /// One signature waiting for a batch check.
 struct Pending {
+    source: Principal,
     signer: Principal,
     key: VerificationKey,
     body: Bytes,
@@ -64,14 +65,19 @@ pub(crate) struct SignatureBatch {
 }
 
 impl SignatureBatch {
+    /// Adds `signature` by `signer` over `body`, handed over by `source`: the peer whose frame carried it, or
+    /// whoever else vouches for it (its signer, when nobody else does). A batch that fails is checked again per
+    /// source, so one faulty source costs the others little.
     pub(crate) fn push(
         &mut self,
+        source: Principal,
         signer: Principal,
         key: &VerificationKey,
         body: &Bytes,
         signature: &SignatureBytes,
     ) {
         self.pending.push(Pending {
+            source,
             signer,
             key: *key,
             body: body.clone(),
@@ -79,64 +85,110 @@ impl SignatureBatch {
         });
     }
 
-    /// Checks every gathered signature and adds the valid ones to `checked`. One batch equation checks them all;
-    /// only if it fails is each checked on its own, to tell the valid ones from the others. Fewer than
-    /// `SMALLEST_BATCH` are left to the caller, which checks each where it meets it.
+    /// Checks every gathered signature and records each verdict in `checked`. One batch equation checks them
+    /// all. If it fails, each source's signatures are checked again together, and those of a source whose batch
+    /// fails one by one, which tells the valid from the others. Fewer than `SMALLEST_BATCH` are left to the
+    /// caller, which checks each where it meets it.
     pub(crate) fn check_into(self, checked: &mut Checked) {
         if self.pending.len() < SMALLEST_BATCH {
             return;
         }
-        let mut verifier = batch::Verifier::new();
-        for p in &self.pending {
-            verifier.queue((
-                VerificationKeyBytes::from(p.key),
-                Signature::from_bytes(&p.signature),
-                &p.body[..],
-            ));
+        let Some(mut rng) = batch_rng() else {
+            return;
+        };
+        if batch_holds(&self.pending, &mut rng) {
+            checked.record_all(self.pending, true);
+            return;
         }
-        let all_valid = verifier.verify(batch_rng()).is_ok();
+        let mut by_source: HashMap<Principal, Vec<Pending>> = HashMap::new();
         for p in self.pending {
-            if all_valid || verify_one(&p.key, &p.body, &p.signature) {
-                checked.valid.insert(p.signature, (p.signer, p.body));
+            by_source.entry(p.source).or_default().push(p);
+        }
+        let several = by_source.len() > 1;
+        for (_, group) in by_source {
+            if several && group.len() >= SMALLEST_BATCH && batch_holds(&group, &mut rng) {
+                checked.record_all(group, true);
+                continue;
+            }
+            for p in group {
+                let valid = verify_one(&p.key, &p.body, &p.signature);
+                checked.record(p, valid);
             }
         }
     }
 }
 
-/// The source of a batch's random coefficients. They must be unpredictable to whoever made the signatures, or a
-/// forged signature could be made to cancel out in the sum; a generator seeded from the operating system for each
-/// batch is. (ChaCha12 is what the `rand` crate's own generator uses.)
-fn batch_rng() -> ChaCha12Rng {
-    let mut seed = [0u8; 32];
-    // Without the operating system's randomness no coefficient is safe, and this process cannot go on safely.
-    getrandom::fill(&mut seed).unwrap_or_else(|e| panic!("no randomness from the OS: {e}"));
-    ChaCha12Rng::from_seed(seed)
+/// Whether every signature of `pending` is valid, by one batch equation with coefficients from `rng`.
+fn batch_holds(pending: &[Pending], rng: &mut ChaCha12Rng) -> bool {
+    let mut verifier = batch::Verifier::new();
+    for p in pending {
+        verifier.queue((
+            VerificationKeyBytes::from(p.key),
+            Signature::from_bytes(&p.signature),
+            &p.body[..],
+        ));
+    }
+    verifier.verify(rng).is_ok()
 }
 
-/// Signatures a batch check found valid. A signature counts as checked only for the same signer and the very same
-/// body bytes it was checked over; anything else is checked on its own where it is met, so a signature the batch
-/// never saw can never pass unchecked.
+/// The source of a batch's random coefficients, or None if the operating system has no randomness to seed it
+/// (then every signature is checked on its own, which needs none). The coefficients must be unpredictable to
+/// whoever made the signatures, or a forged signature could be made to cancel out in the sum; a generator
+/// seeded from the operating system for each batch is. (ChaCha12 is what the `rand` crate's own generator uses.)
+fn batch_rng() -> Option<ChaCha12Rng> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).ok()?;
+    Some(ChaCha12Rng::from_seed(seed))
+}
+
+/// Verdicts on signatures, from batch checks and the checks that follow a failed one. A verdict holds only for
+/// the same signer and the very same body bytes; anything else is checked on its own where it is met, so a
+/// signature no check saw never passes.
 #[derive(Default)]
 pub(crate) struct Checked {
-    valid: HashMap<SignatureBytes, (Principal, Bytes)>,
+    verdicts: HashMap<SignatureBytes, (Principal, Bytes, bool)>,
 }
 
 impl Checked {
-    /// Whether `signature` by `signer` over `body` is among the valid ones.
-    pub(crate) fn contains(
+    fn record(&mut self, p: Pending, valid: bool) {
+        // Two signatures with the same bytes keep the later verdict: the other is checked again where it is met.
+        self.verdicts.insert(p.signature, (p.signer, p.body, valid));
+    }
+
+    fn record_all(&mut self, pending: Vec<Pending>, valid: bool) {
+        for p in pending {
+            self.record(p, valid);
+        }
+    }
+
+    /// The verdict on `signature` by `signer` over `body`, if a check here judged it.
+    pub(crate) fn verdict(
         &self,
         signer: Principal,
         body: &Bytes,
         signature: &SignatureBytes,
-    ) -> bool {
-        self.valid
+    ) -> Option<bool> {
+        self.verdicts
             .get(signature)
-            .is_some_and(|(s, b)| *s == signer && b == body)
+            .filter(|(s, b, _)| *s == signer && b == body)
+            .map(|(_, _, valid)| *valid)
+    }
+
+    /// Whether `signature` by `signer` (whose key is `key`) over `body` is valid: as judged here, or checked now.
+    pub(crate) fn holds(
+        &self,
+        signer: Principal,
+        key: &VerificationKey,
+        body: &Bytes,
+        signature: &SignatureBytes,
+    ) -> bool {
+        self.verdict(signer, body, signature)
+            .unwrap_or_else(|| verify_one(key, body, signature))
     }
 
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.valid.is_empty()
+        self.verdicts.is_empty()
     }
 }
 
@@ -165,16 +217,19 @@ mod tests {
         let items = [signed(1, b"one"), signed(2, b"two"), signed(3, b"three")];
         let mut batch = SignatureBatch::default();
         for (signer, key, body, signature) in &items {
-            batch.push(*signer, key, body, signature);
+            batch.push(*signer, *signer, key, body, signature);
         }
         let mut checked = Checked::default();
         batch.check_into(&mut checked);
         for (signer, _, body, signature) in &items {
-            assert!(checked.contains(*signer, body, signature));
+            assert!(checked.verdict(*signer, body, signature) == Some(true));
         }
         let (signer, _, body, signature) = &items[0];
-        assert!(!checked.contains(*signer, &Bytes::from_static(b"other"), signature));
-        assert!(!checked.contains(items[1].0, body, signature));
+        assert_eq!(
+            checked.verdict(*signer, &Bytes::from_static(b"other"), signature),
+            None
+        );
+        assert_eq!(checked.verdict(items[1].0, body, signature), None);
     }
 
     #[test]
@@ -183,15 +238,45 @@ mod tests {
         items[1].3[5] ^= 1;
         let mut batch = SignatureBatch::default();
         for (signer, key, body, signature) in &items {
-            batch.push(*signer, key, body, signature);
+            batch.push(*signer, *signer, key, body, signature);
         }
         let mut checked = Checked::default();
         batch.check_into(&mut checked);
-        let verdicts: Vec<bool> = items
+        let verdicts: Vec<Option<bool>> = items
             .iter()
-            .map(|(signer, _, body, signature)| checked.contains(*signer, body, signature))
+            .map(|(signer, _, body, signature)| checked.verdict(*signer, body, signature))
             .collect();
-        assert_eq!(verdicts, [true, false, true]);
+        assert_eq!(verdicts, [Some(true), Some(false), Some(true)]);
+    }
+
+    /// One source hands over a bad signature among good ones; another source's signatures are all good. After
+    /// the whole batch fails, every signature still gets its own right verdict.
+    #[test]
+    fn a_failed_batch_is_judged_again_per_source() {
+        let faulty = Principal::Replica(pbft_types::ReplicaId(9));
+        let correct = Principal::Replica(pbft_types::ReplicaId(8));
+        let mut items = vec![
+            (faulty, signed(1, b"a")),
+            (faulty, signed(2, b"b")),
+            (faulty, signed(3, b"c")),
+            (correct, signed(1, b"d")),
+            (correct, signed(2, b"e")),
+            (correct, signed(3, b"f")),
+        ];
+        items[1].1.3[40] ^= 1;
+        let mut batch = SignatureBatch::default();
+        for (source, (signer, key, body, signature)) in &items {
+            batch.push(*source, *signer, key, body, signature);
+        }
+        let mut checked = Checked::default();
+        batch.check_into(&mut checked);
+        let verdicts: Vec<Option<bool>> = items
+            .iter()
+            .map(|(_, (signer, _, body, signature))| checked.verdict(*signer, body, signature))
+            .collect();
+        let mut expected = vec![Some(true); 6];
+        expected[1] = Some(false);
+        assert_eq!(verdicts, expected);
     }
 
     #[test]
@@ -200,7 +285,7 @@ mod tests {
         assert_eq!(items.len(), SMALLEST_BATCH - 1);
         let mut batch = SignatureBatch::default();
         for (signer, key, body, signature) in &items {
-            batch.push(*signer, key, body, signature);
+            batch.push(*signer, *signer, key, body, signature);
         }
         let mut checked = Checked::default();
         batch.check_into(&mut checked);

@@ -48,15 +48,25 @@ impl KeyPair {
     }
 }
 
-/// Checks `signature` over `message` by the holder of `public_key`, by the rule the keyring checks protocol
-/// messages with (ZIP 215, see `signature`); small-order keys are refused.
+/// Checks `signature` over `message` by the holder of `public_key` with `verify_strict`, which refuses
+/// non-canonical encodings, small-order nonce points and small-order keys.
+///
+/// Not the keyring's rule (ZIP 215), on purpose: the ledger's transfers are checked with this, inside the
+/// replicated state machine and again by anyone who verifies an exported chain, so what it accepts is part of the
+/// ledger's definition. It was `verify_strict` when the first chains were written, common ed25519 libraries agree
+/// with it, and it is never batched, so ZIP 215 would buy nothing here.
 pub fn verify_bytes(
     public_key: &PublicKeyBytes,
     message: &[u8],
     signature: &SignatureBytes,
 ) -> bool {
-    crate::signature::parse_key(public_key)
-        .is_ok_and(|key| crate::signature::verify_one(&key, message, signature))
+    let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(public_key) else {
+        return false;
+    };
+    !key.is_weak()
+        && key
+            .verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature))
+            .is_ok()
 }
 
 impl std::fmt::Debug for KeyPair {

@@ -2,7 +2,9 @@
 
 use prost::Message;
 
+use crate::Principal;
 use crate::error::DecodeError;
+use crate::message::Body;
 use crate::message::{
     BatchData, Checkpoint, Commit, FetchBatch, FetchState, NewView, PrePrepare, Prepare, Request,
     StateChunk, Status, ViewChange, kind_name,
@@ -123,6 +125,24 @@ impl ReplicaMsg {
             batch,
         }
         .encode_to_vec()
+    }
+
+    /// Who signed the message itself: a replica, or for a forwarded REQUEST its client.
+    pub fn signer(&self) -> Principal {
+        match self {
+            ReplicaMsg::PrePrepare { header, .. } => header.value().signer(),
+            ReplicaMsg::Prepare(m) => m.value().signer(),
+            ReplicaMsg::Commit(m) => m.value().signer(),
+            ReplicaMsg::Checkpoint(m) => m.value().signer(),
+            ReplicaMsg::Status(m) => m.value().signer(),
+            ReplicaMsg::FetchState(m) => m.value().signer(),
+            ReplicaMsg::StateChunk(m) => m.value().signer(),
+            ReplicaMsg::ViewChange(m) => m.value().signer(),
+            ReplicaMsg::NewView(m) => m.value().signer(),
+            ReplicaMsg::FetchBatch(m) => m.value().signer(),
+            ReplicaMsg::BatchData { header, .. } => header.value().signer(),
+            ReplicaMsg::Request(m) => m.value().signer(),
+        }
     }
 
     /// The message's kind, for logs and for counting rejected messages by kind.
