@@ -141,6 +141,17 @@ impl Client {
         self.outstanding.as_ref().map(Outstanding::timestamp)
     }
 
+    /// Whether `reply` would count towards the outstanding request, if it is authentic: a driver need not check
+    /// the seal of one that would not (a reply to another request, or to none, which a faulty replica can send
+    /// as often as it likes).
+    pub fn wants(&self, reply: &Reply) -> bool {
+        self.outstanding().is_some_and(|timestamp| {
+            reply.client == self.id
+                && reply.timestamp == timestamp
+                && self.config.is_replica(reply.replica)
+        })
+    }
+
     /// Starts a request. `clock` is a hint from the driver (e.g. microseconds of wall time); the timestamp used is
     /// max(last timestamp + 1, clock), so timestamps are strictly increasing even if the clock is not. Using the
     /// clock keeps them increasing across restarts of a client that lost its last timestamp, as long as the
@@ -204,16 +215,13 @@ impl Client {
     /// while handling `Completed` does not then cancel that request's timer.
     pub fn on_reply(&mut self, reply: Verified<Reply>) -> Vec<ClientOutput> {
         let reply: &Reply = &reply;
+        if !self.wants(reply) {
+            return Vec::new();
+        }
         let Some(outstanding) = &mut self.outstanding else {
             return Vec::new();
         };
         let timestamp = outstanding.timestamp();
-        if reply.client != self.id
-            || reply.timestamp != timestamp
-            || !self.config.is_replica(reply.replica)
-        {
-            return Vec::new();
-        }
         self.views.report(reply.replica, reply.view);
         self.view = self.view.max(self.views.estimate());
         let Some(result) = outstanding.replies.record(reply.replica, &reply.result) else {
@@ -399,6 +407,28 @@ mod tests {
             panic!("first output is a Send");
         };
         assert!(c.keyring.verify(request.clone()).is_ok());
+    }
+
+    #[test]
+    fn only_a_reply_that_would_count_is_wanted() {
+        let mut c = cluster(4);
+        let late = c.reply_for(CLIENT, 2, 0, Timestamp(10), "ok");
+        assert!(!c.client.wants(&late), "nothing is outstanding");
+        c.submit("a", 10);
+        assert!(c.client.wants(&c.reply(1, 0, "ok")));
+        assert!(
+            !c.client
+                .wants(&c.reply_for(CLIENT, 1, 0, Timestamp(9), "ok"))
+        );
+        assert!(
+            !c.client
+                .wants(&c.reply_for(ClientId(77), 1, 0, Timestamp(10), "ok"))
+        );
+        c.deliver(0, 0, "ok");
+        c.deliver(1, 0, "ok");
+        // f+1 matching replies completed it; the other replicas' replies come late.
+        assert_eq!(c.client.outstanding(), None);
+        assert!(!c.client.wants(&late));
     }
 
     #[test]

@@ -349,13 +349,15 @@ impl NetClient {
     }
 
     /// A reply is used only if it is sealed (signed, or MACed with this client's session) by the replica that
-    /// answered the call.
+    /// answered the call. One the client would not count (for another request) is dropped unchecked: a signature
+    /// check costs more than anything else a client does with a reply. (Late replies to a completed request do
+    /// not get here: the stream's demultiplexer drops answers to calls of a finished round.)
     fn verify(
         &self,
         replica: ReplicaId,
         signed: Signed<Reply>,
     ) -> Option<pbft_crypto::Verified<Reply>> {
-        if signed.value().replica != replica {
+        if signed.value().replica != replica || !self.core.wants(signed.value()) {
             return None;
         }
         self.keyring.verify(signed).ok()
