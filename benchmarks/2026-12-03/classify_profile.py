@@ -13,7 +13,7 @@ import sys
 
 CATEGORIES = [
     ("journal", ["pbft_node::durable::Journal", "pbft_store::", "redb::"]),
-    ("ed25519 verify", ["verify_strict", "verify_batch", "VerifyingKey"]),
+    ("ed25519 verify", ["verify_strict", "verify_batch", "VerifyingKey", "ed25519_zebra"]),
     ("ed25519 sign", ["SigningKey", "ed25519_dalek::signing"]),
     ("peer transport (tls/frames)", ["pbft_node::transport", "pbft_node::peer", "tokio_rustls", "rustls::"]),
     ("grpc stream/api", ["pbft_node::submit_stream", "pbft_node::api", "pbft_node::grpc", "h2::", "tonic::", "hyper::"]),
