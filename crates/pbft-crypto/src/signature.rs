@@ -46,7 +46,7 @@ pub(crate) fn verify_one(key: &VerificationKey, body: &[u8], signature: &Signatu
 
 /// The fewest signatures worth a batch check. Measured here (release build, 120-byte messages, four keys):
 /// 32 us for a signature checked alone, and per signature 32 us in a batch of 2, 26 in one of 3, 23 of 4, 16 of
-/// 8 and 10 of 64.
+/// 8 and 10 of 64. With a different key for each signature: 38 us alone, 34 in a batch of 2, 29 of 3, 24 of 8.
 const SMALLEST_BATCH: usize = 3;
 
 /// One signature waiting for a batch check.
@@ -58,7 +58,9 @@ struct Pending {
     signature: SignatureBytes,
 }
 
-/// Signatures gathered to be checked together, which costs about half as much per signature as checking each.
+/// Signatures gathered to be checked together, which costs less per signature than checking each: about 40%
+/// less for signatures by as many keys, up to 70% less for many signatures by a few keys (replicas), whose terms
+/// ed25519-zebra merges.
 #[derive(Default)]
 pub(crate) struct SignatureBatch {
     pending: Vec<Pending>,
