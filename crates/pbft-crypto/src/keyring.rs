@@ -256,9 +256,7 @@ impl Keyring {
     pub fn verify<T: Body>(&self, signed: Signed<T>) -> Result<Verified<T>, AuthError> {
         let mut batch = SignatureBatch::default();
         self.gather(&signed, signed.value().signer(), &mut batch);
-        let mut checked = Checked::default();
-        batch.check_into(&mut checked);
-        self.verify_in(signed, &checked)
+        self.verify_in(signed, &batch.checked())
     }
 
     /// Adds the signature of `signed` and of every message carried inside it to `batch`, as handed over by
@@ -363,8 +361,7 @@ impl Keyring {
         for item in &items {
             gather(item, &mut batch);
         }
-        let mut checked = Checked::default();
-        batch.check_into(&mut checked);
+        let mut checked = batch.checked();
         items
             .into_iter()
             .map(|item| judge(item, &mut checked))
@@ -574,8 +571,7 @@ impl Keyring {
         for prepare in &proof.prepares {
             self.gather(prepare, prepare.value().signer(), &mut batch);
         }
-        let mut checked = Checked::default();
-        batch.check_into(&mut checked);
+        let checked = batch.checked();
         let pre_prepare = self.verify_in(proof.pre_prepare, &checked)?;
         let prepares = proof
             .prepares
@@ -599,9 +595,7 @@ impl Keyring {
     ) -> Result<VerifiedMsg, AuthError> {
         let mut batch = SignatureBatch::default();
         self.gather_msg(sender, &msg, &mut batch);
-        let mut checked = Checked::default();
-        batch.check_into(&mut checked);
-        self.verify_replica_msg_in(sender, msg, &mut checked)
+        self.verify_replica_msg_in(sender, msg, &mut batch.checked())
     }
 
     /// As `verify_replica_msg` for each of `msgs`, the signatures of them all checked in one batch; the results

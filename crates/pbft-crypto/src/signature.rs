@@ -87,6 +87,13 @@ impl SignatureBatch {
         });
     }
 
+    /// The verdicts on every gathered signature (see `check_into`).
+    pub(crate) fn checked(self) -> Checked {
+        let mut checked = Checked::default();
+        self.check_into(&mut checked);
+        checked
+    }
+
     /// Checks every gathered signature and records each verdict in `checked`. One batch equation checks them
     /// all. If it fails, each source's signatures are checked again together, and those of a source whose batch
     /// fails one by one, which tells the valid from the others. Fewer than `SMALLEST_BATCH` are left to the
@@ -99,7 +106,7 @@ impl SignatureBatch {
             return;
         };
         if batch_holds(&self.pending, &mut rng) {
-            checked.record_all(self.pending, true);
+            checked.record_valid(self.pending);
             return;
         }
         let mut by_source: HashMap<Principal, Vec<Pending>> = HashMap::new();
@@ -109,7 +116,7 @@ impl SignatureBatch {
         let several = by_source.len() > 1;
         for (_, group) in by_source {
             if several && group.len() >= SMALLEST_BATCH && batch_holds(&group, &mut rng) {
-                checked.record_all(group, true);
+                checked.record_valid(group);
                 continue;
             }
             for p in group {
@@ -157,9 +164,9 @@ impl Checked {
         self.verdicts.insert(p.signature, (p.signer, p.body, valid));
     }
 
-    fn record_all(&mut self, pending: Vec<Pending>, valid: bool) {
+    fn record_valid(&mut self, pending: Vec<Pending>) {
         for p in pending {
-            self.record(p, valid);
+            self.record(p, true);
         }
     }
 
