@@ -616,8 +616,7 @@ impl Keyring {
     /// is checked, so its signatures stay out.
     fn gather_msg(&self, sender: ReplicaId, msg: &ReplicaMsg, batch: &mut SignatureBatch) {
         let source = Principal::Replica(sender);
-        // A REQUEST is signed by its client and forwarded by `sender`.
-        if msg.signer() != source && !matches!(msg, ReplicaMsg::Request(_)) {
+        if sent_by_its_signer(sender, msg).is_err() {
             return;
         }
         match msg {
@@ -659,16 +658,9 @@ impl Keyring {
         msg: ReplicaMsg,
         checked: &mut Checked,
     ) -> Result<VerifiedMsg, AuthError> {
-        let own = |signer: Principal| {
-            if signer == Principal::Replica(sender) {
-                Ok(())
-            } else {
-                Err(AuthError::SenderMismatch { signer, sender })
-            }
-        };
+        sent_by_its_signer(sender, &msg)?;
         Ok(match msg {
             ReplicaMsg::PrePrepare { header, batch } => {
-                own(header.value().signer())?;
                 let header = self.verify_in(header, checked)?;
                 match self.verify_proposed_requests(batch, checked)? {
                     Proposed::Authentic(batch) => VerifiedMsg::PrePrepare { header, batch },
@@ -677,14 +669,10 @@ impl Keyring {
                     ),
                 }
             }
-            ReplicaMsg::Prepare(m) => {
-                own(m.value().signer())?;
-                VerifiedMsg::Prepare(self.verify_in(m, checked)?)
-            }
+            ReplicaMsg::Prepare(m) => VerifiedMsg::Prepare(self.verify_in(m, checked)?),
             ReplicaMsg::Commit(m) => {
-                own(m.value().signer())?;
                 match m.seal() {
-                    // It came on its sender's own connection (checked just above), which vouches for it.
+                    // It came on its sender's own connection (checked above), which vouches for it.
                     Seal::Link if self.link_commits => VerifiedMsg::Commit(Verified::new(m)),
                     Seal::Link => {
                         return Err(AuthError::UnsealedNotAccepted(Principal::Replica(sender)));
@@ -692,42 +680,31 @@ impl Keyring {
                     _ => VerifiedMsg::Commit(self.verify_in(m, checked)?),
                 }
             }
-            ReplicaMsg::Checkpoint(m) => {
-                own(m.value().signer())?;
-                VerifiedMsg::Checkpoint(self.verify_in(m, checked)?)
-            }
-            ReplicaMsg::Status(m) => {
-                own(m.value().signer())?;
-                VerifiedMsg::Status(self.verify_in(m, checked)?)
-            }
-            ReplicaMsg::FetchState(m) => {
-                own(m.value().signer())?;
-                VerifiedMsg::FetchState(self.verify_in(m, checked)?)
-            }
-            ReplicaMsg::StateChunk(m) => {
-                own(m.value().signer())?;
-                VerifiedMsg::StateChunk(self.verify_in(m, checked)?)
-            }
-            ReplicaMsg::ViewChange(m) => {
-                own(m.value().signer())?;
-                VerifiedMsg::ViewChange(self.verify_in(m, checked)?)
-            }
-            ReplicaMsg::NewView(m) => {
-                own(m.value().signer())?;
-                VerifiedMsg::NewView(self.verify_in(m, checked)?)
-            }
-            ReplicaMsg::FetchBatch(m) => {
-                own(m.value().signer())?;
-                VerifiedMsg::FetchBatch(self.verify_in(m, checked)?)
-            }
+            ReplicaMsg::Checkpoint(m) => VerifiedMsg::Checkpoint(self.verify_in(m, checked)?),
+            ReplicaMsg::Status(m) => VerifiedMsg::Status(self.verify_in(m, checked)?),
+            ReplicaMsg::FetchState(m) => VerifiedMsg::FetchState(self.verify_in(m, checked)?),
+            ReplicaMsg::StateChunk(m) => VerifiedMsg::StateChunk(self.verify_in(m, checked)?),
+            ReplicaMsg::ViewChange(m) => VerifiedMsg::ViewChange(self.verify_in(m, checked)?),
+            ReplicaMsg::NewView(m) => VerifiedMsg::NewView(self.verify_in(m, checked)?),
+            ReplicaMsg::FetchBatch(m) => VerifiedMsg::FetchBatch(self.verify_in(m, checked)?),
             ReplicaMsg::BatchData { header, batch } => {
-                own(header.value().signer())?;
                 let header = self.verify_in(header, checked)?;
                 let batch = self.verify_certified_requests_in(batch, checked)?;
                 VerifiedMsg::BatchData { header, batch }
             }
             ReplicaMsg::Request(m) => VerifiedMsg::Request(self.verify_request_in(m, checked)?),
         })
+    }
+}
+
+/// That a message on the connection of replica `sender` is signed by `sender` itself; a REQUEST is signed by its
+/// client and forwarded by `sender`.
+fn sent_by_its_signer(sender: ReplicaId, msg: &ReplicaMsg) -> Result<(), AuthError> {
+    let signer = msg.signer();
+    if signer == Principal::Replica(sender) || matches!(msg, ReplicaMsg::Request(_)) {
+        Ok(())
+    } else {
+        Err(AuthError::SenderMismatch { signer, sender })
     }
 }
 

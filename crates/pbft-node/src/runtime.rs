@@ -920,17 +920,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_executed_record_does_not_hold_its_round_and_goes_to_the_disk_with_the_next_write() {
-        let ((rounds, frames, _failure), writes) =
-            writer_keeping_writes(false, Duration::from_secs(60));
-        rounds
-            .send(executed_round(1))
-            .await
-            .expect("the writer runs");
-        assert_eq!(
-            next_frame(&frames),
-            0,
-            "it left without waiting for a write"
-        );
+        let ((rounds, frames, _failure), writes, left_after) =
+            writer_holding_batch_1(Duration::from_secs(60)).await;
+        assert_eq!(left_after, 0, "it left without waiting for a write");
         rounds
             .send(executed_round(2))
             .await
@@ -951,6 +943,18 @@ mod tests {
     }
 
     /// Waits for the next frame the link sends, and returns how many writes had completed when it left.
+    /// A writer that was handed a round executing batch 1 (its record held back), and the count of writes when
+    /// that round's message left.
+    async fn writer_holding_batch_1(hold_when_idle: Duration) -> (Writer, Writes, usize) {
+        let ((rounds, frames, failure), writes) = writer_keeping_writes(false, hold_when_idle);
+        rounds
+            .send(executed_round(1))
+            .await
+            .expect("the writer runs");
+        let left_after = next_frame(&frames);
+        ((rounds, frames, failure), writes, left_after)
+    }
+
     fn next_frame(frames: &std_mpsc::Receiver<usize>) -> usize {
         tokio::task::block_in_place(|| frames.recv_timeout(Duration::from_secs(5)))
             .expect("the round's message leaves")
@@ -973,12 +977,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn held_records_are_written_when_the_writer_idles_and_when_the_replica_stops() {
-        let ((rounds, frames, _failure), writes) = writer_keeping_writes(false, HOLD_WHEN_IDLE);
-        rounds
-            .send(executed_round(1))
-            .await
-            .expect("the writer runs");
-        next_frame(&frames);
+        let ((rounds, _frames, _failure), writes, _) = writer_holding_batch_1(HOLD_WHEN_IDLE).await;
         // Idle for HOLD_WHEN_IDLE: written on their own.
         assert_eq!(
             wait_for_writes(&writes, 1).await,
@@ -1013,13 +1012,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_round_that_sends_a_checkpoint_waits_for_the_records_held_before_it() {
-        let ((rounds, frames, _failure), writes) =
-            writer_keeping_writes(false, Duration::from_secs(60));
-        rounds
-            .send(executed_round(1))
-            .await
-            .expect("the writer runs");
-        next_frame(&frames);
+        let ((rounds, frames, _failure), writes, _) =
+            writer_holding_batch_1(Duration::from_secs(60)).await;
         let checkpoint = KeyPair::from_seed([1; 32]).sign(pbft_types::Checkpoint {
             seq: SeqNo(1),
             digest: Digest([1; 32]),
